@@ -1,0 +1,230 @@
+-- What must run before a request context exists: credential lookup, login, signup.
+--
+-- These are the only doors around RLS, so each is narrow: SECURITY DEFINER owned by
+-- tenant_auth (NOLOGIN, a few explicit policies in the table files), a fixed
+-- search_path, fully qualified names, and results limited to what the caller needs.
+-- tenant_api may execute exactly these functions and nothing else in this schema.
+
+create schema if not exists auth;
+revoke all on schema auth from public;
+grant usage on schema auth to tenant_auth;
+grant usage on schema auth to tenant_api;
+grant usage on schema app to tenant_auth, tenant_audit;
+grant execute on all functions in schema app to tenant_auth, tenant_audit;
+
+-- The fixed scope set of each organization role. Mirrored by tenant_api.auth.scopes
+-- (a test asserts both agree) and listed in the README.
+create or replace function auth.role_scopes(role text) returns text[]
+  language sql immutable
+  as $$
+    select case role
+      when 'owner' then array[
+        'org:write', 'members:write', 'agents:write', 'tasks:write', 'conversations:write',
+        'desktops:write', 'calls:write', 'services:write', 'notifications:write',
+        'billing:write', 'tokens:write', 'audit:read']
+      when 'admin' then array[
+        'org:write', 'members:write', 'agents:write', 'tasks:write', 'conversations:write',
+        'desktops:write', 'calls:write', 'services:write', 'notifications:write',
+        'billing:read', 'tokens:write', 'audit:read']
+      when 'member' then array[
+        'org:read', 'members:read', 'agents:write', 'tasks:write', 'conversations:write',
+        'desktops:write', 'calls:write', 'services:write', 'notifications:write',
+        'billing:read', 'tokens:write']
+      when 'auditor' then array[
+        'org:read', 'members:read', 'agents:read', 'tasks:read', 'conversations:read',
+        'desktops:read', 'calls:read', 'services:read', 'notifications:read',
+        'billing:read', 'tokens:read', 'audit:read']
+      else '{}'::text[]
+    end
+  $$;
+
+-- "<area>:write implies <area>:read": the stored context holds both, so policies test
+-- one exact string.
+create or replace function auth.expand_scopes(scopes text[]) returns text[]
+  language sql immutable
+  as $$
+    select coalesce(array_agg(distinct s order by s), '{}')
+      from (select unnest(scopes) as s
+            union
+            select replace(x, ':write', ':read') from unnest(scopes) x where x like '%:write') u
+  $$;
+
+-- Start a request: find the credential's platform_token row, refuse it if it is
+-- revoked, expired or its user is no longer a member, compute the effective scopes
+-- (the token's scopes, never more than the user's role now allows) and set the
+-- transaction-local context. Returns one row; status <> 'ok' means no context was set.
+--
+-- API tokens are found by the SHA-256 of the secret; sessions by the id in the JWT
+-- (whose signature the API has already checked) within the JWT's organization.
+create or replace function auth.begin_request(
+  p_token_hash bytea,
+  p_session_id uuid,
+  p_session_org uuid,
+  p_request_id text
+) returns table (
+  status text,
+  token_id uuid,
+  organization_id uuid,
+  user_id uuid,
+  kind text,
+  role text,
+  scopes text[],
+  project_ids uuid[],
+  prefix text,
+  expires_at timestamptz
+)
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  t public.platform_token%rowtype;
+  m_role text;
+  effective text[];
+begin
+  if p_token_hash is not null then
+    select * into t from public.platform_token pt
+     where pt.token_hash = p_token_hash and pt.kind = 'api';
+  else
+    select * into t from public.platform_token pt
+     where pt.organization_id = p_session_org and pt.id = p_session_id and pt.kind = 'session';
+  end if;
+
+  if t.id is null then
+    return query select 'unknown'::text, null::uuid, null::uuid, null::uuid, null::text, null::text,
+                        null::text[], null::uuid[], null::text, null::timestamptz;
+    return;
+  end if;
+
+  select m.role into m_role from public.organization_membership m
+   where m.organization_id = t.organization_id and m.user_id = t.user_id;
+
+  status := case
+    when t.revoked_at is not null then 'revoked'
+    when t.expires_at <= now() then 'expired'
+    when m_role is null then 'not_member'
+    else 'ok'
+  end;
+  if status <> 'ok' then
+    return query select status, t.id, t.organization_id, t.user_id, t.kind, null::text,
+                        null::text[], null::uuid[], t.prefix, t.expires_at;
+    return;
+  end if;
+
+  effective := auth.expand_scopes(auth.role_scopes(m_role));
+  if t.scopes is not null then
+    effective := array(select unnest(auth.expand_scopes(t.scopes))
+                       intersect
+                       select unnest(effective) order by 1);
+  end if;
+
+  perform set_config('app.organization_id', t.organization_id::text, true),
+          set_config('app.user_id', t.user_id::text, true),
+          set_config('app.token_id', t.id::text, true),
+          set_config('app.scopes', effective::text, true),
+          set_config('app.project_ids', coalesce(t.project_ids::text, 'all'), true),
+          set_config('app.request_id', coalesce(p_request_id, ''), true);
+
+  -- To the minute is enough: at most one write per token per minute, and the audit
+  -- trigger treats last_used_at as noise.
+  if t.last_used_at is null or t.last_used_at < now() - interval '1 minute' then
+    update public.platform_token pt set last_used_at = now()
+     where pt.organization_id = t.organization_id and pt.id = t.id;
+  end if;
+
+  return query select 'ok'::text, t.id, t.organization_id, t.user_id, t.kind, m_role,
+                      effective, t.project_ids, t.prefix, t.expires_at;
+end
+$$;
+
+-- Login, step 1: the password hash for an email, so the API can verify it with argon2
+-- outside the database. Nothing else about the user is returned.
+create or replace function auth.login_lookup(p_email text)
+  returns table (user_id uuid, password_hash text)
+  language sql
+  stable
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select u.id, u.password_hash from public.user_account u where lower(u.email) = lower(p_email)
+  $$;
+
+-- Login, step 2 (after the password checked out): open a session in the requested
+-- organization, or the user's oldest membership. Returns nothing if the user is not a
+-- member there.
+create or replace function auth.create_session(p_user_id uuid, p_org uuid, p_ttl interval, p_request_id text)
+  returns table (token_id uuid, organization_id uuid, expires_at timestamptz)
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  org uuid;
+  tid uuid;
+  exp timestamptz := now() + p_ttl;
+begin
+  select m.organization_id into org
+    from public.organization_membership m
+   where m.user_id = p_user_id and (p_org is null or m.organization_id = p_org)
+   order by m.created_at, m.id
+   limit 1;
+  if org is null then
+    return;
+  end if;
+  -- The session row is created in the user's own context so the audit trail
+  -- attributes it to the user, and the session's own token id.
+  tid := uuidv7();
+  perform set_config('app.organization_id', org::text, true),
+          set_config('app.user_id', p_user_id::text, true),
+          set_config('app.token_id', tid::text, true),
+          set_config('app.request_id', coalesce(p_request_id, ''), true);
+  insert into public.platform_token (organization_id, id, user_id, kind, name, prefix, expires_at)
+  values (org, tid, p_user_id, 'session', 'session', 'session', exp);
+  return query select tid, org, exp;
+end
+$$;
+
+-- Signup: a user, their organization (one per user), its owner membership, a default
+-- workspace and project, in one transaction. A duplicate email raises unique_violation
+-- on user_account_email_key, which the API turns into 409.
+create or replace function auth.signup(p_email text, p_password_hash text, p_display_name text, p_request_id text)
+  returns table (user_id uuid, organization_id uuid, workspace_id uuid, project_id uuid)
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  uid uuid := uuidv7();
+  org uuid := uuidv7();
+  ws uuid := uuidv7();
+  prj uuid := uuidv7();
+begin
+  perform set_config('app.organization_id', org::text, true),
+          set_config('app.user_id', uid::text, true),
+          set_config('app.request_id', coalesce(p_request_id, ''), true);
+  insert into public.user_account (id, email, password_hash, display_name)
+  values (uid, p_email, p_password_hash, p_display_name);
+  insert into public.organization (id, name) values (org, p_display_name || '''s organization');
+  insert into public.organization_membership (organization_id, user_id, role) values (org, uid, 'owner');
+  insert into public.workspace (organization_id, id, name) values (org, ws, 'Default');
+  insert into public.project (organization_id, id, workspace_id, name) values (org, prj, ws, 'Default');
+  return query select uid, org, ws, prj;
+end
+$$;
+
+-- Ownership and the only grants: tenant_api may call these four, nothing else here.
+-- (CREATE on the schema is needed by the new owner for the moment of the ALTER only.)
+grant create on schema auth to tenant_auth;
+alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
+alter function auth.login_lookup(text) owner to tenant_auth;
+alter function auth.create_session(uuid, uuid, interval, text) owner to tenant_auth;
+alter function auth.signup(text, text, text, text) owner to tenant_auth;
+revoke create on schema auth from tenant_auth;
+revoke all on all functions in schema auth from public;
+grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]) to tenant_auth;
+grant execute on function
+  auth.begin_request(bytea, uuid, uuid, text),
+  auth.login_lookup(text),
+  auth.create_session(uuid, uuid, interval, text),
+  auth.signup(text, text, text, text)
+to tenant_api;

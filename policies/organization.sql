@@ -1,0 +1,10 @@
+-- organization: the tenant itself; its id is the organization id.
+-- Readable with org:read; only unrestricted credentials (not limited to some projects)
+-- may change it. Rows are created only by auth.signup.
+call app.tenant_table('public.organization', area => 'org', org_column => 'id',
+                      write_extra => '(select app.unrestricted())',
+                      api_grants => 'select, update');
+
+create policy auth_signup on public.organization for insert to tenant_auth
+  with check (id = (select app.current_organization_id()));
+grant insert on public.organization to tenant_auth;

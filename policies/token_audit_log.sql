@@ -1,0 +1,9 @@
+-- token_audit_log: written only by app.audit_row() (as tenant_audit), read with
+-- audit:read. tenant_api gets SELECT alone: the trail is append-only for the API.
+call app.tenant_table('public.token_audit_log', area => 'audit', api_grants => 'select');
+
+-- The log does not audit itself.
+drop trigger if exists audit on public.token_audit_log;
+
+create policy audit_writer on public.token_audit_log for insert to tenant_audit with check (true);
+grant insert on public.token_audit_log to tenant_audit;

@@ -1,0 +1,1 @@
+"""tenant-api: the multi-tenant API of an AI-agent platform."""

@@ -1,0 +1,1 @@
+"""The audit trail: what every token did."""

@@ -1,0 +1,1 @@
+"""Credentials, passwords, scopes and the per-request transaction."""

@@ -1,0 +1,140 @@
+"""The request's path up to the handler.
+
+1. ``CredentialMiddleware`` (no database): reads ``Authorization: Bearer ...``, checks an
+   API token's format and checksum or a session JWT's signature and expiry, and stores
+   the resulting Credential. Anything malformed stops here with 401. Routes marked
+   ``opt={"public": True}`` (signup, login, health, docs) skip it.
+2. ``provide_db`` (one transaction per request): opens the session, begins the
+   transaction (which runs auth.begin_request and sets the context, see db.context),
+   refuses unknown/expired/revoked credentials with 401 and a missing scope with 403
+   naming it, yields the session to the handler, then commits. The commit is ours: if it
+   fails the client gets a problem response, never a 2xx. Any exception rolls back.
+3. ``provide_ctx``: the Principal the handler and services work as.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from uuid import uuid4
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_api.auth.credentials import InvalidCredential, SessionCodec, parse_bearer
+from tenant_api.db.context import Credential, Principal
+
+_REFUSED = {
+    "unknown": "unknown credential",
+    "revoked": "credential revoked",
+    "expired": "credential expired",
+    "not_member": "the credential's user is no longer a member of its organization",
+}
+
+
+class RequestIdMiddleware(ASGIMiddleware):
+    """Every request gets an id: in the response header, problem bodies, logs and audit rows."""
+
+    scopes = ("http", "websocket")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        request_id = uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)  # type: ignore[arg-type]
+
+        await next_app(scope, receive, send_with_id)  # type: ignore[arg-type]
+
+
+def _route_opt(scope: Scope) -> dict:  # type: ignore[type-arg]
+    handler = scope.get("route_handler")
+    return getattr(handler, "opt", {}) or {}
+
+
+class CredentialMiddleware(ASGIMiddleware):
+    scopes = ("http", "websocket")
+
+    def __init__(self, codec: SessionCodec) -> None:
+        self.codec = codec
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if not _route_opt(scope).get("public"):
+            headers = dict(scope.get("headers") or [])
+            raw = headers.get(b"authorization")
+            if raw is None and scope["type"] == "websocket":
+                # Browsers cannot set headers on WebSockets: accept ?access_token= there.
+                from urllib.parse import parse_qs
+
+                values = parse_qs(scope.get("query_string", b"").decode()).get("access_token")
+                raw = f"Bearer {values[0]}".encode() if values else None
+            try:
+                credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
+            except InvalidCredential as exc:
+                raise NotAuthorizedException(str(exc)) from None
+            scope.setdefault("state", {})["credential"] = credential
+        await next_app(scope, receive, send)
+
+
+def _credential(request: Request) -> Credential:
+    credential = request.scope.get("state", {}).get("credential")
+    if credential is None:  # a public route asked for an authenticated session: a bug
+        raise NotAuthorizedException("missing credential")
+    return credential
+
+
+async def open_request_session(request: Request, state: State) -> tuple[AsyncSession, Principal]:
+    """Begin the request's transaction as its credential; refuse it or return the principal."""
+    session: AsyncSession = state.sessionmaker()
+    session.info["credential"] = _credential(request)
+    session.info["request_id"] = request.scope["state"].get("request_id")
+    try:
+        await session.connection()  # BEGIN; after_begin runs auth.begin_request
+        principal: Principal = session.info["principal"]
+        if not principal.ok:
+            raise NotAuthorizedException(_REFUSED.get(principal.status, "invalid credential"))
+        required = _route_opt(request.scope).get("scope")
+        if required and not principal.has_scope(required):
+            raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})
+    except BaseException:
+        await session.close()
+        raise
+    request.scope["state"]["principal"] = principal
+    return session, principal
+
+
+async def provide_db(request: Request, state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One request, one transaction, one platform_token. We own the commit."""
+    session, _ = await open_request_session(request, state)
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    finally:
+        await session.close()
+
+
+async def provide_public_db(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """A transaction with no context (signup, login): RLS shows nothing, only the
+    auth.* definer functions can act."""
+    session: AsyncSession = state.sessionmaker()
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    finally:
+        await session.close()
+
+
+async def provide_ctx(request: Request, db: AsyncSession) -> Principal:
+    return db.info["principal"]

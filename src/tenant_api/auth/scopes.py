@@ -1,0 +1,41 @@
+"""The scope catalog and the fixed scope set of each organization role.
+
+Scopes are "<area>:read" and "<area>:write"; write implies read. ROLE_SCOPES mirrors
+auth.role_scopes() in policies/auth.sql, which is what the database enforces; a test
+asserts the two agree.
+"""
+
+from __future__ import annotations
+
+AREAS = (
+    "org", "members", "agents", "tasks", "conversations", "desktops",
+    "calls", "services", "notifications", "billing", "tokens",
+)  # fmt: skip
+
+SCOPES: frozenset[str] = frozenset(
+    [f"{area}:{level}" for area in AREAS for level in ("read", "write")] + ["audit:read"]
+)
+
+_ALL_WRITE = [f"{area}:write" for area in AREAS]
+_WORK = ["agents", "tasks", "conversations", "desktops", "calls", "services", "notifications"]
+
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "owner": frozenset(_ALL_WRITE + ["audit:read"]),
+    "admin": frozenset([s for s in _ALL_WRITE if s != "billing:write"] + ["billing:read", "audit:read"]),
+    "member": frozenset(
+        ["org:read", "members:read", "billing:read", "tokens:write"] + [f"{a}:write" for a in _WORK]
+    ),
+    "auditor": frozenset([f"{area}:read" for area in AREAS] + ["audit:read"]),
+}
+ROLES = tuple(ROLE_SCOPES)
+
+
+def expand(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
+    """Add the read scope implied by each write scope."""
+    out = set(scopes)
+    out.update(s.replace(":write", ":read") for s in scopes if s.endswith(":write"))
+    return frozenset(out)
+
+
+def unknown(scopes: list[str]) -> list[str]:
+    return [s for s in scopes if s not in SCOPES]

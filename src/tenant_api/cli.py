@@ -1,0 +1,115 @@
+"""tenant-api: the operators' command line.
+
+  tenant-api dev               what `make run` does: embedded PostgreSQL (unless
+                               DATABASE_URL is set), migrations, demo organization,
+                               a fresh demo token, then serve on 127.0.0.1:8000
+  tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL)
+  tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
+  tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
+  tenant-api create-user       sign up a user with their own organization
+  tenant-api openapi           print the OpenAPI document
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from tenant_api.settings import Settings
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from tenant_api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
+                log_level="info", access_log=False, proxy_headers=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    if settings.server.workers > 1:
+        import uvicorn
+
+        # Each worker builds its own app (and pool) from the environment.
+        uvicorn.run("tenant_api.asgi:create", host=settings.server.host, port=settings.server.port,
+                    workers=settings.server.workers, factory=True, log_level="info", access_log=False)
+    else:
+        _serve(settings)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from tenant_api.db import migrate
+
+    settings = Settings.from_env()
+    if not settings.database.owner_url:
+        sys.exit("OWNER_DATABASE_URL is required: migrations run as the schema owner, never as the API role")
+    migrate.upgrade(settings.database.owner_url, args.revision)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> None:
+    from tenant_api.db.bootstrap import bootstrap
+
+    admin = os.environ.get("ADMIN_DATABASE_URL")
+    if not admin:
+        sys.exit("ADMIN_DATABASE_URL (a superuser) is required")
+    result = asyncio.run(bootstrap(admin, database=args.database,
+                                   owner_password=os.environ["OWNER_PASSWORD"],
+                                   api_password=os.environ["API_PASSWORD"]))
+    print(json.dumps({"owner_url": "set OWNER_DATABASE_URL accordingly", "database": args.database}))
+    del result
+
+
+def cmd_create_user(args: argparse.Namespace) -> None:
+    from tenant_api.devserver import signup_via_api
+
+    settings = Settings.from_env()
+    out = asyncio.run(signup_via_api(settings, args.email, args.password, args.display_name))
+    print(json.dumps(out, indent=2))
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from tenant_api.devserver import run_dev
+
+    run_dev()
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from tenant_api.app import create_app
+
+    settings = Settings.from_env()
+    if not settings.database.url:
+        settings = settings.with_database(url="postgresql+asyncpg://unused@localhost/unused")
+    if not settings.auth.jwt_secret:
+        settings = settings.with_auth(jwt_secret="x" * 32)
+    print(json.dumps(create_app(settings).openapi_schema.to_schema(), indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tenant-api", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev").set_defaults(fn=cmd_dev)
+    sub.add_parser("serve").set_defaults(fn=cmd_serve)
+    p = sub.add_parser("migrate")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("bootstrap")
+    p.add_argument("--database", default="tenant")
+    p.set_defaults(fn=cmd_bootstrap)
+    p = sub.add_parser("create-user")
+    p.add_argument("email")
+    p.add_argument("display_name")
+    p.add_argument("--password", required=True)
+    p.set_defaults(fn=cmd_create_user)
+    sub.add_parser("openapi").set_defaults(fn=cmd_openapi)
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

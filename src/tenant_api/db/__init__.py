@@ -1,0 +1,1 @@
+"""Database access: engines, the request context, the embedded server, migrations."""

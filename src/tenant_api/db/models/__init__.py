@@ -1,0 +1,27 @@
+"""ORM models, one module per domain. Tables, keys and constraints are created by the
+migrations; these mappings only describe them to SQLAlchemy."""
+
+from tenant_api.db.models.base import Base, TenantBase
+from tenant_api.db.models.identity import (
+    Organization,
+    OrganizationMembership,
+    PlatformToken,
+    Project,
+    TokenAuditLog,
+    UserAccount,
+    Workspace,
+)
+from tenant_api.db.models.agents import Agent
+
+__all__ = [
+    "Agent",
+    "Base",
+    "Organization",
+    "OrganizationMembership",
+    "PlatformToken",
+    "Project",
+    "TenantBase",
+    "TokenAuditLog",
+    "UserAccount",
+    "Workspace",
+]

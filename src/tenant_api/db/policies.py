@@ -1,0 +1,41 @@
+"""Apply policies/*.sql (idempotent) on a migration connection, as the owner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
+
+PROJECT_ROOT = Path(os.environ.get("TENANT_API_ROOT", Path(__file__).resolve().parents[3]))
+POLICIES_DIR = PROJECT_ROOT / "policies"
+
+# Shared pieces first, in dependency order; then one file per table, alphabetically.
+# roles.sql is cluster-level bootstrap (superuser) and is not applied here.
+BASE_FILES = ("context.sql", "audit.sql", "tenancy.sql", "auth.sql")
+NOT_APPLIED = {"roles.sql"}
+
+
+def policy_files(directory: Path = POLICIES_DIR) -> list[Path]:
+    tables = sorted(
+        p for p in directory.glob("*.sql") if p.name not in NOT_APPLIED and p.name not in BASE_FILES
+    )
+    return [directory / name for name in BASE_FILES] + tables
+
+
+def exec_script(connection: Connection, sql: str) -> None:
+    """Run a multi-statement SQL script in the connection's current transaction.
+
+    asyncpg runs a parameterless execute() through the simple query protocol, which
+    accepts several statements and $$-quoted bodies; SQLAlchemy's own execute prepares
+    each statement and would refuse them. We are inside run_sync's greenlet, hence
+    await_only.
+    """
+    driver = connection.connection.driver_connection
+    await_only(driver.execute(sql))
+
+
+def apply_policies(connection: Connection, directory: Path = POLICIES_DIR) -> None:
+    for path in policy_files(directory):
+        exec_script(connection, path.read_text())

@@ -1,0 +1,117 @@
+"""`make run`: a ready-to-use API on this machine, nothing else required.
+
+Starts the embedded PostgreSQL (data in .data/pg) unless DATABASE_URL is set,
+bootstraps roles, applies migrations as the owner, creates the demo organization and
+its owner on first start, mints a fresh demo API token, prints the login, the token and
+the docs URL, and serves on 127.0.0.1:8000. Running it again reuses the data.
+
+The demo password and the JWT signing key live in .data/ (git-ignored): this is a
+developer's sandbox, not a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from pathlib import Path
+
+from tenant_api.db.policies import PROJECT_ROOT
+from tenant_api.settings import Settings, asyncpg_url
+
+DATA_DIR = Path(os.environ.get("TENANT_API_DATA", PROJECT_ROOT / ".data"))
+DEMO_EMAIL = "owner@demo.example"
+
+
+def _secret_file(name: str, make) -> str:  # type: ignore[no-untyped-def]
+    path = DATA_DIR / name
+    if path.exists():
+        return path.read_text().strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+def prepare_database() -> Settings:
+    """Embedded server + bootstrap + migrations; returns settings pointing at it."""
+    from tenant_api.db import embedded, migrate
+    from tenant_api.db.bootstrap import bootstrap
+
+    env = dict(os.environ)
+    jwt_secret = env.get("JWT_SECRET") or _secret_file("jwt_secret", lambda: secrets.token_urlsafe(48))
+    settings = Settings.from_env().with_auth(jwt_secret=jwt_secret)
+    if not settings.database.url:
+        admin_url = embedded.start(DATA_DIR / "pg")
+        db_password = _secret_file("db_password", lambda: secrets.token_urlsafe(24))
+        result = asyncio.run(bootstrap(admin_url, database="tenant", owner_password=db_password,
+                                       api_password=db_password))
+        settings = settings.with_database(url=asyncpg_url(result.api_url), owner_url=asyncpg_url(result.owner_url))
+    if settings.database.owner_url:
+        migrate.upgrade(settings.database.owner_url)
+    return settings
+
+
+async def signup_via_api(settings: Settings, email: str, password: str, display_name: str) -> dict:
+    """Sign up through the application itself (the same path as POST /v1/auth/signup)."""
+    from litestar.testing import AsyncTestClient
+
+    from tenant_api.app import create_app
+
+    async with AsyncTestClient(create_app(settings)) as client:
+        response = await client.post("/v1/auth/signup",
+                                     json={"email": email, "password": password, "display_name": display_name})
+        return {"status": response.status_code, **response.json()}
+
+
+async def demo_token(settings: Settings, password: str) -> dict:
+    from litestar.testing import AsyncTestClient
+
+    from tenant_api.app import create_app
+    from tenant_api.auth.scopes import ROLE_SCOPES
+
+    async with AsyncTestClient(create_app(settings)) as client:
+        signup = await client.post("/v1/auth/signup",
+                                   json={"email": DEMO_EMAIL, "password": password, "display_name": "Demo Owner"})
+        if signup.status_code not in (201, 409):
+            raise SystemExit(f"demo signup failed: {signup.status_code} {signup.text}")
+        login = await client.post("/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
+        if login.status_code != 200:
+            raise SystemExit(f"demo login failed: {login.status_code} {login.text}")
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        token = await client.post("/v1/tokens", headers=headers,
+                                  json={"name": "make run demo token", "scopes": sorted(ROLE_SCOPES["owner"])})
+        if token.status_code != 201:
+            raise SystemExit(f"demo token failed: {token.status_code} {token.text}")
+        await client.post("/v1/auth/logout", headers=headers)
+        return token.json()
+
+
+def run_dev() -> None:
+    from tenant_api.cli import _serve
+
+    settings = prepare_database()
+    password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
+    token = asyncio.run(demo_token(settings, password))
+    host, port = settings.server.host, settings.server.port
+    print(
+        "\n".join(
+            [
+                "",
+                "tenant-api is ready.",
+                f"  docs:      http://{host}:{port}/docs",
+                f"  login:     {DEMO_EMAIL} / {password}",
+                f"  API token: {token['token']}   (all owner scopes, expires {token['expires_at']})",
+                f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+    _serve(settings)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"data_dir": str(DATA_DIR)}))

@@ -1,0 +1,141 @@
+"""One error format: RFC 9457 problem details, for every error the API returns.
+
+Handlers and services raise the Litestar HTTP exceptions (or ProblemError); database
+errors are classified by SQLSTATE; anything else is a 500 whose body says nothing about
+the internals and whose log line carries the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from advanced_alchemy.exceptions import (
+    DuplicateKeyError,
+    ForeignKeyError,
+    NotFoundError,
+    RepositoryError,
+)
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger("tenant_api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemError(HTTPException):
+    """An HTTP error with a specific problem type and extra members."""
+
+    def __init__(self, status_code: int, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, extra=extra)
+
+
+def not_found(what: str) -> ProblemError:
+    return ProblemError(404, f"{what} not found")
+
+
+def conflict(detail: str, **extra: Any) -> ProblemError:
+    return ProblemError(409, detail, extra=extra or None)
+
+
+def invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(422, f"{field}: {message}", extra={"errors": [{"field": field, "message": message}]})
+
+
+def problem(request: Request, status: int, detail: str, extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update({k: v for k, v in extra.items() if k not in body})
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _http_exception(request: Request, exc: HTTPException) -> Response:
+    extra = exc.extra if isinstance(exc.extra, dict) else None
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="tenant-api"'}
+    detail = exc.detail if exc.detail else HTTPStatus(exc.status_code).phrase
+    return problem(request, exc.status_code, detail, extra, headers)
+
+
+def _validation(request: Request, exc: ValidationException) -> Response:
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            field = item.get("key") or item.get("source") or "body"
+            errors.append({"field": field, "message": str(item.get("message", "invalid value"))})
+    if errors:
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    else:
+        detail = exc.detail or "invalid input"
+        # msgspec messages name the JSON path, e.g. "Expected `str`, got `int` - at `$.name`"
+    return problem(request, 422, detail, {"errors": errors} if errors else None)
+
+
+# SQLSTATE -> (status, detail). Constraint names are ours and safe to show; values are not
+# included (they can hold data the caller did not send).
+def _database(request: Request, exc: Exception) -> Response:
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    cause = getattr(orig, "__cause__", None)
+    constraint = getattr(cause, "constraint_name", None) or getattr(orig, "constraint_name", None)
+    if sqlstate == "23505":
+        return problem(request, 409, f"conflicts with an existing row ({constraint or 'unique constraint'})")
+    if sqlstate == "23503":
+        return problem(request, 409 if request.method == "DELETE" else 422,
+                       f"a referenced or referencing row prevents this ({constraint or 'foreign key'})")
+    if sqlstate in {"23514", "23502", "22P02", "22001", "22003", "22007", "22008", "22023"}:
+        return problem(request, 422, f"invalid value ({constraint or sqlstate})")
+    if sqlstate == "42501":
+        # RLS WITH CHECK or a missing grant: the credential may not make this change.
+        return problem(request, 403, "this credential may not make that change")
+    if sqlstate in {"40001", "40P01"}:
+        return problem(request, 409, "concurrent update, retry the request")
+    if sqlstate == "57014":
+        return problem(request, 503, "the database took too long; retry later")
+    return _unexpected(request, exc)
+
+
+def _repository(request: Request, exc: Exception) -> Response:
+    """advanced-alchemy wraps database errors; classify the original."""
+    cause = exc.__cause__
+    if isinstance(cause, DBAPIError):
+        return _database(request, cause)
+    if isinstance(exc, DuplicateKeyError):
+        return problem(request, 409, "conflicts with an existing row")
+    if isinstance(exc, ForeignKeyError):
+        return problem(request, 422, "references a row that does not exist")
+    return _unexpected(request, exc)
+
+
+def _not_found(request: Request, exc: NotFoundError) -> Response:
+    return problem(request, 404, "not found")
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.exception("unhandled error (request_id=%s)", request_id, exc_info=exc)
+    return problem(request, 500, "internal error; quote the request_id when reporting it")
+
+
+EXCEPTION_HANDLERS = {
+    ValidationException: _validation,
+    HTTPException: _http_exception,
+    NotFoundError: _not_found,
+    RepositoryError: _repository,
+    DBAPIError: _database,
+    Exception: _unexpected,
+}

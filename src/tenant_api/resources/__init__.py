@@ -1,0 +1,10 @@
+"""The generic tenant resource and one module per area.
+
+REGISTRY lists every generic resource; the app mounts each, and the catalog-driven tests
+walk it (with the OpenAPI document) so a new resource is covered without new tests.
+"""
+
+from tenant_api.resources.agents import agents
+from tenant_api.resources.org import projects, workspaces
+
+REGISTRY = [workspaces, projects, agents]

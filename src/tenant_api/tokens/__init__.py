@@ -1,0 +1,1 @@
+"""API tokens: create (secret shown once), list, get, revoke, rotate."""

@@ -1,0 +1,17 @@
+from tests.conftest import bearer, signup
+
+
+async def test_signup_login_me_and_agent_roundtrip(client, admin_conn):
+    t = await signup(client)
+    r = await client.get("/v1/me", headers=t.h)
+    assert r.status_code == 200, r.text
+    me = r.json()
+    assert me["organization_id"] == t.organization_id and me["role"] == "owner"
+    r = await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "a1"})
+    assert r.status_code == 201, r.text
+    agent = r.json()
+    r = await client.get(f"/v1/agents/{agent['id']}", headers=t.h)
+    assert r.status_code == 200 and r.json()["name"] == "a1"
+    rows = await admin_conn.fetch("select action, token_id::text from token_audit_log where row_id = $1",
+                                  __import__("uuid").UUID(agent["id"]))
+    assert [(r["action"], r["token_id"]) for r in rows] == [("INSERT", t.token_id)]
