@@ -14,7 +14,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from tenant_api.audit.controller import audit_router
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
-from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, provide_ctx, provide_db
+from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS
 from tenant_api.resources import REGISTRY
@@ -46,10 +46,7 @@ def _check_route_security(app: Litestar) -> None:
     credential). A route that forgot would run without a scope check: refuse to start."""
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
-            if not getattr(handler.fn, "__module__", "").startswith("tenant_api."):
-                continue  # Litestar's own (OPTIONS, OpenAPI pages)
-            opt = handler.opt or {}
-            if not opt.get("public") and "scope" not in opt:
+            if not is_public(handler) and "scope" not in (handler.opt or {}):
                 raise RuntimeError(f"route {route.path} ({handler.handler_name}) declares neither public nor scope")
 
 

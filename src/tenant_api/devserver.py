@@ -90,8 +90,11 @@ async def demo_token(settings: Settings, password: str) -> dict:
 
 
 def run_dev() -> None:
+    import logging
+
     from tenant_api.cli import _serve
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = prepare_database()
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))

@@ -58,6 +58,15 @@ def _route_opt(scope: Scope) -> dict:  # type: ignore[type-arg]
     return getattr(handler, "opt", {}) or {}
 
 
+def is_public(handler: object) -> bool:
+    """Public: marked opt={"public": True}, or one of Litestar's own handlers (the
+    OpenAPI pages, automatic OPTIONS). Every other route needs a credential and must
+    name its scope (create_app checks this at start-up)."""
+    if (getattr(handler, "opt", None) or {}).get("public"):
+        return True
+    return not getattr(getattr(handler, "fn", None), "__module__", "").startswith("tenant_api.")
+
+
 class CredentialMiddleware(ASGIMiddleware):
     scopes = ("http", "websocket")
 
@@ -65,7 +74,7 @@ class CredentialMiddleware(ASGIMiddleware):
         self.codec = codec
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if not _route_opt(scope).get("public"):
+        if not is_public(scope.get("route_handler")):
             headers = dict(scope.get("headers") or [])
             raw = headers.get(b"authorization")
             if raw is None and scope["type"] == "websocket":

@@ -75,6 +75,19 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         assert self.ctx.organization_id is not None
         return self.ctx.organization_id
 
+    async def parent_scope(self, nest: "Nest | None", parent_id: UUID | None) -> dict[str, Any]:
+        """For a nested resource (/v1/agents/{agent_id}/email-rules): the parent must be
+        visible (else 404 naming it); returns the columns every child row gets from it
+        (the link column and, e.g., the parent's project_id)."""
+        if nest is None or parent_id is None:
+            return {}
+        parent = await self.repository.session.scalar(
+            select(nest.model).where(nest.model.organization_id == self.org, nest.model.id == parent_id)
+        )
+        if parent is None:
+            raise not_found(nest.label)
+        return {nest.column: parent_id, **{c: getattr(parent, c) for c in nest.inherit}}
+
     async def page(
         self, *extra: StatementFilter, limit: int, cursor: str | None, **filters: Any
     ) -> tuple[Sequence[M], str | None]:
@@ -88,9 +101,9 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
             return rows[:limit], encode_cursor(rows[limit - 1].id)
         return rows, None
 
-    async def get_visible(self, item_id: UUID) -> M:
+    async def get_visible(self, item_id: UUID, scope: dict[str, Any] | None = None) -> M:
         row = await self.get_one_or_none(organization_id=self.org, id=item_id)
-        if row is None:
+        if row is None or any(getattr(row, k) != v for k, v in (scope or {}).items()):
             raise not_found(self.label)
         return row
 
@@ -113,13 +126,14 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         """Hook for a resource's own rules (state machines, validation). Returns the values."""
         return values
 
-    async def create_row(self, values: dict[str, Any]) -> M:
+    async def create_row(self, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
+        values = {**values, **(scope or {})}
         await self.check_parents(values)
         values = await self.before_write(values, None)
         return await self.create({**values, "organization_id": self.org})
 
-    async def update_row(self, item_id: UUID, values: dict[str, Any]) -> M:
-        row = await self.get_visible(item_id)
+    async def update_row(self, item_id: UUID, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
+        row = await self.get_visible(item_id, scope)
         await self.check_parents(values)
         values = await self.before_write(values, row)
         for key, value in values.items():
@@ -128,8 +142,8 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         await self.repository.session.refresh(row)
         return row
 
-    async def delete_row(self, item_id: UUID) -> None:
-        row = await self.get_visible(item_id)
+    async def delete_row(self, item_id: UUID, scope: dict[str, Any] | None = None) -> None:
+        row = await self.get_visible(item_id, scope)
         await self.repository.session.delete(row)
         await self.repository.session.flush()
 
@@ -142,6 +156,17 @@ def service_for(model: type[M], label: str, parents: dict[str, type[TenantBase]]
     if parents is not None:
         attrs["parents"] = parents
     return type(f"{model.__name__}Service", (base,), attrs)
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A resource that lives under a parent's path, e.g. /v1/agents/{agent_id}/email-rules."""
+
+    param: str  # the path parameter: "agent_id"
+    model: type[TenantBase]  # the parent model: Agent
+    column: str  # the child's column holding the parent id: "agent_id"
+    inherit: tuple[str, ...] = ()  # columns copied from the parent on create: ("project_id",)
+    label: str = "parent"  # for "agent not found"
 
 
 @dataclass
@@ -160,23 +185,29 @@ class Resource:
     service: type[TenantService] | None = None  # a subclass with the resource's own rules
     deletable: bool = True
     tag: str = ""
+    nest: Nest | None = None  # set for resources under a parent's path; path then holds {<param>:uuid}
 
     def service_class(self) -> type[TenantService]:
         base = self.service or TenantService
         return service_for(self.model, self.name, self.parents, base)
 
 
-def _with_query_params(fn: Any, params: dict[str, Any]) -> Any:
-    """Give a handler that takes **filters an explicit signature, so Litestar parses,
-    validates and documents each filter as a query parameter."""
+def _with_params(fn: Any, query: dict[str, Any], path: str | None) -> Any:
+    """Give a handler that takes **kw an explicit signature, so Litestar parses,
+    validates and documents each filter as a query parameter (and a nested resource's
+    parent id as a path parameter)."""
     sig = inspect.signature(fn)
     kept = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     extra = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typ | None)
-        for name, typ in params.items()
+        for name, typ in query.items()
     ]
+    annotations = {name: typ | None for name, typ in query.items()}
+    if path:
+        extra.insert(0, inspect.Parameter(path, inspect.Parameter.KEYWORD_ONLY, annotation=UUID))
+        annotations[path] = UUID
     fn.__signature__ = sig.replace(parameters=kept + extra)
-    fn.__annotations__ = {**fn.__annotations__, **{name: typ | None for name, typ in params.items()}}
+    fn.__annotations__ = {**fn.__annotations__, **annotations}
     return fn
 
 
@@ -190,54 +221,67 @@ def resource_router(res: Resource) -> Router:
     Service = res.service_class()
     read_scope, write_scope = f"{res.area}:read", f"{res.area}:write"
     tags = [res.tag or res.area]
+    nest = res.nest
+    parent_param = nest.param if nest else None
 
     async def provide_service(db: AsyncSession, ctx: Principal) -> TenantService:
         return Service(db, ctx)
+
+    async def scope_of(service: TenantService, kw: dict[str, Any]) -> dict[str, Any]:
+        return await service.parent_scope(nest, kw.pop(parent_param) if parent_param else None)
 
     async def list_items(
         service: TenantService,
         limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
         cursor: str | None = Parameter(default=None, max_length=64),
-        **filters: Any,
+        **kw: Any,
     ) -> Page:  # type: ignore[valid-type]
-        rows, next_cursor = await service.page(limit=limit, cursor=cursor, **filters)
+        scope = await scope_of(service, kw)
+        rows, next_cursor = await service.page(limit=limit, cursor=cursor, **kw, **scope)
         return Page(items=[to_read(Read, r) for r in rows], next_cursor=next_cursor)
 
-    async def get_item(service: TenantService, item_id: UUID) -> Read:  # type: ignore[valid-type]
-        return to_read(Read, await service.get_visible(item_id))
+    async def get_item(service: TenantService, item_id: UUID, **kw: Any) -> Read:  # type: ignore[valid-type]
+        scope = await scope_of(service, kw)
+        return to_read(Read, await service.get_visible(item_id, scope))
 
+    def route(decorator: Any, path: str, scope: str, op: str, summary: str, fn: Any, query: dict[str, Any],
+              **options: Any) -> Any:
+        return decorator(path, opt={"scope": scope}, operation_id=f"{op}", summary=summary, tags=tags,
+                         **options)(_with_params(fn, query, parent_param))
+
+    # "/v1/agents/{agent_id:uuid}/email-rules" -> "agents_email_rules": unique per path
+    plural = "_".join(p.replace("-", "_") for p in res.path.split("/")[2:] if p and not p.startswith("{"))
     handlers: list[Any] = [
-        get("/", opt={"scope": read_scope}, operation_id=f"list_{res.name}s", summary=f"List {res.name}s",
-            tags=tags)(_with_query_params(list_items, res.filters)),
-        get("/{item_id:uuid}", opt={"scope": read_scope}, operation_id=f"get_{res.name}",
-            summary=f"Get a {res.name}", tags=tags)(get_item),
+        route(get, "/", read_scope, f"list_{plural}", f"List {res.name}s", list_items, res.filters),
+        route(get, "/{item_id:uuid}", read_scope, f"get_{res.name}", f"Get a {res.name}", get_item, {}),
     ]
 
     if res.create is not None:
         Create = res.create
 
-        async def create_item(service: TenantService, data: Create) -> Read:  # type: ignore[valid-type]
-            return to_read(Read, await service.create_row(msgspec.structs.asdict(data)))
+        async def create_item(service: TenantService, data: Create, **kw: Any) -> Read:  # type: ignore[valid-type]
+            scope = await scope_of(service, kw)
+            return to_read(Read, await service.create_row(msgspec.structs.asdict(data), scope))
 
-        handlers.append(post("/", opt={"scope": write_scope}, operation_id=f"create_{res.name}",
-                             summary=f"Create a {res.name}", tags=tags)(create_item))
+        handlers.append(route(post, "/", write_scope, f"create_{res.name}", f"Create a {res.name}", create_item, {}))
 
     if res.update is not None:
         Update = res.update
 
-        async def update_item(service: TenantService, item_id: UUID, data: Update) -> Read:  # type: ignore[valid-type]
-            return to_read(Read, await service.update_row(item_id, set_fields(data)))
+        async def update_item(service: TenantService, item_id: UUID, data: Update, **kw: Any) -> Read:  # type: ignore[valid-type]
+            scope = await scope_of(service, kw)
+            return to_read(Read, await service.update_row(item_id, set_fields(data), scope))
 
-        handlers.append(patch("/{item_id:uuid}", opt={"scope": write_scope}, operation_id=f"update_{res.name}",
-                              summary=f"Update a {res.name}", tags=tags)(update_item))
+        handlers.append(route(patch, "/{item_id:uuid}", write_scope, f"update_{res.name}", f"Update a {res.name}",
+                              update_item, {}))
 
     if res.deletable:
 
-        async def delete_item(service: TenantService, item_id: UUID) -> None:
-            await service.delete_row(item_id)
+        async def delete_item(service: TenantService, item_id: UUID, **kw: Any) -> None:
+            scope = await scope_of(service, kw)
+            await service.delete_row(item_id, scope)
 
-        handlers.append(delete("/{item_id:uuid}", opt={"scope": write_scope}, operation_id=f"delete_{res.name}",
-                               summary=f"Delete a {res.name}", tags=tags)(delete_item))
+        handlers.append(route(delete, "/{item_id:uuid}", write_scope, f"delete_{res.name}", f"Delete a {res.name}",
+                              delete_item, {}))
 
-    return Router(path=res.path, route_handlers=handlers,
-                  dependencies={"service": Provide(provide_service)})
+    return Router(path=res.path, route_handlers=handlers, dependencies={"service": Provide(provide_service)})

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# postgres image init hook: roles and database, as in `tenant-api bootstrap`.
+set -euo pipefail
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres -f /policies/roles.sql
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
+  -v owner_pw="$OWNER_DB_PASSWORD" -v api_pw="$API_DB_PASSWORD" <<'SQL'
+alter role tenant_owner password :'owner_pw';
+alter role tenant_api password :'api_pw';
+create database tenant owner tenant_owner;
+SQL
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname tenant <<'SQL'
+revoke all on database tenant from public;
+grant connect, temporary on database tenant to tenant_owner;
+grant connect on database tenant to tenant_api;
+revoke create on schema public from public;
+alter schema public owner to tenant_owner;
+SQL
