@@ -80,7 +80,7 @@ def settings(database: Database) -> Settings:
     return (
         Settings()
         .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
-        .with_auth(jwt_secret="test-secret-" + "k" * 40)
+        .with_auth(jwt_secret="test-secret-" + "k" * 40, auth_rate_per_minute=100_000)
     )
 
 

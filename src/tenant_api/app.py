@@ -10,13 +10,14 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy import text
 
 from tenant_api.audit.controller import audit_router
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
-from tenant_api.errors import EXCEPTION_HANDLERS
+from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.base import resource_router
 from tenant_api.resources.org import organization_router
@@ -29,10 +30,10 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def routers() -> list[Router | Any]:
+def routers(settings: Settings) -> list[Router | Any]:
     return [
         health,
-        auth_router,
+        auth_router(settings.auth.auth_rate_per_minute),
         me_router,
         organization_router,
         tokens_router,
@@ -57,15 +58,25 @@ def create_app(settings: Settings) -> Litestar:
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
 
+    async def load_unique_keys(app: Litestar) -> None:
+        """Constraint name -> columns, so a 409 can name the conflicting fields."""
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text(UNIQUE_KEYS_SQL))).all()
+            app.state.unique_keys = {r.name: list(r.columns or []) for r in rows}
+        except Exception:  # the database may not be up yet; messages fall back to names
+            log.warning("could not load unique key names", exc_info=True)
+
     async def dispose() -> None:
         await engine.dispose()
 
     app = Litestar(
-        route_handlers=routers(),
+        route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
+        on_startup=[load_unique_keys],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",

@@ -85,6 +85,30 @@ def _validation(request: Request, exc: ValidationException) -> Response:
     return problem(request, 422, detail, {"errors": errors} if errors else None)
 
 
+UNIQUE_KEYS_SQL = """
+    select i.relname as name,
+           array_agg(a.attname order by k.ord) filter (where a.attname is not null) as columns
+      from pg_index x
+      join pg_class i on i.oid = x.indexrelid
+      join pg_namespace n on n.oid = i.relnamespace and n.nspname = 'public'
+      cross join lateral unnest(x.indkey) with ordinality as k(attnum, ord)
+      left join pg_attribute a on a.attrelid = x.indrelid and a.attnum = k.attnum
+     where x.indisunique and not x.indisprimary
+     group by i.relname
+"""
+
+
+def _key_columns(request: Request, constraint: str | None) -> str | None:
+    """Name the conflicting columns. PostgreSQL hides the "Key (...)=(...)" detail on
+    RLS tables (it could reveal rows the caller cannot see), so we map the constraint
+    name to its columns, loaded from the catalog at start-up; never the values."""
+    columns = request.app.state.get("unique_keys", {}).get(constraint or "")
+    if not columns:
+        return None
+    shown = [c for c in columns if c != "organization_id"]
+    return ", ".join(shown) or None
+
+
 # SQLSTATE -> (status, detail). Constraint names are ours and safe to show; values are not
 # included (they can hold data the caller did not send).
 def _database(request: Request, exc: Exception) -> Response:
@@ -93,7 +117,11 @@ def _database(request: Request, exc: Exception) -> Response:
     cause = getattr(orig, "__cause__", None)
     constraint = getattr(cause, "constraint_name", None) or getattr(orig, "constraint_name", None)
     if sqlstate == "23505":
-        return problem(request, 409, f"conflicts with an existing row ({constraint or 'unique constraint'})")
+        columns = _key_columns(request, constraint)
+        what = f"the same {columns}" if columns else f"the same key ({constraint or 'unique constraint'})"
+        return problem(request, 409, f"a row with {what} already exists")
+    if sqlstate == "23001":
+        return problem(request, 409, f"still referenced by other rows ({constraint or 'restrict'}); delete those first")
     if sqlstate == "23503":
         return problem(request, 409 if request.method == "DELETE" else 422,
                        f"a referenced or referencing row prevents this ({constraint or 'foreign key'})")

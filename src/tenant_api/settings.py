@@ -41,6 +41,8 @@ class AuthSettings:
     session_ttl_seconds: int = 12 * 3600
     token_default_ttl_days: int = 90
     token_max_ttl_days: int = 365
+    auth_rate_per_minute: int = 30
+    """Signup/login attempts per client IP per minute (Litestar's rate limiting)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Settings:
         auth = AuthSettings(
             jwt_secret=env.get("JWT_SECRET", ""),
             session_ttl_seconds=int(env.get("SESSION_TTL_SECONDS", str(12 * 3600))),
+            auth_rate_per_minute=int(env.get("AUTH_RATE_PER_MINUTE", "30")),
         )
         server = ServerSettings(
             host=env.get("HOST", "127.0.0.1"),

@@ -10,6 +10,7 @@ from litestar import Request, Router, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
+from litestar.middleware.rate_limit import RateLimitConfig
 from msgspec import Meta
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -153,5 +154,9 @@ async def me(db: AsyncSession, ctx: Principal) -> MeOut:
 
 
 
-auth_router = Router(path="/v1/auth", route_handlers=[signup, login, logout])
+def auth_router(rate_per_minute: int) -> Router:
+    """Signup and login are rate limited per client IP: password guessing and mass
+    signups get 429 (logout is not limited: it is authenticated)."""
+    limit = RateLimitConfig(rate_limit=("minute", rate_per_minute), exclude=["/v1/auth/logout"])
+    return Router(path="/v1/auth", route_handlers=[signup, login, logout], middleware=[limit.middleware])
 me_router = Router(path="/v1", route_handlers=[me])

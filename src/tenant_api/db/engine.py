@@ -26,6 +26,9 @@ def create_api_engine(settings: DatabaseSettings) -> AsyncEngine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=False,
+        # Bound parameters (password hashes, token hashes, user data) never reach
+        # exception messages or logs.
+        hide_parameters=True,
         connect_args=connect_args,
     )
 
