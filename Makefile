@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-full migrate openapi clean
+.PHONY: install run test test-pgbouncer bench bench-full migrate openapi clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -21,6 +21,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite's isolation claims, re-checked behind a real PgBouncer in transaction mode
+# (needs the pgbouncer binary: `apt-get install pgbouncer`; .ci/run installs it).
+test-pgbouncer: install
+	$(BIN)/python -m pytest tests_pgbouncer $(PYTEST_ARGS)
 
 migrate: install
 	$(BIN)/tenant-api migrate
