@@ -41,3 +41,28 @@ create policy auth_touch on public.platform_token for update to tenant_auth usin
 create policy auth_session on public.platform_token for insert to tenant_auth
   with check (kind = 'session' and organization_id = (select app.current_organization_id()));
 grant select, insert, update (last_used_at) on public.platform_token to tenant_auth;
+
+-- Rotation writes a new secret into an existing row: the same no-escalation rule as
+-- creating one applies (a narrow token must not obtain a working secret for a wider
+-- token, nor anyone for another user's token). RLS policies cannot compare old and new
+-- values, so a trigger does, for every path that could rotate.
+create or replace function app.guard_token_rotation() returns trigger
+  language plpgsql
+  as $$
+begin
+  if new.token_hash is distinct from old.token_hash and current_user = 'tenant_api' then
+    if new.user_id is distinct from app.current_user_id()
+       or not (coalesce(new.scopes, '{}') <@ app.current_scopes())
+       or not (app.unrestricted()
+               or (new.project_ids is not null and new.project_ids <@ app.current_project_ids())) then
+      raise exception 'token rotation beyond the credential in use'
+        using errcode = '42501';
+    end if;
+  end if;
+  return new;
+end
+$$;
+
+drop trigger if exists guard_rotation on public.platform_token;
+create trigger guard_rotation before update on public.platform_token
+  for each row execute function app.guard_token_rotation();
