@@ -27,6 +27,9 @@ def create_api_engine(settings: DatabaseSettings) -> AsyncEngine:
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=False,
         connect_args=connect_args,
+        # Statement parameters can hold secrets (service secret env values, token
+        # hashes): keep them out of exception messages, hence out of the error log.
+        hide_parameters=True,
     )
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
 from tenant_api.db.models import UserTrial
-from tenant_api.errors import invalid, not_found
+from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.resources.base import Input, TenantService, service_for, set_fields
 
 TzDatetime = Annotated[dt.datetime, Meta(tz=True)]
@@ -69,6 +69,8 @@ async def get_trial(db: AsyncSession, ctx: Principal) -> TrialRead:
 
 @put("/", opt={"scope": "billing:write"}, operation_id="put_trial", tags=["billing"])
 async def put_trial(db: AsyncSession, ctx: Principal, data: TrialIn) -> TrialRead:
+    if ctx.project_ids is not None:  # the policy refuses it too; this says why
+        raise ProblemError(403, "a project-restricted credential cannot change the organization's trial")
     sent = set_fields(data)
     existing = await _trial(db, ctx)
     if existing is None:

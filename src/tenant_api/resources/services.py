@@ -25,7 +25,8 @@ ServiceName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z](
                                   description="a DNS-1035 label: lowercase letters, digits, hyphens")]
 Image = Annotated[str, Meta(min_length=1, max_length=500)]
 EnvName = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-EnvValue = Annotated[str, Meta(max_length=32768)]
+# no NUL: impossible in a process environment, and PostgreSQL cannot store it
+EnvValue = Annotated[str, Meta(max_length=32768, pattern=r"^[^\x00]*$")]
 
 
 class EnvVarIn(Input):
