@@ -19,7 +19,11 @@ from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, i
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.resources import REGISTRY
+from tenant_api.resources.agents import agent_profile_router
 from tenant_api.resources.base import resource_router
+from tenant_api.resources.billing import trial_router
+from tenant_api.resources.calls import video_call_router
+from tenant_api.resources.notifications import notification_preferences_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -38,6 +42,10 @@ def routers(settings: Settings) -> list[Router | Any]:
         organization_router,
         tokens_router,
         audit_router,
+        agent_profile_router,
+        video_call_router,
+        notification_preferences_router,
+        trial_router,
         *(resource_router(res) for res in REGISTRY),
     ]
 

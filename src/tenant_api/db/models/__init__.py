@@ -11,17 +11,30 @@ from tenant_api.db.models.identity import (
     UserAccount,
     Workspace,
 )
-from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.agents import Agent, AgentConversation, AgentEmailRule, AgentProfile, AgentTemplate
+from tenant_api.db.models.billing import UserTrial
+from tenant_api.db.models.calls import VideoCall
+from tenant_api.db.models.notifications import DeviceToken, NotificationPreference
+from tenant_api.db.models.services import Service
 
 __all__ = [
     "Agent",
+    "AgentConversation",
+    "AgentEmailRule",
+    "AgentProfile",
+    "AgentTemplate",
     "Base",
+    "DeviceToken",
+    "NotificationPreference",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
     "Project",
+    "Service",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",
+    "UserTrial",
+    "VideoCall",
     "Workspace",
 ]
