@@ -12,10 +12,14 @@ from tenant_api.db.models.identity import (
     Workspace,
 )
 from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.conversations import Conversation, ConversationMember, ConversationMessage
 
 __all__ = [
     "Agent",
     "Base",
+    "Conversation",
+    "ConversationMember",
+    "ConversationMessage",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
