@@ -19,6 +19,8 @@ from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.base import resource_router
+from tenant_api.resources.conversation_hub import ConversationHub
+from tenant_api.resources.conversations import conversation_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -38,6 +40,7 @@ def routers() -> list[Router | Any]:
         tokens_router,
         audit_router,
         *(resource_router(res) for res in REGISTRY),
+        conversation_router,
     ]
 
 
@@ -56,8 +59,12 @@ def create_app(settings: Settings) -> Litestar:
     codec = SessionCodec(settings.auth.jwt_secret, settings.auth.jwt_issuer)
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
+    # Live streams: one LISTEN connection per process, opened by the first stream.
+    hub = ConversationHub(settings.database.listen_url or settings.database.url,
+                          fetch_concurrency=settings.database.pool_size // 2)
 
     async def dispose() -> None:
+        await hub.close()
         await engine.dispose()
 
     app = Litestar(
@@ -65,7 +72,8 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
+        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
+                     "conversation_hub": hub}),
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",

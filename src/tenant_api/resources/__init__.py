@@ -5,6 +5,7 @@ walk it (with the OpenAPI document) so a new resource is covered without new tes
 """
 
 from tenant_api.resources.agents import agents
+from tenant_api.resources.conversations import conversation_members, conversations
 from tenant_api.resources.org import projects, workspaces
 
-REGISTRY = [workspaces, projects, agents]
+REGISTRY = [workspaces, projects, agents, conversations, conversation_members]
