@@ -24,6 +24,8 @@ from tenant_api.resources.base import resource_router
 from tenant_api.resources.billing import trial_router
 from tenant_api.resources.calls import video_call_router
 from tenant_api.resources.notifications import notification_preferences_router
+from tenant_api.resources.conversation_hub import ConversationHub
+from tenant_api.resources.conversations import conversation_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -47,6 +49,7 @@ def routers(settings: Settings) -> list[Router | Any]:
         notification_preferences_router,
         trial_router,
         *(resource_router(res) for res in REGISTRY),
+        conversation_router,
     ]
 
 
@@ -65,6 +68,9 @@ def create_app(settings: Settings) -> Litestar:
     codec = SessionCodec(settings.auth.jwt_secret, settings.auth.jwt_issuer)
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
+    # Live streams: one LISTEN connection per process, opened by the first stream.
+    hub = ConversationHub(settings.database.listen_url or settings.database.url,
+                          fetch_concurrency=settings.database.pool_size // 2)
 
     async def load_unique_keys(app: Litestar) -> None:
         """Constraint name -> columns, so a 409 can name the conflicting fields."""
@@ -76,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             log.warning("could not load unique key names", exc_info=True)
 
     async def dispose() -> None:
+        await hub.close()
         await engine.dispose()
 
     app = Litestar(
@@ -83,7 +90,8 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
+        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
+                     "conversation_hub": hub}),
         on_startup=[load_unique_keys],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(

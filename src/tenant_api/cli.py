@@ -21,13 +21,19 @@ import sys
 from tenant_api.settings import Settings
 
 
+# Live streams (SSE) never finish by themselves: without a bound, a graceful shutdown
+# would wait for every open stream. Clients reconnect with Last-Event-ID.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
     from tenant_api.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
-                log_level="info", access_log=False, proxy_headers=False)
+                log_level="info", access_log=False, proxy_headers=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -37,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         # Each worker builds its own app (and pool) from the environment.
         uvicorn.run("tenant_api.asgi:create", host=settings.server.host, port=settings.server.port,
-                    workers=settings.server.workers, factory=True, log_level="info", access_log=False)
+                    workers=settings.server.workers, factory=True, log_level="info", access_log=False,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
         _serve(settings)
 

@@ -87,12 +87,11 @@ def _validation(request: Request, exc: ValidationException) -> Response:
 
 UNIQUE_KEYS_SQL = """
     select i.relname as name,
-           array_agg(a.attname order by k.ord) filter (where a.attname is not null) as columns
+           array_agg(pg_get_indexdef(x.indexrelid, k.ord::int, true) order by k.ord) as columns
       from pg_index x
       join pg_class i on i.oid = x.indexrelid
       join pg_namespace n on n.oid = i.relnamespace and n.nspname = 'public'
-      cross join lateral unnest(x.indkey) with ordinality as k(attnum, ord)
-      left join pg_attribute a on a.attrelid = x.indrelid and a.attnum = k.attnum
+      cross join lateral generate_series(1, x.indnkeyatts) as k(ord)
      where x.indisunique and not x.indisprimary
      group by i.relname
 """

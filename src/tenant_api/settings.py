@@ -32,6 +32,9 @@ class DatabaseSettings:
     pool_timeout: float = 10.0
     pgbouncer: bool = False
     """Behind PgBouncer in transaction mode: no server-side prepared statement cache."""
+    listen_url: str = ""
+    """The API role, connected directly to PostgreSQL (LISTEN does not work through
+    PgBouncer in transaction mode), for the live streams. LISTEN_DATABASE_URL; default: url."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Settings:
             pool_size=int(env.get("DATABASE_POOL_SIZE", "10")),
             max_overflow=int(env.get("DATABASE_MAX_OVERFLOW", "10")),
             pgbouncer=env.get("DATABASE_PGBOUNCER", "") in {"1", "true", "yes"},
+            listen_url=asyncpg_url(env["LISTEN_DATABASE_URL"]) if env.get("LISTEN_DATABASE_URL") else "",
         )
         auth = AuthSettings(
             jwt_secret=env.get("JWT_SECRET", ""),

@@ -91,23 +91,44 @@ class CredentialMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
-def _credential(request: Request) -> Credential:
+def request_credential(request: Request) -> Credential:
     credential = request.scope.get("state", {}).get("credential")
     if credential is None:  # a public route asked for an authenticated session: a bug
         raise NotAuthorizedException("missing credential")
     return credential
 
 
-async def open_request_session(request: Request, state: State) -> tuple[AsyncSession, Principal]:
-    """Begin the request's transaction as its credential; refuse it or return the principal."""
+async def open_context_session(
+    state: State, credential: Credential, request_id: str | None
+) -> tuple[AsyncSession, Principal]:
+    """Begin a transaction as ``credential``: auth.begin_request re-checks it (revoked,
+    expired, membership, current role) and sets the context RLS reads. Used for each
+    request, and for work a request leaves running after its own transaction has ended
+    (each fetch of a live stream). The caller checks ``principal.ok`` and closes the session."""
     session: AsyncSession = state.sessionmaker()
-    session.info["credential"] = _credential(request)
-    session.info["request_id"] = request.scope["state"].get("request_id")
+    session.info["credential"] = credential
+    session.info["request_id"] = request_id
     try:
         await session.connection()  # BEGIN; after_begin runs auth.begin_request
-        principal: Principal = session.info["principal"]
+    except BaseException:
+        await session.close()
+        raise
+    return session, session.info["principal"]
+
+
+def refusal(principal: Principal) -> str:
+    """Why a credential was refused, for a 401 (or a stream's closing event)."""
+    return _REFUSED.get(principal.status, "invalid credential")
+
+
+async def open_request_session(request: Request, state: State) -> tuple[AsyncSession, Principal]:
+    """Begin the request's transaction as its credential; refuse it or return the principal."""
+    session, principal = await open_context_session(
+        state, request_credential(request), request.scope["state"].get("request_id")
+    )
+    try:
         if not principal.ok:
-            raise NotAuthorizedException(_REFUSED.get(principal.status, "invalid credential"))
+            raise NotAuthorizedException(refusal(principal))
         required = _route_opt(request.scope).get("scope")
         if required and not principal.has_scope(required):
             raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})

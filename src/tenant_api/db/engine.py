@@ -30,9 +30,6 @@ def create_api_engine(settings: DatabaseSettings) -> AsyncEngine:
         # exception messages or logs.
         hide_parameters=True,
         connect_args=connect_args,
-        # Statement parameters can hold secrets (service secret env values, token
-        # hashes): keep them out of exception messages, hence out of the error log.
-        hide_parameters=True,
     )
 
 

@@ -7,8 +7,13 @@ walk it (with the OpenAPI document) so a new resource is covered without new tes
 from tenant_api.resources.agents import agent_conversations, agent_email_rules, agent_templates, agents
 from tenant_api.resources.calls import video_calls
 from tenant_api.resources.notifications import device_tokens
+from tenant_api.resources.conversations import conversation_members, conversations
 from tenant_api.resources.org import projects, workspaces
 from tenant_api.resources.services import services
 
-REGISTRY = [workspaces, projects, agents, agent_templates, agent_email_rules, agent_conversations, video_calls,
-            services, device_tokens]
+REGISTRY = [
+    workspaces, projects,
+    agents, agent_templates, agent_email_rules, agent_conversations,
+    video_calls, services, device_tokens,
+    conversations, conversation_members,
+]

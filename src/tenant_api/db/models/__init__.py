@@ -16,6 +16,7 @@ from tenant_api.db.models.billing import UserTrial
 from tenant_api.db.models.calls import VideoCall
 from tenant_api.db.models.notifications import DeviceToken, NotificationPreference
 from tenant_api.db.models.services import Service
+from tenant_api.db.models.conversations import Conversation, ConversationMember, ConversationMessage
 
 __all__ = [
     "Agent",
@@ -26,6 +27,9 @@ __all__ = [
     "Base",
     "DeviceToken",
     "NotificationPreference",
+    "Conversation",
+    "ConversationMember",
+    "ConversationMessage",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
