@@ -19,6 +19,8 @@ from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.base import resource_router
+from tenant_api.resources.desktop_connections import desktop_connection_socket, desktop_reaper, instance_id
+from tenant_api.resources.desktops import desktop_vm_actions
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -37,6 +39,8 @@ def routers() -> list[Router | Any]:
         organization_router,
         tokens_router,
         audit_router,
+        desktop_vm_actions,
+        desktop_connection_socket,
         *(resource_router(res) for res in REGISTRY),
     ]
 
@@ -45,7 +49,9 @@ def _check_route_security(app: Litestar) -> None:
     """Every route of ours either is public or names its scope (None = any valid
     credential). A route that forgot would run without a scope check: refuse to start."""
     for route in app.routes:
-        for handler in getattr(route, "route_handlers", []):
+        # HTTP routes group handlers by method; a WebSocket route has exactly one.
+        handlers = getattr(route, "route_handlers", None) or [getattr(route, "route_handler", None)]
+        for handler in filter(None, handlers):
             if not is_public(handler) and "scope" not in (handler.opt or {}):
                 raise RuntimeError(f"route {route.path} ({handler.handler_name}) declares neither public nor scope")
 
@@ -65,7 +71,9 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
+        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
+                     "desktop_instance_id": instance_id(settings.desktops)}),
+        lifespan=[desktop_reaper],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",

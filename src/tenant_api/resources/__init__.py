@@ -5,6 +5,11 @@ walk it (with the OpenAPI document) so a new resource is covered without new tes
 """
 
 from tenant_api.resources.agents import agents
+from tenant_api.resources.desktop_connections import desktop_connections
+from tenant_api.resources.desktops import desktop_configs, desktop_vms, robot_macro_executions, robot_macros
 from tenant_api.resources.org import projects, workspaces
 
-REGISTRY = [workspaces, projects, agents]
+REGISTRY = [
+    workspaces, projects, agents,
+    desktop_configs, desktop_vms, desktop_connections, robot_macros, robot_macro_executions,
+]

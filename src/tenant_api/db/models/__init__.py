@@ -12,14 +12,26 @@ from tenant_api.db.models.identity import (
     Workspace,
 )
 from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.desktops import (
+    DesktopConfig,
+    DesktopConnection,
+    DesktopVirtualMachine,
+    RobotMacro,
+    RobotMacroExecution,
+)
 
 __all__ = [
     "Agent",
     "Base",
+    "DesktopConfig",
+    "DesktopConnection",
+    "DesktopVirtualMachine",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
     "Project",
+    "RobotMacro",
+    "RobotMacroExecution",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",
