@@ -25,6 +25,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Litestar, Router, WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
 from litestar.datastructures import State
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -193,10 +194,10 @@ async def robot_connection(socket: WebSocket) -> None:
     except asyncio.CancelledError:
         reason = "server_shutdown"
         raise
-    except Exception as exc:  # the client vanished mid-send, or a bug: close the row either way
-        reason = "client_lost" if "disconnect" in type(exc).__name__.lower() else "server_error"
-        if reason == "server_error":
-            log.exception("desktop connection %s failed", connection_id)
+    except (WebSocketDisconnect, OSError):  # the client vanished while we were sending
+        reason = "client_lost"
+    except Exception:
+        log.exception("desktop connection %s failed", connection_id)
     finally:
         # Shielded: a server shutdown cancels this task, the row must still be closed.
         await asyncio.shield(close_connection(socket, connection_id, reason))
