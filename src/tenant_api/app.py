@@ -26,6 +26,8 @@ from tenant_api.resources.calls import video_call_router
 from tenant_api.resources.notifications import notification_preferences_router
 from tenant_api.resources.conversation_hub import ConversationHub
 from tenant_api.resources.conversations import conversation_router
+from tenant_api.resources.desktop_connections import desktop_connection_socket, desktop_reaper, instance_id
+from tenant_api.resources.desktops import desktop_vm_actions
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -48,6 +50,8 @@ def routers(settings: Settings) -> list[Router | Any]:
         video_call_router,
         notification_preferences_router,
         trial_router,
+        desktop_vm_actions,
+        desktop_connection_socket,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
     ]
@@ -57,7 +61,9 @@ def _check_route_security(app: Litestar) -> None:
     """Every route of ours either is public or names its scope (None = any valid
     credential). A route that forgot would run without a scope check: refuse to start."""
     for route in app.routes:
-        for handler in getattr(route, "route_handlers", []):
+        # HTTP routes group handlers by method; a WebSocket route has exactly one.
+        handlers = getattr(route, "route_handlers", None) or [getattr(route, "route_handler", None)]
+        for handler in filter(None, handlers):
             if not is_public(handler) and "scope" not in (handler.opt or {}):
                 raise RuntimeError(f"route {route.path} ({handler.handler_name}) declares neither public nor scope")
 
@@ -91,8 +97,9 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
-                     "conversation_hub": hub}),
+                     "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops)}),
         on_startup=[load_unique_keys],
+        lifespan=[desktop_reaper],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",

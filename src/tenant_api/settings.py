@@ -57,10 +57,36 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class DesktopSettings:
+    """Robot clients' WebSocket bookkeeping (README: Desktop connections)."""
+
+    ping_interval_seconds: float = 20.0
+    """Advertised to clients: send {"type": "ping"} at least this often."""
+    idle_timeout_seconds: float = 60.0
+    """The server closes a socket it heard nothing from for this long."""
+    touch_interval_seconds: float = 15.0
+    """last_seen_at is written at most this often per connection."""
+    stale_after_seconds: float = 120.0
+    """The reaper closes open rows not seen for this long (a live socket's row never is)."""
+    reap_interval_seconds: float = 30.0
+    instance_id: str = ""
+    """A stable id unique to this process (DESKTOP_INSTANCE_ID, e.g. the pod name): at
+    start-up the rows of its previous life are closed at once. Empty: random per start,
+    and those rows wait for stale_after_seconds."""
+
+    def __post_init__(self) -> None:
+        # A live socket's row lags by at most idle_timeout + touch_interval: the reaper
+        # must never see it as stale.
+        if self.stale_after_seconds <= self.idle_timeout_seconds + self.touch_interval_seconds:
+            raise ValueError("desktops: stale_after_seconds must exceed idle_timeout_seconds + touch_interval_seconds")
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    desktops: DesktopSettings = field(default_factory=DesktopSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,10 +110,14 @@ class Settings:
             workers=int(env.get("WORKERS", "1")),
             debug=env.get("DEBUG", "") in {"1", "true"},
         )
-        return cls(database=database, auth=auth, server=server)
+        desktops = DesktopSettings(instance_id=env.get("DESKTOP_INSTANCE_ID", ""))
+        return cls(database=database, auth=auth, server=server, desktops=desktops)
 
     def with_database(self, **changes: object) -> Settings:
         return replace(self, database=replace(self.database, **changes))
 
     def with_auth(self, **changes: object) -> Settings:
         return replace(self, auth=replace(self.auth, **changes))
+
+    def with_desktops(self, **changes: object) -> Settings:
+        return replace(self, desktops=replace(self.desktops, **changes))

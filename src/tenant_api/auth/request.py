@@ -19,7 +19,7 @@ from uuid import uuid4
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, WebSocketException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,6 +86,8 @@ class CredentialMiddleware(ASGIMiddleware):
             try:
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:
+                if scope["type"] == "websocket":  # a close code the client can read, not a 4500
+                    raise WebSocketException(detail=str(exc), code=4401) from None
                 raise NotAuthorizedException(str(exc)) from None
             scope.setdefault("state", {})["credential"] = credential
         await next_app(scope, receive, send)

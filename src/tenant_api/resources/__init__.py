@@ -8,6 +8,8 @@ from tenant_api.resources.agents import agent_conversations, agent_email_rules, 
 from tenant_api.resources.calls import video_calls
 from tenant_api.resources.notifications import device_tokens
 from tenant_api.resources.conversations import conversation_members, conversations
+from tenant_api.resources.desktop_connections import desktop_connections
+from tenant_api.resources.desktops import desktop_configs, desktop_vms, robot_macro_executions, robot_macros
 from tenant_api.resources.org import projects, workspaces
 from tenant_api.resources.services import services
 
@@ -16,4 +18,5 @@ REGISTRY = [
     agents, agent_templates, agent_email_rules, agent_conversations,
     video_calls, services, device_tokens,
     conversations, conversation_members,
+    desktop_configs, desktop_vms, desktop_connections, robot_macros, robot_macro_executions,
 ]

@@ -65,6 +65,7 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
 
     label: ClassVar[str] = "row"
     parents: ClassVar[dict[str, type[TenantBase]]] = {}
+    newest_first: ClassVar[bool] = False  # list order (histories read newest first)
 
     def __init__(self, session: AsyncSession, ctx: Principal) -> None:
         super().__init__(session=session, auto_expunge=False, auto_refresh=False)
@@ -91,11 +92,13 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     async def page(
         self, *extra: StatementFilter, limit: int, cursor: str | None, **filters: Any
     ) -> tuple[Sequence[M], str | None]:
-        """Keyset pagination on the UUIDv7 id (creation order): stable while rows are added.
+        """Keyset pagination on the UUIDv7 id (creation order, or newest first): stable while rows are added.
         ``filters`` are equality filters (None = not filtered); ``extra`` any other filter."""
-        conditions: list[StatementFilter] = [*extra, OrderBy("id", "asc"), LimitOffset(limit=limit + 1, offset=0)]
+        conditions: list[StatementFilter] = [
+            *extra, OrderBy("id", "desc" if self.newest_first else "asc"), LimitOffset(limit=limit + 1, offset=0)
+        ]
         if cursor:
-            conditions.append(ComparisonFilter("id", "gt", decode_cursor(cursor)))
+            conditions.append(ComparisonFilter("id", "lt" if self.newest_first else "gt", decode_cursor(cursor)))
         rows = await self.list(*conditions, organization_id=self.org, **{k: v for k, v in filters.items() if v is not None})
         if len(rows) > limit:
             return rows[:limit], encode_cursor(rows[limit - 1].id)

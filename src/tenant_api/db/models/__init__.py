@@ -17,6 +17,13 @@ from tenant_api.db.models.calls import VideoCall
 from tenant_api.db.models.notifications import DeviceToken, NotificationPreference
 from tenant_api.db.models.services import Service
 from tenant_api.db.models.conversations import Conversation, ConversationMember, ConversationMessage
+from tenant_api.db.models.desktops import (
+    DesktopConfig,
+    DesktopConnection,
+    DesktopVirtualMachine,
+    RobotMacro,
+    RobotMacroExecution,
+)
 
 __all__ = [
     "Agent",
@@ -30,11 +37,16 @@ __all__ = [
     "Conversation",
     "ConversationMember",
     "ConversationMessage",
+    "DesktopConfig",
+    "DesktopConnection",
+    "DesktopVirtualMachine",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
     "Project",
     "Service",
+    "RobotMacro",
+    "RobotMacroExecution",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",

@@ -1,0 +1,347 @@
+"""Desktops (scope area ``desktops``): VM configs, virtual machines with their status
+lifecycle, robot macros and their executions. The robot clients' WebSocket and the
+connection rows are in desktop_connections.py."""
+
+import datetime as dt
+import ipaddress
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Router, post
+from msgspec import UNSET, Meta, UnsetType
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_api.db.context import Principal
+from tenant_api.db.models import (
+    DesktopConfig,
+    DesktopVirtualMachine,
+    Project,
+    RobotMacro,
+    RobotMacroExecution,
+)
+from tenant_api.errors import conflict, invalid
+from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Description = Annotated[str, Meta(max_length=2000)]
+JSON_LIMIT = 65536  # bytes of JSON for settings, steps, output: documents, not blobs
+
+
+def check_json_size(field: str, value: Any) -> None:
+    if len(msgspec.json.encode(value)) > JSON_LIMIT:
+        raise invalid(field, f"at most {JSON_LIMIT} bytes of JSON")
+
+
+def check_transition(what: str, machine: dict[str, set[str]], old: str, new: str) -> None:
+    """Moving to the current status is a no-op (retries are safe); anything not in the
+    machine is a 409 naming both states."""
+    if new != old and new not in machine[old]:
+        raise conflict(f"illegal {what} status transition from {old} to {new}", from_status=old, to_status=new)
+
+
+async def vm_in_project(db: AsyncSession, org: UUID, vm_id: UUID, project_id: UUID) -> DesktopVirtualMachine:
+    """A body's vm_id must name a visible VM of the row's own project (the composite
+    foreign key guarantees it; this says which field is wrong)."""
+    vm = await db.scalar(
+        select(DesktopVirtualMachine).where(DesktopVirtualMachine.organization_id == org,
+                                            DesktopVirtualMachine.id == vm_id)
+    )
+    if vm is None:
+        raise invalid("vm_id", f"no desktop_virtual_machine with id {vm_id}")
+    if vm.project_id != project_id:
+        raise invalid("vm_id", "the VM belongs to another project")
+    return vm
+
+
+# --- desktop_configs -------------------------------------------------------------------
+
+Image = Annotated[str, Meta(min_length=1, max_length=500)]
+Cpu = Annotated[int, Meta(ge=1, le=64)]
+MemoryMb = Annotated[int, Meta(ge=512, le=262144)]
+DiskGb = Annotated[int, Meta(ge=10, le=4096)]
+
+
+class DesktopConfigRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    name: str
+    image: str
+    cpu: int
+    memory_mb: int
+    disk_gb: int
+    settings: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DesktopConfigCreate(Input):
+    project_id: UUID
+    name: Name
+    image: Image
+    cpu: Cpu = 2
+    memory_mb: MemoryMb = 4096
+    disk_gb: DiskGb = 40
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class DesktopConfigUpdate(Input):
+    name: Name | UnsetType = UNSET
+    image: Image | UnsetType = UNSET
+    cpu: Cpu | UnsetType = UNSET
+    memory_mb: MemoryMb | UnsetType = UNSET
+    disk_gb: DiskGb | UnsetType = UNSET
+    settings: dict[str, Any] | UnsetType = UNSET
+
+
+class DesktopConfigService(TenantService[DesktopConfig]):
+    async def before_write(self, values: dict[str, Any], existing: DesktopConfig | None) -> dict[str, Any]:
+        if "settings" in values:
+            check_json_size("settings", values["settings"])
+        return values
+
+
+desktop_configs = Resource(
+    name="desktop_config", path="/v1/desktop-configs", model=DesktopConfig, area="desktops",
+    read=DesktopConfigRead, create=DesktopConfigCreate, update=DesktopConfigUpdate,
+    parents={"project_id": Project}, filters={"project_id": UUID, "name": str},
+    service=DesktopConfigService,
+)
+
+
+# --- desktop_virtual_machine ----------------------------------------------------------
+
+VmStatus = Literal["provisioning", "running", "stopped", "terminated", "failed"]
+VM_TRANSITIONS: dict[str, set[str]] = {
+    "provisioning": {"running", "failed"},
+    "running": {"stopped", "terminated"},
+    "stopped": {"running", "terminated"},
+    "terminated": set(),
+    "failed": set(),
+}
+VM_DELETABLE = {"terminated", "failed"}
+Host = Annotated[str, Meta(min_length=1, max_length=255)]
+IpAddress = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class DesktopVmRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    config_id: UUID
+    name: str
+    status: str
+    host: str | None
+    ip_address: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DesktopVmCreate(Input):
+    """A VM starts ``provisioning``; its project is its config's."""
+
+    config_id: UUID
+    name: Name
+    host: Host | None = None
+    ip_address: IpAddress | None = None
+
+
+class DesktopVmUpdate(Input):
+    name: Name | UnsetType = UNSET
+    host: Host | None | UnsetType = UNSET
+    ip_address: IpAddress | None | UnsetType = UNSET
+    status: VmStatus | UnsetType = UNSET
+
+
+class DesktopVmService(TenantService[DesktopVirtualMachine]):
+    async def before_write(self, values: dict[str, Any], existing: DesktopVirtualMachine | None) -> dict[str, Any]:
+        if existing is None:  # check_parents has shown the config is visible
+            config = await self.repository.session.scalar(
+                select(DesktopConfig).where(DesktopConfig.organization_id == self.org,
+                                            DesktopConfig.id == values["config_id"])
+            )
+            assert config is not None
+            values["project_id"] = config.project_id
+        if values.get("ip_address") is not None:
+            try:
+                values["ip_address"] = str(ipaddress.ip_address(values["ip_address"]))
+            except ValueError:
+                raise invalid("ip_address", "not an IPv4 or IPv6 address") from None
+        if existing is not None and "status" in values:
+            check_transition("VM", VM_TRANSITIONS, existing.status, values["status"])
+        return values
+
+    async def delete_row(self, item_id: UUID, scope: dict[str, Any] | None = None) -> None:
+        # A running machine's record must not vanish: terminate it first.
+        row = await self.get_visible(item_id, scope)
+        if row.status not in VM_DELETABLE:
+            raise conflict(f"cannot delete a VM that is {row.status}; terminate it first", status=row.status)
+        await self.repository.session.delete(row)
+        await self.repository.session.flush()
+
+
+desktop_vms = Resource(
+    name="desktop_vm", path="/v1/desktop-vms", model=DesktopVirtualMachine, area="desktops",
+    read=DesktopVmRead, create=DesktopVmCreate, update=DesktopVmUpdate,
+    parents={"config_id": DesktopConfig},
+    filters={"project_id": UUID, "config_id": UUID, "status": VmStatus},
+    service=DesktopVmService,
+)
+VmService = desktop_vms.service_class()
+
+
+def _vm_action(action: str, target: str) -> Any:
+    """POST /v1/desktop-vms/{vm_id}/<action>: the same state machine as PATCH status."""
+
+    async def handler(db: AsyncSession, ctx: Principal, vm_id: UUID) -> DesktopVmRead:
+        return to_read(DesktopVmRead, await VmService(db, ctx).update_row(vm_id, {"status": target}))
+
+    handler.__name__ = f"{action}_desktop_vm"
+    return post(f"/{{vm_id:uuid}}/{action}", opt={"scope": "desktops:write"}, operation_id=f"{action}_desktop_vm",
+                summary=f"{action.capitalize()} a VM (status → {target})", tags=["desktops"], status_code=200)(handler)
+
+
+desktop_vm_actions = Router(
+    path="/v1/desktop-vms",
+    route_handlers=[_vm_action("start", "running"), _vm_action("stop", "stopped"),
+                    _vm_action("terminate", "terminated")],
+)
+
+
+# --- robot_macro ------------------------------------------------------------------------
+
+Action = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_.-]*$")]
+
+
+class MacroStep(msgspec.Struct, forbid_unknown_fields=True):
+    """One step: an action name (``click``, ``type``, ``wait``...) and its parameters."""
+
+    action: Action
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+Steps = Annotated[list[MacroStep], Meta(max_length=1000)]
+
+
+class RobotMacroRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    name: str
+    description: str
+    steps: list[MacroStep]
+    vm_id: UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class RobotMacroCreate(Input):
+    project_id: UUID
+    name: Name
+    description: Description = ""
+    steps: Steps = msgspec.field(default_factory=list)
+    vm_id: UUID | None = None
+
+
+class RobotMacroUpdate(Input):
+    name: Name | UnsetType = UNSET
+    description: Description | UnsetType = UNSET
+    steps: Steps | UnsetType = UNSET
+    vm_id: UUID | None | UnsetType = UNSET
+
+
+class RobotMacroService(TenantService[RobotMacro]):
+    async def before_write(self, values: dict[str, Any], existing: RobotMacro | None) -> dict[str, Any]:
+        if "steps" in values:
+            values["steps"] = msgspec.to_builtins(values["steps"])
+            check_json_size("steps", values["steps"])
+        if values.get("vm_id") is not None:
+            project_id = existing.project_id if existing else values["project_id"]
+            await vm_in_project(self.repository.session, self.org, values["vm_id"], project_id)
+        return values
+
+
+robot_macros = Resource(
+    name="robot_macro", path="/v1/robot-macros", model=RobotMacro, area="desktops",
+    read=RobotMacroRead, create=RobotMacroCreate, update=RobotMacroUpdate,
+    parents={"project_id": Project, "vm_id": DesktopVirtualMachine},
+    filters={"project_id": UUID, "vm_id": UUID, "name": str},
+    service=RobotMacroService,
+)
+
+
+# --- robot_macro_execution --------------------------------------------------------------
+
+ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled"]
+EXECUTION_TRANSITIONS: dict[str, set[str]] = {
+    "running": {"succeeded", "failed", "cancelled"},
+    "succeeded": set(),
+    "failed": set(),
+    "cancelled": set(),
+}
+
+
+class RobotMacroExecutionRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    macro_id: UUID
+    vm_id: UUID | None
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    duration_ms: int | None
+    output: Any
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class RobotMacroExecutionCreate(Input):
+    """Starts an execution (status ``running``) on ``vm_id``, default the macro's VM."""
+
+    vm_id: UUID | None = None
+
+
+class RobotMacroExecutionUpdate(Input):
+    """Finish a running execution (``finished_at`` is set by the server), or report
+    ``output`` while it runs."""
+
+    status: ExecutionStatus | UnsetType = UNSET
+    output: Any = UNSET
+
+
+class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
+    newest_first = True
+
+    async def before_write(self, values: dict[str, Any], existing: RobotMacroExecution | None) -> dict[str, Any]:
+        db = self.repository.session
+        if values.get("output") is not None:
+            check_json_size("output", values["output"])
+        if existing is None:
+            macro = await db.scalar(
+                select(RobotMacro).where(RobotMacro.organization_id == self.org, RobotMacro.id == values["macro_id"])
+            )
+            assert macro is not None  # the nested route has shown it
+            vm_id = values.get("vm_id") or macro.vm_id
+            if vm_id is None:
+                raise invalid("vm_id", "required: the macro is not bound to a VM")
+            vm = await vm_in_project(db, self.org, vm_id, macro.project_id)
+            if vm.status != "running":
+                raise conflict(f"the VM is {vm.status}; start it first", vm_status=vm.status)
+            return {**values, "vm_id": vm_id}
+        new = values.get("status", existing.status)
+        check_transition("execution", EXECUTION_TRANSITIONS, existing.status, new)
+        if existing.status != "running" and "output" in values:
+            # A finished execution is history: its output does not change either.
+            raise conflict(f"the execution has finished ({existing.status}): its output is final")
+        if new != existing.status:
+            values["finished_at"] = func.now()
+        return values
+
+
+robot_macro_executions = Resource(
+    name="robot_macro_execution", path="/v1/robot-macros/{macro_id:uuid}/executions",
+    model=RobotMacroExecution, area="desktops",
+    read=RobotMacroExecutionRead, create=RobotMacroExecutionCreate, update=RobotMacroExecutionUpdate,
+    parents={"vm_id": DesktopVirtualMachine}, filters={"status": ExecutionStatus},
+    service=RobotMacroExecutionService, deletable=False,
+    nest=Nest(param="macro_id", model=RobotMacro, column="macro_id", inherit=("project_id",), label="robot macro"),
+)
