@@ -125,7 +125,8 @@ def _database(request: Request, exc: Exception) -> Response:
     if sqlstate == "23503":
         return problem(request, 409 if request.method == "DELETE" else 422,
                        f"a referenced or referencing row prevents this ({constraint or 'foreign key'})")
-    if sqlstate in {"23514", "23502", "22P02", "22001", "22003", "22007", "22008", "22023"}:
+    # 22021/22P05: text PostgreSQL cannot store (a NUL character in a string field).
+    if sqlstate in {"23514", "23502", "22P02", "22001", "22003", "22007", "22008", "22023", "22021", "22P05"}:
         return problem(request, 422, f"invalid value ({constraint or sqlstate})")
     if sqlstate == "42501":
         # RLS WITH CHECK or a missing grant: the credential may not make this change.
