@@ -45,7 +45,9 @@ begin
         changes := changes || jsonb_build_object(col, '[redacted]');
       end if;
     end loop;
-    if changes = '{}'::jsonb then
+    -- updated_at alone does not count: the touch_updated_at trigger bumps it on every
+    -- UPDATE, including one that changes only noise (begin_request's last_used_at).
+    if changes - 'updated_at' = '{}'::jsonb then
       return null;  -- only noise changed: nothing an auditor needs
     end if;
   end if;

@@ -122,6 +122,21 @@ class TokenBaseService(TenantService[PlatformToken]):
             raise conflict("only API tokens can be rotated; log in again for a new session")
         if row.revoked_at is not None:
             raise conflict("token is revoked")
+        # Rotation hands the caller a working secret for this row: the same rule as
+        # creating it. Only one's own tokens, with no scope or project beyond the
+        # credential in use (else a tokens:write token could mint a wider one, and an
+        # admin could take over another user's token).
+        ctx = self.ctx
+        if row.user_id != ctx.user_id:
+            raise ProblemError(403, "cannot rotate another user's token")
+        for scope in sorted(row.scopes or ()):
+            if scope not in ctx.scopes:
+                raise ProblemError(403, f"cannot rotate a token with scope {scope}: the credential in use does not"
+                                   " have it", extra={"missing_scope": scope})
+        if ctx.project_ids is not None and (
+            row.project_ids is None or not set(row.project_ids) <= set(ctx.project_ids)
+        ):
+            raise ProblemError(403, "cannot rotate a token with projects outside the credential's projects")
         secret = new_api_token()
         row.token_hash = token_hash(secret)
         row.prefix = display_prefix(secret)

@@ -1,0 +1,224 @@
+"""Isolation as the API role over raw SQL, for every table in the catalog.
+
+Two organizations get a row in every tenant table (tests/factories.py). Then, connected as
+tenant_api with organization A's context set by auth.begin_request (exactly what the API
+does at the start of each request), nothing of organization B can be seen, updated,
+deleted or created; and with no context at all, nothing can be seen or created.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.security import (
+    World,
+    as_request,
+    attempt,
+    begin_request,
+    build_world,
+    insert_copy_sql,
+    isolated_tables,
+    module_admin,  # noqa: F401  (fixture)
+    q,
+    snapshot,
+    some_row,
+)
+
+DENIED = "42501"  # insufficient_privilege: RLS WITH CHECK violation or a missing grant
+FK_VIOLATION = "23503"
+
+
+@pytest.fixture(scope="module")
+async def world(client, module_admin) -> World:
+    return await build_world(client, module_admin, "isql")
+
+
+async def updatable_column(admin: asyncpg.Connection, table: str) -> str | None:
+    """A column tenant_api may UPDATE, or None if it may update none."""
+    return await admin.fetchval(
+        "select a.attname from pg_attribute a where a.attrelid = $1::regclass and a.attnum > 0"
+        " and not a.attisdropped and has_column_privilege('tenant_api', a.attrelid, a.attnum, 'UPDATE')"
+        " order by a.attnum limit 1", f"public.{table}")
+
+
+async def copy_of(admin: asyncpg.Connection, table: str, column: str, org: str, **changes: Any) -> dict[str, Any]:
+    """One of ``org``'s rows of ``table`` as JSON, with a fresh id (so only what we change differs)."""
+    row = await some_row(admin, table, column, org)
+    if column != "id":
+        row["id"] = str(uuid.uuid4())
+    row.update(changes)
+    return row
+
+
+async def test_every_table_has_rows_for_both_organizations(world, module_admin):
+    # build_world already failed with a "add a row factory" message if not; this states it.
+    for table, column in await isolated_tables(module_admin):
+        for t in (world.a, world.b):
+            assert await module_admin.fetchval(
+                f"select count(*) from public.{q(table)} where {q(column)} = $1", uuid.UUID(t.organization_id)), table
+
+
+async def test_other_organization_invisible_and_untouchable(world, module_admin, api_conn):
+    a, b = world.a, world.b
+    b_org = uuid.UUID(b.organization_id)
+    before = await snapshot(module_admin, b.organization_id)
+    problems: list[str] = []
+    tables = await isolated_tables(module_admin)
+    assert len(tables) >= 7, tables
+    for table, column in tables:
+        t = f"public.{q(table)}"
+        col = await updatable_column(module_admin, table)
+        b_copy = await copy_of(module_admin, table, column, b.organization_id)
+        async with as_request(api_conn, a.token):
+            # The context works: A's own rows are visible (so 0 rows of B means something).
+            if not await api_conn.fetchval(f"select count(*) from {t} where {q(column)} = $1",
+                                           uuid.UUID(a.organization_id)):
+                problems.append(f"{table}: A sees none of its own rows (the check below would be vacuous)")
+            if n := await api_conn.fetchval(f"select count(*) from {t} where {q(column)} = $1", b_org):
+                problems.append(f"{table}: {n} rows of B visible")
+            if n := await api_conn.fetchval(f"select count(*) from {t} where {q(column)} <> $1",
+                                            uuid.UUID(a.organization_id)):
+                problems.append(f"{table}: {n} rows of other organizations visible")
+
+            if col is None:
+                status, err = await attempt(api_conn, f"update {t} set {q(column)} = {q(column)} where {q(column)} = $1",
+                                            b_org)
+                if err != DENIED:
+                    problems.append(f"{table}: UPDATE without any update grant gave {status or err}")
+            else:
+                for sql, args in (
+                    (f"update {t} set {q(col)} = {q(col)} where {q(column)} = $1", (b_org,)),
+                    (f"update {t} set {q(col)} = {q(col)}", ()),  # no filter: must reach A's rows only
+                ):
+                    status, err = await attempt(api_conn, sql, *args)
+                    if err is None and sql.endswith("$1") and status != "UPDATE 0":
+                        problems.append(f"{table}: UPDATE of B's rows: {status}")
+                    elif err not in (None, DENIED):
+                        problems.append(f"{table}: UPDATE of B's rows failed oddly: {err}")
+            status, err = await attempt(api_conn, f"delete from {t} where {q(column)} = $1", b_org)
+            if not (status == "DELETE 0" or err == DENIED):
+                problems.append(f"{table}: DELETE of B's rows: {status or err}")
+
+            status, err = await attempt(api_conn, insert_copy_sql(table), json.dumps(b_copy))
+            if err != DENIED:
+                problems.append(f"{table}: INSERT of a row with B's organization: {status or err} (expected {DENIED})")
+        assert await snapshot(module_admin, b.organization_id) == before, f"B's rows changed while testing {table}"
+    assert not problems, "\n".join(problems)
+
+
+async def composite_foreign_keys(admin: asyncpg.Connection, tables: list[str]) -> list[asyncpg.Record]:
+    return await admin.fetch(
+        """
+        select k.conname, c.relname as child, p.relname as parent,
+               array(select a.attname from unnest(k.conkey) with ordinality u(n, o)
+                       join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.n order by u.o) as child_cols,
+               array(select a.attname from unnest(k.confkey) with ordinality u(n, o)
+                       join pg_attribute a on a.attrelid = k.confrelid and a.attnum = u.n order by u.o) as parent_cols
+          from pg_constraint k
+          join pg_class c on c.oid = k.conrelid
+          join pg_class p on p.oid = k.confrelid
+         where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.relname = any($1::text[])
+        """, tables)
+
+
+async def test_tenant_foreign_keys_are_composite(world, module_admin):
+    """A foreign key from a tenant table to another tenant table includes organization_id,
+    so a child can never point into another organization."""
+    tables = world.tables
+    bad = [f"{fk['conname']} {fk['child_cols']} -> {fk['parent']}{fk['parent_cols']}"
+           for fk in await composite_foreign_keys(module_admin, tables)
+           if fk["parent"] in tables and not (fk["child_cols"][0] == "organization_id"
+                                              and fk["parent_cols"][0] == "organization_id")]
+    assert not bad, bad
+
+
+async def unique_text_columns(admin: asyncpg.Connection, table: str) -> list[str]:
+    rows = await admin.fetch(
+        "select distinct a.attname from pg_index i join pg_attribute a"
+        " on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
+        " where i.indrelid = $1::regclass and i.indisunique and a.atttypid = 'text'::regtype",
+        f"public.{table}")
+    return [r["attname"] for r in rows]
+
+
+async def test_child_cannot_point_at_another_organizations_parent(world, module_admin, api_conn):
+    a, b = world.a, world.b
+    fks = [fk for fk in await composite_foreign_keys(module_admin, world.tables)
+           if fk["parent"] in world.tables and len(fk["child_cols"]) > 1]
+    assert {(fk["child"], fk["parent"]) for fk in fks} >= {("project", "workspace"), ("agent", "project")}, fks
+    problems = []
+    for fk in fks:
+        child, parent = fk["child"], fk["parent"]
+        if not await module_admin.fetchval("select has_table_privilege('tenant_api', $1, 'INSERT')", f"public.{child}"):
+            continue  # the API role cannot insert into it at all
+        texts = await unique_text_columns(module_admin, child)
+
+        async def row_pointing_at(org: str) -> dict[str, Any]:
+            parent_row = await some_row(module_admin, parent, "organization_id", org)
+            row = await copy_of(module_admin, child, "organization_id", a.organization_id)
+            for c, p in zip(fk["child_cols"], fk["parent_cols"]):
+                if c != "organization_id":
+                    row[c] = parent_row[p]
+            for c in texts:
+                row[c] = f"{row[c]}-{uuid.uuid4().hex[:6]}"
+            return row
+
+        async with as_request(api_conn, a.token):
+            # control: the same row pointing at A's own parent is accepted
+            status, err = await attempt(api_conn, insert_copy_sql(child), json.dumps(await row_pointing_at(a.organization_id)))
+            if status != "INSERT 0 1":
+                problems.append(f"{child}: control insert (parent in A) failed: {err}")
+            status, err = await attempt(api_conn, insert_copy_sql(child), json.dumps(await row_pointing_at(b.organization_id)))
+            if err != FK_VIOLATION:
+                problems.append(f"{child}: row of A pointing at B's {parent} via {fk['conname']}: {status or err}")
+    assert not problems, "\n".join(problems)
+
+
+async def assert_sees_nothing(api_conn: asyncpg.Connection, admin: asyncpg.Connection, world: World) -> None:
+    problems = []
+    for table, column in await isolated_tables(admin):
+        if n := await api_conn.fetchval(f"select count(*) from public.{q(table)}"):
+            problems.append(f"{table}: {n} rows visible without a context")
+        row = await copy_of(admin, table, column, world.a.organization_id)
+        status, err = await attempt(api_conn, insert_copy_sql(table), json.dumps(row))
+        if err != DENIED:
+            problems.append(f"{table}: insert without a context: {status or err}")
+    if n := await api_conn.fetchval("select count(*) from public.user_account"):
+        problems.append(f"user_account: {n} rows visible without a context")
+    assert not problems, "\n".join(problems)
+
+
+async def test_fresh_connection_sees_nothing(world, module_admin, api_conn):
+    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") is None
+    await assert_sees_nothing(api_conn, module_admin, world)
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+async def test_context_vanishes_when_the_transaction_ends(world, module_admin, api_conn, end):
+    tx = api_conn.transaction()
+    await tx.start()
+    await begin_request(api_conn, world.a.token)
+    assert await api_conn.fetchval("select count(*) from agent") > 0  # the context was there
+    await (tx.commit() if end == "commit" else tx.rollback())
+    # After a transaction that set it, the setting reads '' (not NULL): the empty-string case.
+    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") == ""
+    assert await api_conn.fetchval("select current_setting('app.project_ids', true)") == ""
+    assert await api_conn.fetchval("select app.current_project_ids()") == []
+    await assert_sees_nothing(api_conn, module_admin, world)
+    # ... also inside a new explicit transaction that did not call begin_request
+    async with api_conn.transaction():
+        assert await api_conn.fetchval("select count(*) from agent") == 0
+
+
+async def test_user_accounts_of_other_organizations_invisible(world, api_conn):
+    b_user = uuid.UUID(world.b.user_id)
+    async with as_request(api_conn, world.a.token):
+        assert await api_conn.fetchval("select count(*) from user_account where id = $1", uuid.UUID(world.a.user_id)) == 1
+        assert await api_conn.fetchval("select count(*) from user_account where id = $1", b_user) == 0
+        status, err = await attempt(api_conn, "update user_account set display_name = 'pwned' where id = $1", b_user)
+        assert (status, err) == ("UPDATE 0", None)
