@@ -26,7 +26,12 @@ INDEX_ALLOW_LIST = {
 NOT_AUDITED = {"token_audit_log"}
 
 # The definer functions the API role may call in schema auth (before a context exists).
-AUTH_API_FUNCTIONS = {"begin_request", "login_lookup", "create_session", "signup"}
+# Every door around RLS the API role may open. Adding one is a security decision: list it
+# here with the reason.
+AUTH_API_FUNCTIONS = {
+    "begin_request", "login_lookup", "create_session", "signup",  # credentials, before any context
+    "reap_desktop_connections",  # closes stale robot connections across organizations (closing only)
+}
 
 # Tables without organization_id that still must have RLS enabled and forced.
 GLOBAL_RLS_TABLES = {"organization", "user_account"}

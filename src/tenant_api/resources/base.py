@@ -26,12 +26,14 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Router, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import exists, select
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase
-from tenant_api.errors import invalid, not_found
+from tenant_api.errors import ProblemError, invalid, not_found
 
 M = TypeVar("M", bound=TenantBase)
 
@@ -141,14 +143,30 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         values = await self.before_write(values, row)
         for key, value in values.items():
             setattr(row, key, value)
-        await self.repository.session.flush()
+        try:
+            await self.repository.session.flush()
+        except StaleDataError:
+            # Visible but not writable for this credential (RLS matched 0 rows for the
+            # UPDATE, e.g. a project-restricted credential on an organization-wide row).
+            raise self.not_writable() from None
         await self.repository.session.refresh(row)
         return row
 
     async def delete_row(self, item_id: UUID, scope: dict[str, Any] | None = None) -> None:
         row = await self.get_visible(item_id, scope)
-        await self.repository.session.delete(row)
-        await self.repository.session.flush()
+        model = type(row)
+        deleted = await self.repository.session.execute(
+            sa_delete(model)
+            .where(model.organization_id == self.org, model.id == row.id)
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        )
+        if deleted.first() is None:  # visible, but RLS let this credential delete nothing
+            raise self.not_writable()
+        self.repository.session.expunge(row)
+
+    def not_writable(self) -> ProblemError:
+        return ProblemError(403, f"this credential may not change this {self.label}")
 
 
 def service_for(model: type[M], label: str, parents: dict[str, type[TenantBase]] | None = None,
