@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from litestar import Litestar, Router, get
@@ -17,8 +19,11 @@ from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS
+from tenant_api.invites.controller import invite_answers_router
+from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.base import resource_router
+from tenant_api.resources.members import organization_members_router, project_members_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -37,6 +42,9 @@ def routers() -> list[Router | Any]:
         organization_router,
         tokens_router,
         audit_router,
+        organization_members_router,
+        project_members_router,
+        invite_answers_router,
         *(resource_router(res) for res in REGISTRY),
     ]
 
@@ -57,7 +65,21 @@ def create_app(settings: Settings) -> Litestar:
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
 
+    mailer_task: list[asyncio.Task[None]] = []
+
+    async def start_mailer() -> None:
+        # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
+        if settings.invites.mailer_enabled:
+            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret)
+            mailer_task.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
+        else:
+            logging.getLogger("tenant_api.mailer").info(
+                "SMTP_URL is not set: invite mails wait in invite_outbox until a process with SMTP_URL runs")
+
     async def dispose() -> None:
+        for task in mailer_task:
+            task.cancel()
+        await asyncio.gather(*mailer_task, return_exceptions=True)
         await engine.dispose()
 
     app = Litestar(
@@ -66,6 +88,7 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
+        on_startup=[start_mailer],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",

@@ -4,7 +4,8 @@ REGISTRY lists every generic resource; the app mounts each, and the catalog-driv
 walk it (with the OpenAPI document) so a new resource is covered without new tests.
 """
 
+from tenant_api.invites.controller import invites
 from tenant_api.resources.agents import agents
 from tenant_api.resources.org import projects, workspaces
 
-REGISTRY = [workspaces, projects, agents]
+REGISTRY = [workspaces, projects, agents, invites]

@@ -12,14 +12,18 @@ from tenant_api.db.models.identity import (
     Workspace,
 )
 from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMembership
 
 __all__ = [
     "Agent",
     "Base",
+    "InviteOutbox",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
     "Project",
+    "ProjectInvite",
+    "ProjectMembership",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",
