@@ -28,7 +28,7 @@ from tenant_api.invites import tokens
 from tenant_api.invites.mailer import Mailer
 from tenant_api.settings import InviteSettings
 from tests.conftest import bearer, make_token, signup
-from tests.members_flow import invite, login, new_agent, new_project, session_id
+from tests.members_flow import invite, join, login, new_agent, new_project, session_id
 
 LINK = re.compile(r"invite_token=(tinv_[0-9A-Za-z]+)")
 
@@ -335,6 +335,19 @@ async def test_one_open_invite_per_email_and_resend(client, admin_conn):
     assert (await client.delete(f"/v1/projects/{p}/invites/{c1['id']}", headers=alice.h)).status_code == 204
     c2 = await invite(client, alice.h, p, carol.email)
     assert c2["id"] != c1["id"]
+
+
+async def test_accepting_as_an_existing_member_is_409_and_the_invite_stays_open(client):
+    alice, bob = await signup(client), await signup(client)
+    p2 = (await new_project(client, alice))["id"]
+    await join(client, alice, bob, alice.project_id, "viewer")
+    later = await invite(client, alice.h, p2, bob.email)
+    r = await client.post("/v1/organization/members", headers=alice.h, json={"user_id": bob.user_id, "role": "member"})
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": later["invite_token"]})
+    assert r.status_code == 409 and "already a member" in r.json()["detail"], r.text
+    r = await client.get(f"/v1/projects/{p2}/invites/{later['id']}", headers=alice.h)
+    assert r.json()["status"] == "pending"
 
 
 async def test_invalid_input_is_422_naming_the_field(client):

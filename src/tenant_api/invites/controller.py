@@ -105,9 +105,9 @@ class InviteBaseService(TenantService[ProjectInvite]):
             raise not_found("project")
         return project
 
-    async def _locked(self, project_id: UUID, invite_id: UUID) -> ProjectInvite:
-        """The invite, locked (an accept may be racing) and freshly read."""
-        await self._project(project_id)
+    async def _locked(self, project_id: UUID, invite_id: UUID) -> tuple[ProjectInvite, Project]:
+        """The invite, locked (an accept may be racing) and freshly read, and its project."""
+        project = await self._project(project_id)
         row = await self.repository.session.scalar(
             select(ProjectInvite)
             .where(ProjectInvite.organization_id == self.org, ProjectInvite.project_id == project_id,
@@ -116,7 +116,7 @@ class InviteBaseService(TenantService[ProjectInvite]):
             .execution_options(populate_existing=True))
         if row is None:
             raise not_found("invite")
-        return row
+        return row, project
 
     async def _cancel_mail(self, row: ProjectInvite) -> None:
         """A mail not sent yet carries a link that no longer works: never send it."""
@@ -188,24 +188,24 @@ class InviteBaseService(TenantService[ProjectInvite]):
             if not data.resend:
                 raise conflict(f"an open invite for this email exists ({existing}): resend it, or revoke it first",
                                invite_id=str(existing))
-            row = await self._locked(project_id, existing)
-            row.role = data.role
-            row.send_count += 1
-            return await self._issue(row, project, settings, key), False
+            return await self.resend(project_id, existing, settings, key, role=data.role), False
         row = ProjectInvite(organization_id=self.org, project_id=project_id, email=email, role=data.role,
                             invited_by_user_id=self.ctx.user_id)
         session.add(row)
         return await self._issue(row, project, settings, key), True
 
-    async def resend(self, project_id: UUID, invite_id: UUID, settings: InviteSettings, key: bytes) -> InviteSecret:
-        row = await self._locked(project_id, invite_id)
+    async def resend(self, project_id: UUID, invite_id: UUID, settings: InviteSettings, key: bytes,
+                     role: str | None = None) -> InviteSecret:
+        row, project = await self._locked(project_id, invite_id)
         if row.status not in ("pending", "expired"):
             raise conflict(f"the invite is {row.status}: only a pending or expired invite can be resent")
         row.send_count += 1
-        return await self._issue(row, await self._project(project_id), settings, key)
+        if role is not None:
+            row.role = role
+        return await self._issue(row, project, settings, key)
 
     async def revoke(self, project_id: UUID, invite_id: UUID) -> None:
-        row = await self._locked(project_id, invite_id)
+        row, _ = await self._locked(project_id, invite_id)
         if row.status == "revoked":
             return
         if row.status in ("accepted", "declined"):

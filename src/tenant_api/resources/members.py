@@ -13,7 +13,9 @@ there, simply no longer see the project they were removed from (404).
 Organization rules: only an unrestricted credential (not limited to some projects) may
 change organization members; only an owner may make, change or remove an owner; the
 last owner can be neither removed nor demoted (409). POST adds a user the caller can
-see (in practice: a member of one of the organization's projects) to the organization.
+see (in practice: a member of one of the organization's projects) to the organization;
+their project memberships then lie dormant (the organization role applies). Removing
+someone from the organization also removes their project memberships there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import msgspec
 from litestar import Router, delete, get, patch, post
 from litestar.params import Parameter
 from sqlalchemy import Select, select
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
@@ -110,16 +113,20 @@ def _owner_only(ctx: Principal, *roles: str) -> None:
         raise ProblemError(403, "only an owner can make, change or remove an owner")
 
 
-async def _keep_an_owner(db: AsyncSession, ctx: Principal, member: OrganizationMembership) -> None:
-    """Refuse to leave the organization without an owner. The owners' rows are locked
-    first, so two concurrent demotions of the last two owners cannot both pass."""
-    if member.role != "owner":
-        return
+async def _locked_member(db: AsyncSession, ctx: Principal, user_id: UUID) -> tuple[Any, int]:
+    """The member's row, locked, and the number of owners. The owners' rows are locked
+    first, always in id order: two concurrent demotions of the last two owners queue
+    (no deadlock) and the second sees one owner left."""
     owners = (await db.scalars(
         select(OrganizationMembership.id)
         .where(OrganizationMembership.organization_id == ctx.organization_id, OrganizationMembership.role == "owner")
+        .order_by(OrganizationMembership.id)
         .with_for_update())).all()
-    if len(owners) <= 1:
+    return await _one(db, OrganizationMembership, _org(ctx, user_id), lock=True), len(owners)
+
+
+def _keep_an_owner(member: OrganizationMembership, owners: int) -> None:
+    if member.role == "owner" and owners <= 1:
         raise conflict("the last owner cannot be removed or demoted: make another member owner first")
 
 
@@ -157,11 +164,11 @@ async def add_org_member(db: AsyncSession, ctx: Principal, data: OrgMemberCreate
        tags=["members"])
 async def update_org_member(db: AsyncSession, ctx: Principal, user_id: UUID, data: OrgMemberUpdate) -> MemberRead:
     _org_writer(ctx)
-    row = await _one(db, OrganizationMembership, _org(ctx, user_id), lock=True)
+    row, owners = await _locked_member(db, ctx, user_id)
     member: OrganizationMembership = row[0]
     if member.role != data.role:
         _owner_only(ctx, member.role, data.role)
-        await _keep_an_owner(db, ctx, member)
+        _keep_an_owner(member, owners)
         member.role = data.role
         await db.flush()
         await db.refresh(member)
@@ -172,10 +179,16 @@ async def update_org_member(db: AsyncSession, ctx: Principal, user_id: UUID, dat
         tags=["members"])
 async def remove_org_member(db: AsyncSession, ctx: Principal, user_id: UUID) -> None:
     _org_writer(ctx)
-    member: OrganizationMembership = (await _one(db, OrganizationMembership, _org(ctx, user_id), lock=True))[0]
+    row, owners = await _locked_member(db, ctx, user_id)
+    member: OrganizationMembership = row[0]
     _owner_only(ctx, member.role)
-    await _keep_an_owner(db, ctx, member)
+    _keep_an_owner(member, owners)
     await db.delete(member)
+    # Removed from the organization means removed from all of it: the project
+    # memberships they may also hold there go too (otherwise they would fall back to
+    # those projects on their next request).
+    await db.execute(sa_delete(ProjectMembership).where(ProjectMembership.organization_id == ctx.organization_id,
+                                                        ProjectMembership.user_id == user_id))
     await db.flush()
 
 
