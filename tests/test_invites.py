@@ -470,6 +470,17 @@ async def test_failed_send_is_retried_with_backoff_and_never_loses_the_invite(cl
     assert created["invite_token"] not in caplog.text
 
 
+async def test_two_mailers_side_by_side_send_each_mail_once(client, make_mailer, smtp):
+    inbox, url = smtp
+    alice = await signup(client)
+    emails = [f"{uuid.uuid4().hex[:8]}@example.com" for _ in range(4)]
+    for email in emails:
+        await invite(client, alice.h, alice.project_id, email)
+    one, two = make_mailer(smtp_url=url), make_mailer(smtp_url=url)
+    await asyncio.gather(drain(one), drain(two))
+    assert [len(inbox.to(e)) for e in emails] == [1, 1, 1, 1]
+
+
 async def test_a_dead_server_gives_up_after_max_attempts_and_the_invite_stays(client, make_mailer, admin_conn):
     alice, bob = await signup(client), await signup(client)
     created = await invite(client, alice.h, alice.project_id, bob.email)

@@ -112,6 +112,18 @@ def upgrade() -> None:
 def downgrade() -> None:
     exec_script(op.get_bind(),
         """
+        -- policies/user_account.sql (applied at head) names project_membership; put back
+        -- the policy as it was without it, so the table can go and users stay visible.
+        drop policy if exists visible_members on public.user_account;
+        create policy visible_members on public.user_account for select to tenant_api
+          using (
+            id = (select app.current_user_id())
+            or id in (select m.user_id from public.organization_membership m
+                       where m.organization_id = (select app.current_organization_id()))
+          );
+        -- The older code's policies re-create its own 4-argument auth.create_session; two
+        -- overloads would make its calls ambiguous.
+        drop function if exists auth.create_session(uuid, uuid, interval, text, uuid[]);
         drop function if exists auth.accept_invite(bytea, uuid, boolean);
         drop function if exists auth.claim_invite_mail(integer, interval);
         drop function if exists auth.finish_invite_mail(uuid, uuid, text, interval);

@@ -65,21 +65,21 @@ def create_app(settings: Settings) -> Litestar:
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
 
-    mailer_task: list[asyncio.Task[None]] = []
+    mailer_tasks: list[asyncio.Task[None]] = []
 
     async def start_mailer() -> None:
         # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
         if settings.invites.mailer_enabled:
             mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret)
-            mailer_task.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
+            mailer_tasks.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
         else:
             logging.getLogger("tenant_api.mailer").info(
                 "SMTP_URL is not set: invite mails wait in invite_outbox until a process with SMTP_URL runs")
 
     async def dispose() -> None:
-        for task in mailer_task:
+        for task in mailer_tasks:
             task.cancel()
-        await asyncio.gather(*mailer_task, return_exceptions=True)
+        await asyncio.gather(*mailer_tasks, return_exceptions=True)
         await engine.dispose()
 
     app = Litestar(
