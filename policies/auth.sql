@@ -38,6 +38,35 @@ create or replace function auth.role_scopes(role text) returns text[]
     end
   $$;
 
+-- The fixed scope set of each project role (project_membership.role), for a user who
+-- is not a member of the organization but of some of its projects. Nested (viewer <
+-- editor < admin: each has everything the one before has), so "the lowest role" and
+-- "the intersection of the roles" are the same set. Mirrored by
+-- tenant_api.auth.scopes.PROJECT_ROLE_SCOPES and listed in the README. No org-wide
+-- area: no billing, no audit (the log is not per project), no org:write.
+create or replace function auth.project_role_scopes(role text) returns text[]
+  language sql immutable
+  as $$
+    select case role
+      when 'admin' then array[
+        'org:read', 'members:write', 'tokens:write', 'agents:write', 'tasks:write',
+        'conversations:write', 'desktops:write', 'calls:write', 'services:write',
+        'notifications:write']
+      when 'editor' then array[
+        'org:read', 'members:read', 'tokens:write', 'agents:write', 'tasks:write',
+        'conversations:write', 'desktops:write', 'calls:write', 'services:write',
+        'notifications:write']
+      when 'viewer' then array[
+        'org:read', 'members:read', 'agents:read', 'tasks:read', 'conversations:read',
+        'desktops:read', 'calls:read', 'services:read', 'notifications:read']
+      else '{}'::text[]
+    end
+  $$;
+
+create or replace function auth.project_role_rank(role text) returns integer
+  language sql immutable
+  as $$ select case role when 'viewer' then 1 when 'editor' then 2 when 'admin' then 3 end $$;
+
 -- "<area>:write implies <area>:read": the stored context holds both, so policies test
 -- one exact string.
 create or replace function auth.expand_scopes(scopes text[]) returns text[]
@@ -53,6 +82,18 @@ create or replace function auth.expand_scopes(scopes text[]) returns text[]
 -- revoked, expired or its user is no longer a member, compute the effective scopes
 -- (the token's scopes, never more than the user's role now allows) and set the
 -- transaction-local context. Returns one row; status <> 'ok' means no context was set.
+--
+-- Who the user is in the token's organization, read now (so a change of role or a
+-- removal applies to the very next request):
+--   * an organization member: their organization role; the restriction is the
+--     token's project_ids (NULL = every project);
+--   * otherwise a member of some of its projects (an accepted invite): the
+--     restriction is those projects (within the token's project_ids, if any) and the
+--     role is the LOWEST of their roles in them, reported as 'project:<role>'.
+--     Scopes belong to a credential, not to a project: the lowest role is the only
+--     choice that never grants in one project what a role in another allows. To act
+--     with a higher role in one project, log in (or make a token) restricted to it.
+--   * neither (or none of the token's projects any more): 'not_member'.
 --
 -- API tokens are found by the SHA-256 of the secret; sessions by the id in the JWT
 -- (whose signature the API has already checked) within the JWT's organization.
@@ -80,6 +121,8 @@ create or replace function auth.begin_request(
 declare
   t public.platform_token%rowtype;
   m_role text;
+  p_role text;
+  restriction uuid[];
   effective text[];
 begin
   if p_token_hash is not null then
@@ -98,6 +141,21 @@ begin
 
   select m.role into m_role from public.organization_membership m
    where m.organization_id = t.organization_id and m.user_id = t.user_id;
+  restriction := t.project_ids;
+  if m_role is not null then
+    effective := auth.role_scopes(m_role);
+  else
+    select array_agg(pm.project_id order by pm.project_id),
+           (array_agg(pm.role order by auth.project_role_rank(pm.role)))[1]
+      into restriction, p_role
+      from public.project_membership pm
+     where pm.organization_id = t.organization_id and pm.user_id = t.user_id
+       and (t.project_ids is null or pm.project_id = any (t.project_ids));
+    if p_role is not null then
+      m_role := 'project:' || p_role;
+      effective := auth.project_role_scopes(p_role);
+    end if;
+  end if;
 
   status := case
     when t.revoked_at is not null then 'revoked'
@@ -111,7 +169,7 @@ begin
     return;
   end if;
 
-  effective := auth.expand_scopes(auth.role_scopes(m_role));
+  effective := auth.expand_scopes(effective);
   if t.scopes is not null then
     effective := array(select unnest(auth.expand_scopes(t.scopes))
                        intersect
@@ -122,7 +180,7 @@ begin
           set_config('app.user_id', t.user_id::text, true),
           set_config('app.token_id', t.id::text, true),
           set_config('app.scopes', effective::text, true),
-          set_config('app.project_ids', coalesce(t.project_ids::text, 'all'), true),
+          set_config('app.project_ids', coalesce(restriction::text, 'all'), true),
           set_config('app.request_id', coalesce(p_request_id, ''), true);
 
   -- To the minute is enough: at most one write per token per minute, and the audit
@@ -133,7 +191,7 @@ begin
   end if;
 
   return query select 'ok'::text, t.id, t.organization_id, t.user_id, t.kind, m_role,
-                      effective, t.project_ids, t.prefix, t.expires_at;
+                      effective, restriction, t.prefix, t.expires_at;
 end
 $$;
 
@@ -150,9 +208,13 @@ create or replace function auth.login_lookup(p_email text)
   $$;
 
 -- Login, step 2 (after the password checked out): open a session in the requested
--- organization, or the user's oldest membership. Returns nothing if the user is not a
--- member there.
-create or replace function auth.create_session(p_user_id uuid, p_org uuid, p_ttl interval, p_request_id text)
+-- organization, or else the user's oldest one: organization memberships first, then
+-- organizations where the user is a member of some project. p_project_ids (optional)
+-- restricts the session to those projects, each of which the user must be able to
+-- enter there. Returns nothing if the user may not enter.
+drop function if exists auth.create_session(uuid, uuid, interval, text);
+create or replace function auth.create_session(p_user_id uuid, p_org uuid, p_ttl interval, p_request_id text,
+                                               p_project_ids uuid[] default null)
   returns table (token_id uuid, organization_id uuid, expires_at timestamptz)
   language plpgsql
   security definer
@@ -160,16 +222,36 @@ create or replace function auth.create_session(p_user_id uuid, p_org uuid, p_ttl
   as $$
 declare
   org uuid;
+  org_member boolean;
   tid uuid;
   exp timestamptz := now() + p_ttl;
+  wanted uuid[] := array(select distinct x from unnest(p_project_ids) x order by 1);
 begin
-  select m.organization_id into org
-    from public.organization_membership m
-   where m.user_id = p_user_id and (p_org is null or m.organization_id = p_org)
-   order by m.created_at, m.id
+  select e.organization_id, e.org_member into org, org_member
+    from (select m.organization_id, true as org_member, m.created_at, m.id
+            from public.organization_membership m
+           where m.user_id = p_user_id and (p_org is null or m.organization_id = p_org)
+          union all
+          select pm.organization_id, false, pm.created_at, pm.id
+            from public.project_membership pm
+           where pm.user_id = p_user_id and (p_org is null or pm.organization_id = p_org)) e
+   order by e.org_member desc, e.created_at, e.id
    limit 1;
   if org is null then
     return;
+  end if;
+  if p_project_ids is not null then
+    if cardinality(wanted) = 0 or exists (
+         select from unnest(wanted) w(project_id)
+          where not (case when org_member
+                       then exists (select from public.project p
+                                     where p.organization_id = org and p.id = w.project_id)
+                       else exists (select from public.project_membership pm
+                                     where pm.organization_id = org and pm.user_id = p_user_id
+                                       and pm.project_id = w.project_id)
+                     end)) then
+      return;
+    end if;
   end if;
   -- The session row is created in the user's own context so the audit trail
   -- attributes it to the user, and the session's own token id.
@@ -178,8 +260,9 @@ begin
           set_config('app.user_id', p_user_id::text, true),
           set_config('app.token_id', tid::text, true),
           set_config('app.request_id', coalesce(p_request_id, ''), true);
-  insert into public.platform_token (organization_id, id, user_id, kind, name, prefix, expires_at)
-  values (org, tid, p_user_id, 'session', 'session', 'session', exp);
+  insert into public.platform_token (organization_id, id, user_id, kind, name, prefix, expires_at, project_ids)
+  values (org, tid, p_user_id, 'session', 'session', 'session', exp,
+          case when p_project_ids is not null then wanted end);
   return query select tid, org, exp;
 end
 $$;
@@ -217,14 +300,15 @@ $$;
 grant create on schema auth to tenant_auth;
 alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
 alter function auth.login_lookup(text) owner to tenant_auth;
-alter function auth.create_session(uuid, uuid, interval, text) owner to tenant_auth;
+alter function auth.create_session(uuid, uuid, interval, text, uuid[]) owner to tenant_auth;
 alter function auth.signup(text, text, text, text) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on all functions in schema auth from public;
-grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]) to tenant_auth;
+grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]), auth.project_role_scopes(text),
+  auth.project_role_rank(text) to tenant_auth;
 grant execute on function
   auth.begin_request(bytea, uuid, uuid, text),
   auth.login_lookup(text),
-  auth.create_session(uuid, uuid, interval, text),
+  auth.create_session(uuid, uuid, interval, text, uuid[]),
   auth.signup(text, text, text, text)
 to tenant_api;

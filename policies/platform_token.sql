@@ -1,12 +1,16 @@
 -- platform_token: API tokens and login sessions; every request runs as one row.
 --
 -- Members see and manage their own tokens; auditors (audit:read) see everyone's
--- metadata; admins (members:write) can also revoke anyone's. token_hash is never
+-- metadata; admins (members:write) can also revoke anyone's -- organization admins
+-- only: a project admin (members:write within a project restriction) manages their
+-- project's members, never the organization's tokens. token_hash is never
 -- readable by the API role (it is written, never selected), and never audited in clear.
 call app.tenant_table('public.platform_token', area => 'tokens',
   read_extra => 'user_id = (select app.current_user_id())'
-                ' or (select app.has_scope(''audit:read'')) or (select app.has_scope(''members:write''))',
-  write_extra => 'user_id = (select app.current_user_id()) or (select app.has_scope(''members:write''))',
+                ' or (select app.has_scope(''audit:read''))'
+                ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
+  write_extra => 'user_id = (select app.current_user_id())'
+                 ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
   secret_columns => '{token_hash}',
   noise_columns => '{last_used_at}',
   api_grants => 'select (organization_id, id, user_id, kind, name, prefix, scopes, project_ids,'

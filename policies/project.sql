@@ -5,4 +5,6 @@ call app.tenant_table('public.project', area => 'org', project_column => 'id');
 
 create policy auth_signup on public.project for insert to tenant_auth
   with check (organization_id = (select app.current_organization_id()));
-grant insert on public.project to tenant_auth;
+-- Login checks that the projects a session is restricted to exist (auth.create_session).
+create policy auth_lookup on public.project for select to tenant_auth using (true);
+grant select, insert on public.project to tenant_auth;

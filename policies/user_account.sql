@@ -1,7 +1,9 @@
 -- user_account: the global identity, not a tenant table (no organization_id), but not
 -- open either: the API role sees the current user and the members of the current
--- organization (as far as it may read the membership list), nobody else, so users of
--- other organizations cannot be enumerated. password_hash is not even granted: only
+-- organization and of its projects (as far as it may read those membership lists:
+-- the subqueries are filtered by their own tables' policies, so a project member sees
+-- the members of their projects only), nobody else, so users of other organizations
+-- cannot be enumerated. password_hash is not even granted: only
 -- auth.login_lookup reads it.
 alter table public.user_account enable row level security;
 alter table public.user_account force row level security;
@@ -16,6 +18,8 @@ create policy visible_members on public.user_account for select to tenant_api
     id = (select app.current_user_id())
     or id in (select m.user_id from public.organization_membership m
                where m.organization_id = (select app.current_organization_id()))
+    or id in (select pm.user_id from public.project_membership pm
+               where pm.organization_id = (select app.current_organization_id()))
   );
 create policy update_self on public.user_account for update to tenant_api
   using (id = (select app.current_user_id()))

@@ -20,6 +20,12 @@ INDEX_ALLOW_LIST = {
     "platform_token_hash_key",
     # login (auth.create_session) finds a user's organizations from the user alone.
     "organization_membership_user_idx",
+    # auth.accept_invite finds an invite by the SHA-256 of its secret (global, unique).
+    "project_invite_token_hash_key",
+    # begin_request / login find a project-only member's projects from the user alone.
+    "project_membership_user_idx",
+    # the mailer claims due mail across organizations (a global queue by nature).
+    "invite_outbox_due_idx",
 }
 
 # The only table that must NOT carry the audit trigger: the log does not audit itself.
@@ -31,6 +37,8 @@ NOT_AUDITED = {"token_audit_log"}
 AUTH_API_FUNCTIONS = {
     "begin_request", "login_lookup", "create_session", "signup",  # credentials, before any context
     "reap_desktop_connections",  # closes stale robot connections across organizations (closing only)
+    "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
+    "claim_invite_mail", "finish_invite_mail",  # the mailer's queue spans organizations
 }
 
 # Tables without organization_id that still must have RLS enabled and forced.

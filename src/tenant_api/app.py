@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from litestar import Litestar, Router, get
@@ -18,6 +20,8 @@ from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
+from tenant_api.invites.controller import invite_answers_router
+from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.agents import agent_profile_router
 from tenant_api.resources.base import resource_router
@@ -28,6 +32,7 @@ from tenant_api.resources.conversation_hub import ConversationHub
 from tenant_api.resources.conversations import conversation_router
 from tenant_api.resources.desktop_connections import desktop_connection_socket, desktop_reaper, instance_id
 from tenant_api.resources.desktops import desktop_vm_actions
+from tenant_api.resources.members import organization_members_router, project_members_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -52,6 +57,9 @@ def routers(settings: Settings) -> list[Router | Any]:
         trial_router,
         desktop_vm_actions,
         desktop_connection_socket,
+        organization_members_router,
+        project_members_router,
+        invite_answers_router,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
     ]
@@ -87,8 +95,22 @@ def create_app(settings: Settings) -> Litestar:
         except Exception:  # the database may not be up yet; messages fall back to names
             log.warning("could not load unique key names", exc_info=True)
 
+    mailer_tasks: list[asyncio.Task[None]] = []
+
+    async def start_mailer() -> None:
+        # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
+        if settings.invites.mailer_enabled:
+            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret)
+            mailer_tasks.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
+        else:
+            logging.getLogger("tenant_api.mailer").info(
+                "SMTP_URL is not set: invite mails wait in invite_outbox until a process with SMTP_URL runs")
+
     async def dispose() -> None:
         await hub.close()
+        for task in mailer_tasks:
+            task.cancel()
+        await asyncio.gather(*mailer_tasks, return_exceptions=True)
         await engine.dispose()
 
     app = Litestar(
@@ -98,7 +120,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops)}),
-        on_startup=[load_unique_keys],
+        on_startup=[load_unique_keys, start_mailer],
         lifespan=[desktop_reaper],
         on_shutdown=[dispose],
         openapi_config=OpenAPIConfig(

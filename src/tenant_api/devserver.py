@@ -95,7 +95,13 @@ def run_dev() -> None:
     from tenant_api.cli import _serve
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(name)s: %(message)s")
+    logging.getLogger("tenant_api").setLevel(logging.INFO)
     settings = prepare_database()
+    if not settings.invites.smtp_url:
+        # No mail server on a developer's machine: invite mails, accept link and secret
+        # included, go to this terminal (tenant_api.invites.mailer). Never in `serve`.
+        settings = settings.with_invites(log_links=True)
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))
     host, port = settings.server.host, settings.server.port
@@ -108,6 +114,8 @@ def run_dev() -> None:
                 f"  login:     {DEMO_EMAIL} / {password}",
                 f"  API token: {token['token']}   (all owner scopes, expires {token['expires_at']})",
                 f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
+                "  invites:   " + ("sent through SMTP_URL" if settings.invites.smtp_url
+                                    else "mails (with their accept links) are printed here; set SMTP_URL to send"),
                 "",
             ]
         ),

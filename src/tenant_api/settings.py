@@ -82,11 +82,40 @@ class DesktopSettings:
 
 
 @dataclass(frozen=True)
+class InviteSettings:
+    """Project invites and their mail (tenant_api.invites)."""
+
+    ttl_days: int = 7
+    accept_url: str = "http://127.0.0.1:8000/invites/accept#invite_token={token}"
+    """The link in the mail; {token} is replaced by the invite secret. In the fragment by
+    default, so it never reaches a web server's access log. INVITE_ACCEPT_URL."""
+    smtp_url: str = ""
+    """smtp://[user:password@]host[:port] (plain), smtp+starttls://... or smtps://...
+    Unset: the mailer does not run and invite mails wait in invite_outbox. SMTP_URL."""
+    mail_from: str = "tenant-api <no-reply@localhost>"
+    log_links: bool = False
+    """Deliver by logging the accept link, secret included, instead of sending mail. Set
+    only by `tenant-api dev` (make run) when SMTP_URL is unset: a developer's own
+    machine. Never read from the environment, so a deployment cannot turn it on."""
+    poll_seconds: float = 5.0
+    max_attempts: int = 8
+    backoff_seconds: float = 30.0
+    """The first retry's delay; doubled for each further attempt, at most an hour."""
+    lease_seconds: float = 300.0
+    """A claimed mail is due again after this long if its mailer died while sending."""
+
+    @property
+    def mailer_enabled(self) -> bool:
+        return bool(self.smtp_url) or self.log_links
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     desktops: DesktopSettings = field(default_factory=DesktopSettings)
+    invites: InviteSettings = field(default_factory=InviteSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,7 +140,13 @@ class Settings:
             debug=env.get("DEBUG", "") in {"1", "true"},
         )
         desktops = DesktopSettings(instance_id=env.get("DESKTOP_INSTANCE_ID", ""))
-        return cls(database=database, auth=auth, server=server, desktops=desktops)
+        invites = InviteSettings(
+            ttl_days=int(env.get("INVITE_TTL_DAYS", "7")),
+            accept_url=env.get("INVITE_ACCEPT_URL", InviteSettings.accept_url),
+            smtp_url=env.get("SMTP_URL", ""),
+            mail_from=env.get("MAIL_FROM", InviteSettings.mail_from),
+        )
+        return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites)
 
     def with_database(self, **changes: object) -> Settings:
         return replace(self, database=replace(self.database, **changes))
@@ -121,3 +156,6 @@ class Settings:
 
     def with_desktops(self, **changes: object) -> Settings:
         return replace(self, desktops=replace(self.desktops, **changes))
+
+    def with_invites(self, **changes: object) -> Settings:
+        return replace(self, invites=replace(self.invites, **changes))

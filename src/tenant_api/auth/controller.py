@@ -51,6 +51,8 @@ class LoginIn(Input):
     email: Annotated[str, Meta(min_length=1, max_length=320)]
     password: Annotated[str, Meta(min_length=1, max_length=256)]
     organization_id: UUID | None = None
+    project_ids: Annotated[list[UUID], Meta(min_length=1, max_length=1000)] | None = None
+    """Restrict the session to these projects (each must be one the user may enter)."""
 
 
 class LoginOut(msgspec.Struct):
@@ -114,13 +116,14 @@ async def login(db: AsyncSession, data: LoginIn, state: State, request: Request)
     ttl = dt.timedelta(seconds=state.settings.auth.session_ttl_seconds)
     session = (
         await db.execute(
-            text("select * from auth.create_session(:uid, :org, :ttl, :rid)"),
+            text("select * from auth.create_session(:uid, :org, :ttl, :rid, :projects)"),
             {"uid": found.user_id, "org": data.organization_id, "ttl": ttl,
-             "rid": request.scope["state"].get("request_id")},
+             "rid": request.scope["state"].get("request_id"), "projects": data.project_ids},
         )
     ).first()
     if session is None:
-        raise ProblemError(403, "not a member of that organization")
+        raise ProblemError(403, "not a member of that organization" if data.project_ids is None
+                           else "not a member of that organization, or not of all those projects")
     token = state.codec.issue(session_id=session.token_id, organization_id=session.organization_id,
                               user_id=found.user_id, expires_at=session.expires_at)
     return LoginOut(access_token=token, token_type="bearer", expires_in=int(ttl.total_seconds()),

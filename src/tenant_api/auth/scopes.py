@@ -29,6 +29,16 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
 }
 ROLES = tuple(ROLE_SCOPES)
 
+# Project roles (project_membership.role): what a member of some projects (not of the
+# organization) gets there. Mirrors auth.project_role_scopes(); nested, lowest first.
+_EDITOR = ["org:read", "members:read", "tokens:write"] + [f"{a}:write" for a in _WORK]
+PROJECT_ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "viewer": frozenset(["org:read", "members:read"] + [f"{a}:read" for a in _WORK]),
+    "editor": frozenset(_EDITOR),
+    "admin": frozenset([s for s in _EDITOR if s != "members:read"] + ["members:write"]),
+}
+PROJECT_ROLES = tuple(PROJECT_ROLE_SCOPES)
+
 
 def expand(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
     """Add the read scope implied by each write scope."""

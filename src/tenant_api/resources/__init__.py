@@ -10,6 +10,7 @@ from tenant_api.resources.notifications import device_tokens
 from tenant_api.resources.conversations import conversation_members, conversations
 from tenant_api.resources.desktop_connections import desktop_connections
 from tenant_api.resources.desktops import desktop_configs, desktop_vms, robot_macro_executions, robot_macros
+from tenant_api.invites.controller import invites
 from tenant_api.resources.org import projects, workspaces
 from tenant_api.resources.services import services
 
@@ -19,4 +20,5 @@ REGISTRY = [
     video_calls, services, device_tokens,
     conversations, conversation_members,
     desktop_configs, desktop_vms, desktop_connections, robot_macros, robot_macro_executions,
+    invites,
 ]

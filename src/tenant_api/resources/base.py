@@ -207,6 +207,9 @@ class Resource:
     deletable: bool = True
     tag: str = ""
     nest: Nest | None = None  # set for resources under a parent's path; path then holds {<param>:uuid}
+    # The resource's own actions (handlers taking ``service``), mounted in its router so
+    # they share its path and dependencies: e.g. a create that returns a secret.
+    actions: list[Any] = field(default_factory=list)
 
     def service_class(self) -> type[TenantService]:
         base = self.service or TenantService
@@ -305,4 +308,5 @@ def resource_router(res: Resource) -> Router:
         handlers.append(route(delete, "/{item_id:uuid}", write_scope, f"delete_{res.name}", f"Delete a {res.name}",
                               delete_item, {}))
 
-    return Router(path=res.path, route_handlers=handlers, dependencies={"service": Provide(provide_service)})
+    return Router(path=res.path, route_handlers=[*handlers, *res.actions],
+                  dependencies={"service": Provide(provide_service)})

@@ -24,6 +24,7 @@ from tenant_api.db.models.desktops import (
     RobotMacro,
     RobotMacroExecution,
 )
+from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMembership
 
 __all__ = [
     "Agent",
@@ -40,6 +41,7 @@ __all__ = [
     "DesktopConfig",
     "DesktopConnection",
     "DesktopVirtualMachine",
+    "InviteOutbox",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
@@ -47,6 +49,8 @@ __all__ = [
     "Service",
     "RobotMacro",
     "RobotMacroExecution",
+    "ProjectInvite",
+    "ProjectMembership",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",

@@ -1,0 +1,98 @@
+-- project_invite: an email invited to one project, with a role. Managed with
+-- members:write, listed with members:read, inside the project restriction (so a
+-- project admin manages the invites of their own project only).
+--
+-- token_hash (SHA-256 of the invite secret) is never readable by the API role and
+-- never copied into the audit log (a resend shows it as "[redacted]"). No DELETE:
+-- revoking sets revoked_at, so the history of an invite stays.
+call app.tenant_table('public.project_invite', area => 'members', project_column => 'project_id',
+  secret_columns => '{token_hash}',
+  api_grants => 'select (organization_id, id, project_id, email, role, expires_at, invited_by_user_id,'
+                ' send_count, accepted_at, accepted_by_user_id, declined_at, revoked_at, created_at, updated_at),'
+                ' insert, update (role, token_hash, expires_at, send_count, revoked_at)');
+
+-- Accepting and declining happen as the INVITEE, whose request context is their own
+-- organization: the API role cannot see the invite there. auth.accept_invite finds it by
+-- its hash (before the inviting organization is known), locks it, and changes it with
+-- the inviting organization set as the context.
+create policy auth_lookup on public.project_invite for select to tenant_auth using (true);
+create policy auth_respond on public.project_invite for update to tenant_auth
+  using (true)
+  with check (organization_id = (select app.current_organization_id()));
+grant select, update (accepted_at, accepted_by_user_id, declined_at) on public.project_invite to tenant_auth;
+
+-- Accept (or decline) an invite, exactly once. Returns one row whose status the API maps:
+--   ok              201 (accept) / 204 (decline)
+--   not_found       404: no invite with this secret, or one addressed to another email
+--                   (the caller learns nothing about invites that are not theirs)
+--   expired, revoked, used, declined   410, saying which
+--   already_member  409: the user is already in that organization or project
+-- The row lock (FOR UPDATE) makes concurrent accepts queue on the invite: the first
+-- consumes it, every later one sees it consumed ('used').
+create or replace function auth.accept_invite(p_token_hash bytea, p_user_id uuid, p_decline boolean default false)
+  returns table (status text, organization_id uuid, project_id uuid, membership_id uuid, role text)
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+#variable_conflict use_column
+declare
+  inv public.project_invite%rowtype;
+  user_email text;
+  caller_org text := current_setting('app.organization_id', true);
+  result text;
+  mid uuid;
+begin
+  -- Only for the request's own user: the API passes it, the context proves it.
+  if p_user_id is null or p_user_id is distinct from app.current_user_id() then
+    raise exception 'accept_invite: not the request''s user' using errcode = 'insufficient_privilege';
+  end if;
+  select u.email into user_email from public.user_account u where u.id = p_user_id;
+  select * into inv from public.project_invite i where i.token_hash = p_token_hash for update;
+  if inv.id is null or lower(inv.email) <> lower(user_email) then
+    return query select 'not_found'::text, null::uuid, null::uuid, null::uuid, null::text;
+    return;
+  end if;
+
+  result := case
+    when inv.revoked_at is not null then 'revoked'
+    when inv.accepted_at is not null then 'used'
+    when inv.declined_at is not null then 'declined'
+    when inv.expires_at <= now() then 'expired'
+    when p_decline then 'ok'
+    when exists (select from public.organization_membership m
+                  where m.organization_id = inv.organization_id and m.user_id = p_user_id)
+      or exists (select from public.project_membership pm
+                  where pm.organization_id = inv.organization_id and pm.project_id = inv.project_id
+                    and pm.user_id = p_user_id) then 'already_member'
+    else 'ok'
+  end;
+  if result <> 'ok' then
+    return query select result, null::uuid, null::uuid, null::uuid, null::text;
+    return;
+  end if;
+
+  -- The inviting organization is the context for the moment of the change (the
+  -- tenant_auth policies check it; the audit rows are filed under it, attributed to the
+  -- invitee's user, token and request), then the caller's context is put back.
+  perform set_config('app.organization_id', inv.organization_id::text, true);
+  if p_decline then
+    update public.project_invite i set declined_at = now()
+     where i.organization_id = inv.organization_id and i.id = inv.id;
+  else
+    mid := uuidv7();
+    insert into public.project_membership (organization_id, id, project_id, user_id, role, invite_id)
+    values (inv.organization_id, mid, inv.project_id, p_user_id, inv.role, inv.id);
+    update public.project_invite i set accepted_at = now(), accepted_by_user_id = p_user_id
+     where i.organization_id = inv.organization_id and i.id = inv.id;
+  end if;
+  perform set_config('app.organization_id', coalesce(caller_org, ''), true);
+  return query select 'ok'::text, inv.organization_id, inv.project_id, mid, inv.role;
+end
+$$;
+
+grant create on schema auth to tenant_auth;
+alter function auth.accept_invite(bytea, uuid, boolean) owner to tenant_auth;
+revoke create on schema auth from tenant_auth;
+revoke all on function auth.accept_invite(bytea, uuid, boolean) from public;
+grant execute on function auth.accept_invite(bytea, uuid, boolean) to tenant_api;

@@ -1,0 +1,16 @@
+-- project_membership: a user who is not a member of the organization but of some of
+-- its projects (an accepted invite), with a project role. auth.begin_request turns
+-- these rows into the user's project restriction and scopes in that organization.
+--
+-- Listed with members:read; role changes and removals with members:write; both inside
+-- the project restriction (a project admin manages their own project's members). Rows
+-- are created only by auth.accept_invite: the API role has no INSERT.
+call app.tenant_table('public.project_membership', area => 'members', project_column => 'project_id',
+                      api_grants => 'select, update (role), delete');
+
+-- begin_request and login read a user's project memberships before any context exists;
+-- accept_invite inserts them with the inviting organization as the context.
+create policy auth_lookup on public.project_membership for select to tenant_auth using (true);
+create policy auth_accept on public.project_membership for insert to tenant_auth
+  with check (organization_id = (select app.current_organization_id()));
+grant select, insert on public.project_membership to tenant_auth;

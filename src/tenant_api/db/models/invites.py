@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import datetime as dt
+from uuid import UUID
+
+from sqlalchemy import LargeBinary, case, func, select
+from sqlalchemy.orm import Mapped, column_property, deferred, mapped_column
+
+from tenant_api.db.models.base import TenantBase, Timestamps
+
+
+class InviteOutbox(TenantBase, Timestamps):
+    __tablename__ = "invite_outbox"
+
+    project_id: Mapped[UUID]
+    invite_id: Mapped[UUID]
+    recipient: Mapped[str]
+    subject: Mapped[str]
+    body: Mapped[str]
+    # Not granted to the API role: written, never read back.
+    nonce: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    status: Mapped[str] = mapped_column(server_default="pending")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    last_error: Mapped[str | None]
+    sent_at: Mapped[dt.datetime | None]
+
+
+class ProjectInvite(TenantBase, Timestamps):
+    __tablename__ = "project_invite"
+
+    project_id: Mapped[UUID]
+    email: Mapped[str]
+    role: Mapped[str]
+    # Not granted to the API role: written, never read back.
+    token_hash: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    expires_at: Mapped[dt.datetime]
+    invited_by_user_id: Mapped[UUID | None]
+    send_count: Mapped[int] = mapped_column(server_default="1")
+    accepted_at: Mapped[dt.datetime | None]
+    accepted_by_user_id: Mapped[UUID | None]
+    declined_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+# Derived, by the database's clock (the one accept_invite uses).
+ProjectInvite.status = column_property(  # type: ignore[attr-defined]
+    case(
+        (ProjectInvite.revoked_at.isnot(None), "revoked"),
+        (ProjectInvite.accepted_at.isnot(None), "accepted"),
+        (ProjectInvite.declined_at.isnot(None), "declined"),
+        (ProjectInvite.expires_at <= func.now(), "expired"),
+        else_="pending",
+    )
+)
+# The latest mail's delivery state: pending | sent | failed | cancelled.
+ProjectInvite.delivery_status = column_property(  # type: ignore[attr-defined]
+    select(InviteOutbox.status)
+    .where(InviteOutbox.organization_id == ProjectInvite.organization_id,
+           InviteOutbox.invite_id == ProjectInvite.id)
+    .order_by(InviteOutbox.id.desc())
+    .limit(1)
+    .correlate_except(InviteOutbox)
+    .scalar_subquery()
+)
+
+
+class ProjectMembership(TenantBase, Timestamps):
+    __tablename__ = "project_membership"
+
+    project_id: Mapped[UUID]
+    user_id: Mapped[UUID]
+    role: Mapped[str]
+    invite_id: Mapped[UUID | None]
