@@ -8,7 +8,9 @@ call app.tenant_table('public.platform_token', area => 'tokens',
                 ' or (select app.has_scope(''audit:read'')) or (select app.has_scope(''members:write''))',
   write_extra => 'user_id = (select app.current_user_id()) or (select app.has_scope(''members:write''))',
   secret_columns => '{token_hash}',
-  noise_columns => '{last_used_at}',
+  -- updated_at too: touch_updated_at bumps it on begin_request's last_used_at write,
+  -- which would otherwise leave an audit row per token per minute of use.
+  noise_columns => '{last_used_at,updated_at}',
   api_grants => 'select (organization_id, id, user_id, kind, name, prefix, scopes, project_ids,'
                 ' expires_at, revoked_at, last_used_at, created_at, updated_at, created_by_token_id),'
                 ' insert, update (name, prefix, token_hash, revoked_at)');

@@ -12,6 +12,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from tenant_api.audit.controller import audit_router
+from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
@@ -57,16 +58,29 @@ def create_app(settings: Settings) -> Litestar:
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
 
+    # Usage records are written by a thread of their own (audit/usage.py), started with
+    # the app and flushed on graceful shutdown before the engine goes away.
+    recorder = UsageRecorder(settings.database, flush_seconds=settings.audit.usage_flush_seconds,
+                             batch_size=settings.audit.usage_batch_size,
+                             max_pending=settings.audit.usage_max_pending)
+    usage_middleware = [UsageMiddleware(recorder)] if settings.audit.record_usage else []
+
+    def start_recorder() -> None:
+        if settings.audit.record_usage:
+            recorder.start()
+
     async def dispose() -> None:
         await engine.dispose()
 
     app = Litestar(
         route_handlers=routers(),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
-        middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
+        middleware=[RequestIdMiddleware(), *usage_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine}),
-        on_shutdown=[dispose],
+        state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
+                     "usage": recorder}),
+        on_startup=[start_recorder],
+        on_shutdown=[recorder.aclose, dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",
             version="1",

@@ -24,7 +24,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.credentials import InvalidCredential, SessionCodec, parse_bearer
+from tenant_api.auth.credentials import DISPLAY_PREFIX_LEN, TOKEN_PREFIX, InvalidCredential, SessionCodec, parse_bearer
 from tenant_api.db.context import Credential, Principal
 
 _REFUSED = {
@@ -86,9 +86,20 @@ class CredentialMiddleware(ASGIMiddleware):
             try:
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:
+                if raw:  # a credential was sent and refused: a security event (audit.usage)
+                    scope.setdefault("state", {})["credential_error"] = refused_prefix(raw)
                 raise NotAuthorizedException(str(exc)) from None
             scope.setdefault("state", {})["credential"] = credential
         await next_app(scope, receive, send)
+
+
+def refused_prefix(raw: bytes) -> str | None:
+    """What a security event may keep of a refused credential: an API token's display
+    prefix (as stored for real tokens), "session" for a JWT, nothing of anything else."""
+    value = raw.decode("latin-1").partition(" ")[2].strip()
+    if value.startswith(TOKEN_PREFIX):
+        return value[:DISPLAY_PREFIX_LEN]
+    return "session" if value.count(".") == 2 else None
 
 
 def _credential(request: Request) -> Credential:
@@ -107,14 +118,16 @@ async def open_request_session(request: Request, state: State) -> tuple[AsyncSes
         await session.connection()  # BEGIN; after_begin runs auth.begin_request
         principal: Principal = session.info["principal"]
         if not principal.ok:
+            request.scope["state"]["refused"] = principal  # recorded as a security event
             raise NotAuthorizedException(_REFUSED.get(principal.status, "invalid credential"))
+        # Stored before the scope check: a 403 is still a request by this token (usage).
+        request.scope["state"]["principal"] = principal
         required = _route_opt(request.scope).get("scope")
         if required and not principal.has_scope(required):
             raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})
     except BaseException:
         await session.close()
         raise
-    request.scope["state"]["principal"] = principal
     return session, principal
 
 

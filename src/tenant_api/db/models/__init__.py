@@ -12,9 +12,11 @@ from tenant_api.db.models.identity import (
     Workspace,
 )
 from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.audit import AuditSeal, TokenUsage
 
 __all__ = [
     "Agent",
+    "AuditSeal",
     "Base",
     "Organization",
     "OrganizationMembership",
@@ -22,6 +24,7 @@ __all__ = [
     "Project",
     "TenantBase",
     "TokenAuditLog",
+    "TokenUsage",
     "UserAccount",
     "Workspace",
 ]
