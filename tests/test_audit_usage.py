@@ -10,13 +10,14 @@ import json
 import uuid
 
 import asyncpg
+import jwt
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import event
 
 from tenant_api.app import create_app
 from tenant_api.audit import controller as audit_controller
-from tenant_api.auth.credentials import new_api_token
+from tenant_api.auth.credentials import SessionCodec, new_api_token
 from tests.conftest import bearer, connect, make_token, signup
 
 
@@ -85,10 +86,23 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
                              uuid.UUID(expired["id"]))
     unknown = new_api_token()
     malformed = "tapi_" + "A" * 38
-    for secret in (revoked["token"], expired["token"], unknown, malformed):
-        r = await client.get("/v1/agents", headers=bearer(secret))
+    # A session JWT of ours that has expired names its organization (signature checked);
+    # one signed with another key names nothing.
+    session_id = uuid.UUID(jwt.decode(t.session, options={"verify_signature": False})["sid"])
+    stale = client.app.state.codec.issue(session_id=session_id, organization_id=uuid.UUID(t.organization_id),
+                                         user_id=uuid.UUID(t.user_id),
+                                         expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+    forged = SessionCodec("another-key-" + "x" * 40, "tenant-api").issue(
+        session_id=session_id, organization_id=uuid.UUID(t.organization_id), user_id=uuid.UUID(t.user_id),
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    for secret in (revoked["token"], expired["token"], unknown, malformed, stale, forged):
+        r = await client.get("/v1/agents", headers={**bearer(secret), "User-Agent": f"ua-{secret[-8:]}"})
         assert r.status_code == 401, r.text
     await flush(client)
+    (row,) = [r for r in await usage_rows(admin_conn, str(session_id)) if r["reason"]]
+    assert (row["reason"], row["prefix"], str(row["user_id"])) == ("expired", "session", t.user_id)
+    assert await admin_conn.fetchval("select reason from unattributed_security_event where user_agent = $1",
+                                     f"ua-{forged[-8:]}") == "malformed"
 
     for tok, reason in ((revoked, "revoked"), (expired, "expired")):
         (row,) = await usage_rows(admin_conn, tok["id"])
@@ -99,7 +113,7 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
         [unknown[:11], malformed[:11]])
     assert sorted(tuple(r) for r in loose) == sorted([("unknown", unknown[:11]), ("malformed", malformed[:11])])
     # No secret anywhere in the trail, only prefixes.
-    for secret in (revoked["token"], expired["token"], unknown, malformed):
+    for secret in (revoked["token"], expired["token"], unknown, malformed, stale, forged):
         body = secret[11:]
         for table in ("token_usage", "unattributed_security_event", "token_audit_log"):
             hits = await admin_conn.fetchval(
@@ -109,7 +123,7 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
     # unattributed ones through the API role.
     events = await all_events(client, t.h, kind="security")
     assert {(e["token_id"], e["reason"], e["status"]) for e in events} == {
-        (revoked["id"], "revoked", 401), (expired["id"], "expired", 401)}
+        (revoked["id"], "revoked", 401), (expired["id"], "expired", 401), (str(session_id), "expired", 401)}
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api_conn.fetch("select * from unattributed_security_event")
 

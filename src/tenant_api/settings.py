@@ -56,7 +56,7 @@ class AuditSettings:
     """Usage recording, sealing and retention of the audit trail."""
 
     record_usage: bool = True
-    """Record every authenticated request (token_usage). AUDIT_RECORD_USAGE=0 turns it
+    """Record every authenticated request (token_usage). AUDIT_USAGE_ENABLED=0 turns it
     off (for the benchmark's comparison only)."""
     usage_flush_seconds: float = 1.0
     """The usage recorder writes its batch at least this often. AUDIT_USAGE_FLUSH_SECONDS."""
@@ -98,7 +98,7 @@ class Settings:
             debug=env.get("DEBUG", "") in {"1", "true"},
         )
         audit = AuditSettings(
-            record_usage=env.get("AUDIT_RECORD_USAGE", "1") not in {"0", "false", "no"},
+            record_usage=env.get("AUDIT_USAGE_ENABLED", "1") not in {"0", "false", "no"},
             usage_flush_seconds=float(env.get("AUDIT_USAGE_FLUSH_SECONDS", "1.0")),
             usage_batch_size=int(env.get("AUDIT_USAGE_BATCH_SIZE", "500")),
             retention_days=int(env.get("AUDIT_RETENTION_DAYS", "365")),

@@ -24,7 +24,14 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.credentials import DISPLAY_PREFIX_LEN, TOKEN_PREFIX, InvalidCredential, SessionCodec, parse_bearer
+from tenant_api.auth.credentials import (
+    DISPLAY_PREFIX_LEN,
+    TOKEN_PREFIX,
+    InvalidCredential,
+    SessionCodec,
+    expired_session,
+    parse_bearer,
+)
 from tenant_api.db.context import Credential, Principal
 
 _REFUSED = {
@@ -87,7 +94,7 @@ class CredentialMiddleware(ASGIMiddleware):
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:
                 if raw:  # a credential was sent and refused: a security event (audit.usage)
-                    scope.setdefault("state", {})["credential_error"] = refused_prefix(raw)
+                    _note_refused(scope, raw, self.codec)
                 raise NotAuthorizedException(str(exc)) from None
             scope.setdefault("state", {})["credential"] = credential
         await next_app(scope, receive, send)
@@ -100,6 +107,17 @@ def refused_prefix(raw: bytes) -> str | None:
     if value.startswith(TOKEN_PREFIX):
         return value[:DISPLAY_PREFIX_LEN]
     return "session" if value.count(".") == 2 else None
+
+
+def _note_refused(scope: Scope, raw: bytes, codec: SessionCodec) -> None:
+    state = scope.setdefault("state", {})
+    state["credential_error"] = refused_prefix(raw)
+    value = raw.decode("latin-1").partition(" ")[2].strip()
+    if value.count(".") == 2 and (expired := expired_session(codec, value)) is not None:
+        session_id, organization_id, user_id = expired
+        state["refused"] = Principal(status="expired", token_id=session_id, organization_id=organization_id,
+                                     user_id=user_id, kind="session", role=None, scopes=frozenset(),
+                                     project_ids=None, prefix="session", expires_at=None)
 
 
 def _credential(request: Request) -> Credential:
