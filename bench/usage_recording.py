@@ -6,7 +6,8 @@ Runs in-process against a fresh database (TEST_DATABASE_URL, a superuser URL, or
 embedded PostgreSQL), with usage recording off and on, alternating rounds so that the
 load of the shared machine falls on both alike. Measures:
 
-* request latency (GET /v1/agents, sequential, in-process ASGI) off vs on;
+* request latency (GET /v1/agents, sequential, in-process ASGI) and the API process's
+  CPU time per request (less sensitive to the rest of the machine), off vs on;
 * statements on the request's own connection (must be equal: no round trip added);
 * the request-side cost of building and queueing one record (no I/O);
 * the writer's database cost per record and per batch (app.record_usage).
@@ -53,6 +54,7 @@ async def run(admin_url: str, requests: int, rounds: int) -> None:
     async with AsyncTestClient(create_app(settings)) as c:
         tenant = await signup(c)
     latencies: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, float] = {False: 0.0, True: 0.0}  # this process (API + writer thread), not PostgreSQL
     statements: dict[bool, int] = {}
     written = flushes = 0
     db_seconds = 0.0
@@ -65,12 +67,15 @@ async def run(admin_url: str, requests: int, rounds: int) -> None:
                 for _ in range(50):  # warm the pool and the statement caches
                     await c.get("/v1/agents", headers=tenant.h)
                 count[0] = 0
+                cpu0 = time.process_time()
                 for _ in range(requests):
                     t0 = time.perf_counter()
                     r = await c.get("/v1/agents", headers=tenant.h)
                     latencies[record].append(time.perf_counter() - t0)
                     assert r.status_code == 200
                 statements[record] = count[0] / requests
+                await asyncio.to_thread(app.state.usage.flush)  # the writer's CPU counts too
+                cpu[record] += time.process_time() - cpu0
             recorder: UsageRecorder = app.state.usage
             written, flushes = written + recorder.written, flushes + recorder.flushes
             db_seconds += recorder.flush_seconds_total
@@ -111,6 +116,9 @@ async def run(admin_url: str, requests: int, rounds: int) -> None:
           f" {(statistics.mean(on) - statistics.mean(off)) * 1000:+.3f} |")
     print(f"| p50 latency ms | {ms(off, 50):.3f} | {ms(on, 50):.3f} | {ms(on, 50) - ms(off, 50):+.3f} |")
     print(f"| p99 latency ms | {ms(off, 99):.3f} | {ms(on, 99):.3f} | {ms(on, 99) - ms(off, 99):+.3f} |")
+    total = rounds * requests
+    print(f"| API process CPU ms per request (incl. the writer thread) | {cpu[False] / total * 1000:.3f} |"
+          f" {cpu[True] / total * 1000:.3f} | {(cpu[True] - cpu[False]) / total * 1000:+.3f} |")
     print(f"| statements per request on the request's connection | {statements[False]:.2f} |"
           f" {statements[True]:.2f} | {statements[True] - statements[False]:+.2f} |")
     print()
