@@ -176,9 +176,10 @@ async def test_purge_leaves_a_sealed_record_and_verify_still_passes(client, data
     assert report["status"] == "intact" and report["purged_events"] == old
     assert report["verified_events"] == 0 and report["head_seq"] == seals[-1]["seq"]
 
-    # Life goes on after a purge: new events chain onto the purge record.
+    # Life goes on after a purge: new events chain onto the purge record (the command
+    # with no --org seals every organization with something to seal).
     await activity(client, t, 1)
-    await asyncio.to_thread(cli.main, ["audit", "seal", "--org", str(org)])
+    await asyncio.to_thread(cli.main, ["audit", "seal"])
     report = await verify(client, t)
     assert report["status"] == "intact" and report["verified_events"] > 0 and report["unsealed_events"] == 0
     # Something slipped into the purged range afterwards is caught.
@@ -186,3 +187,27 @@ async def test_purge_leaves_a_sealed_record_and_verify_still_passes(client, data
     await admin_conn.execute("insert into token_audit_log (organization_id, id, txid, table_name, action, changes)"
                              " values ($1, $2, '1', 'agent', 'INSERT', '{}')", org, forged)
     assert (await verify(client, t))["first_problem"]["problem"] == "inserted"
+
+
+async def test_purge_keeps_newer_blocks_and_sealing_resumes_after_them(client, database, admin_conn):
+    t = await signup(client)
+    org = uuid.UUID(t.organization_id)
+    await activity(client, t, 2)
+    (older,) = await seal(database, t, block_size=3)
+    await asyncio.sleep(0.01)
+    cutoff = dt.datetime.now(dt.UTC)
+    await activity(client, t, 2)
+    (newer,) = await seal(database, t, block_size=3)
+
+    (purged,) = await sealing.purge(database.owner_url, before=cutoff, organization_id=org)
+    assert (purged["blocks"], purged["events"]) == (older["blocks"], older["events"])
+    remaining = await admin_conn.fetch("select occurred_at from audit_event where organization_id = $1", org)
+    assert len(remaining) == newer["events"] and min(r["occurred_at"] for r in remaining) >= cutoff
+    assert await sealing.purge(database.owner_url, before=cutoff, organization_id=org) == []  # done already
+
+    await activity(client, t, 1)
+    (latest,) = await seal(database, t, block_size=3)
+    report = await verify(client, t)
+    assert report["status"] == "intact", report
+    assert (report["purged_events"], report["verified_events"], report["unsealed_events"]) == (
+        older["events"], newer["events"] + latest["events"], 0)

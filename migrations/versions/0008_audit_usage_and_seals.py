@@ -133,7 +133,11 @@ def downgrade() -> None:
         """
         drop function if exists app.record_usage(jsonb);
         drop function if exists app.audit_seal(uuid, integer);
+        drop function if exists app.audit_seal_candidates();
+        drop function if exists app.audit_sealed_through(uuid);
         drop function if exists app.audit_purge(timestamptz, uuid);
+        drop function if exists app.audit_purge_candidates(timestamptz);
+        drop function if exists app.audit_genesis(uuid);
         drop view audit_event;
         drop table audit_seal, unattributed_security_event, token_usage;
         drop index token_audit_log_order_idx;

@@ -39,28 +39,44 @@ def _dsn(url: str) -> str:
 
 
 async def seal(url: str, *, organization_id: UUID | None = None, block_size: int = 1000) -> list[dict[str, Any]]:
-    """Seal every final, unsealed event (all organizations, or one). For the
-    `tenant-api audit seal` command and the scheduler; runs as the API role or the owner."""
+    """Seal every final, unsealed event (of every organization, or one): one short
+    transaction per organization. For `tenant-api audit seal` and the scheduler; runs as
+    the API role (DATABASE_URL) or the owner. Returns what it sealed; an organization
+    another sealer is busy with is skipped (blocks = -1) and sealed by the next run."""
     conn = await asyncpg.connect(_dsn(url))
     try:
-        rows = await conn.fetch("select org_id, blocks, events from app.audit_seal($1, $2)",
-                                organization_id, block_size)
+        orgs = [organization_id] if organization_id else [
+            r[0] for r in await conn.fetch("select * from app.audit_seal_candidates()")]
+        out = []
+        for org in orgs:
+            row = await conn.fetchrow("select blocks, events from app.audit_seal($1, $2)", org, block_size)
+            if row["blocks"]:
+                out.append({"organization_id": str(org), "blocks": row["blocks"], "events": row["events"]})
+        return out
     finally:
         await conn.close()
-    return [{"organization_id": str(r["org_id"]), "blocks": r["blocks"], "events": r["events"]} for r in rows]
 
 
 async def purge(owner_url: str, *, before: dt.datetime, organization_id: UUID | None = None) -> list[dict[str, Any]]:
-    """Delete sealed events older than ``before`` (whole blocks), leaving purge records.
-    The owner only (OWNER_DATABASE_URL): the API role may not call app.audit_purge."""
+    """Delete sealed events older than ``before`` (whole blocks), leaving a purge record
+    in each chain; with no organization given, also the unattributed security events.
+    One transaction per organization. The owner only (OWNER_DATABASE_URL)."""
     conn = await asyncpg.connect(_dsn(owner_url))
     try:
-        rows = await conn.fetch("select org_id, purged_blocks, purged_events from app.audit_purge($1, $2)",
-                                before, organization_id)
+        orgs = [organization_id] if organization_id else [
+            r[0] for r in await conn.fetch("select * from app.audit_purge_candidates($1)", before)]
+        out = []
+        for org in orgs:
+            row = await conn.fetchrow("select purged_blocks, purged_events from app.audit_purge($1, $2)", before, org)
+            if row["purged_blocks"]:
+                out.append({"organization_id": str(org), "blocks": row["purged_blocks"],
+                            "events": row["purged_events"]})
+        if organization_id is None:
+            row = await conn.fetchrow("select purged_events from app.audit_purge($1, null)", before)
+            out.append({"unattributed_security_events": row["purged_events"]})
+        return out
     finally:
         await conn.close()
-    return [{"organization_id": str(r["org_id"]), "blocks": r["purged_blocks"], "events": r["purged_events"]}
-            for r in rows]
 
 
 @dataclass
