@@ -18,6 +18,7 @@ from sqlalchemy import event
 from tenant_api.app import create_app
 from tenant_api.audit import controller as audit_controller
 from tenant_api.auth.credentials import SessionCodec, new_api_token
+from tenant_api.auth.scopes import ROLE_SCOPES
 from tests.conftest import bearer, connect, make_token, signup
 
 
@@ -157,6 +158,11 @@ async def test_events_filters_and_token_activity(client, admin_conn):
     assert await all_events(client, other.h, token_id=reader["id"]) == []
     r = await client.get("/v1/audit/events", headers=t.h, params={"cursor": "not-a-cursor"})
     assert r.status_code == 422
+    # Without audit:read: 403 naming it, on every audit route and the export.
+    for path, accept in (("/v1/audit/events", "application/json"), ("/v1/audit/events", "text/csv"),
+                         ("/v1/audit/usage", "application/json"), ("/v1/audit/verify", "application/json")):
+        r = await client.get(path, headers={**bearer(reader["token"]), "Accept": accept})
+        assert r.status_code == 403 and r.json()["missing_scope"] == "audit:read", (path, r.text)
 
 
 async def test_pagination_is_stable_while_events_commit_late(client, admin_conn, database):
@@ -282,13 +288,14 @@ async def test_auditor_reads_everything_and_changes_nothing(client, admin_conn, 
         r = await client.get("/v1/audit/events", headers={**h, "Accept": "text/csv"})
         assert r.status_code == 200 and agent["id"] in r.text
 
-    # Every write route of the API refuses both with 403 (only logout, which ends the
-    # caller's own session, is open to any credential).
+    # Every write route of the API refuses both with 403 (logout, which ends the caller's
+    # own session, is open to any credential). An auditor holds no write scope at all.
+    assert not [s for s in ROLE_SCOPES["auditor"] if not s.endswith(":read")]
     writes = []
     for route in client.app.routes:
         for handler in getattr(route, "route_handlers", []):
             opt = handler.opt or {}
-            if opt.get("public") or "scope" not in opt or opt["scope"] is None:
+            if opt.get("public") or not str(opt.get("scope")).endswith(":write"):
                 continue
             for method in handler.http_methods - {"GET", "HEAD", "OPTIONS"}:
                 path = route.path_format.format(**{p: uuid.uuid4() for p in route.path_parameters})
