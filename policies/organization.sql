@@ -8,3 +8,8 @@ call app.tenant_table('public.organization', area => 'org', org_column => 'id',
 create policy auth_signup on public.organization for insert to tenant_auth
   with check (id = (select app.current_organization_id()));
 grant insert on public.organization to tenant_auth;
+
+-- The usage recorder and the sealer (tenant_audit definer functions) iterate over, and
+-- check the existence of, organizations.
+create policy audit_list on public.organization for select to tenant_audit using (true);
+grant select (id) on public.organization to tenant_audit;

@@ -12,6 +12,8 @@ call app.tenant_table('public.platform_token', area => 'tokens',
   write_extra => 'user_id = (select app.current_user_id())'
                  ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
   secret_columns => '{token_hash}',
+  -- last_used_at: begin_request keeps it current; an UPDATE that changes only it (and
+  -- the updated_at it bumps) leaves no audit row (see policies/audit.sql).
   noise_columns => '{last_used_at}',
   api_grants => 'select (organization_id, id, user_id, kind, name, prefix, scopes, project_ids,'
                 ' expires_at, revoked_at, last_used_at, created_at, updated_at, created_by_token_id),'

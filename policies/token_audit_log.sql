@@ -10,3 +10,9 @@ drop trigger if exists audit on public.token_audit_log;
 
 create policy audit_writer on public.token_audit_log for insert to tenant_audit with check (true);
 grant insert on public.token_audit_log to tenant_audit;
+
+-- The sealer reads every organization's events; the purge command (app.audit_purge)
+-- deletes sealed ones older than the retention window. Nothing else ever deletes.
+create policy audit_sealer on public.token_audit_log for select to tenant_audit using (true);
+create policy audit_purger on public.token_audit_log for delete to tenant_audit using (true);
+grant select, delete on public.token_audit_log to tenant_audit;

@@ -28,8 +28,9 @@ INDEX_ALLOW_LIST = {
     "invite_outbox_due_idx",
 }
 
-# The only table that must NOT carry the audit trigger: the log does not audit itself.
-NOT_AUDITED = {"token_audit_log"}
+# Audit tables do not audit themselves: the log, the usage records (one per request) and
+# the seals over the log are written only by the audit machinery, never by the API role.
+NOT_AUDITED = {"token_audit_log", "token_usage", "audit_seal"}
 
 # The definer functions the API role may call in schema auth (before a context exists).
 # Every door around RLS the API role may open. Adding one is a security decision: list it

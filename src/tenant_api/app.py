@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
 from tenant_api.audit.controller import audit_router
+from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
@@ -106,6 +107,17 @@ def create_app(settings: Settings) -> Litestar:
             logging.getLogger("tenant_api.mailer").info(
                 "SMTP_URL is not set: invite mails wait in invite_outbox until a process with SMTP_URL runs")
 
+    # Usage records are written by a thread of their own (audit/usage.py), started with
+    # the app and flushed on graceful shutdown before the engine goes away.
+    recorder = UsageRecorder(settings.database, flush_seconds=settings.audit.usage_flush_seconds,
+                             batch_size=settings.audit.usage_batch_size,
+                             max_pending=settings.audit.usage_max_pending)
+    usage_middleware = [UsageMiddleware(recorder)] if settings.audit.record_usage else []
+
+    def start_recorder() -> None:
+        if settings.audit.record_usage:
+            recorder.start()
+
     async def dispose() -> None:
         await hub.close()
         for task in mailer_tasks:
@@ -116,13 +128,14 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
-        middleware=[RequestIdMiddleware(), CredentialMiddleware(codec)],
+        middleware=[RequestIdMiddleware(), *usage_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
-                     "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops)}),
-        on_startup=[load_unique_keys, start_mailer],
+                     "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
+                     "usage": recorder}),
+        on_startup=[load_unique_keys, start_mailer, start_recorder],
         lifespan=[desktop_reaper],
-        on_shutdown=[dispose],
+        on_shutdown=[recorder.aclose, dispose],
         openapi_config=OpenAPIConfig(
             title="tenant-api",
             version="1",

@@ -8,15 +8,22 @@
   tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
+  tenant-api audit seal        seal every final, unsealed audit event (DATABASE_URL or
+                               OWNER_DATABASE_URL); the scheduler runs the same
+  tenant-api audit purge --older-than 365d
+                               delete sealed audit events older than the window, leaving
+                               a purge record in each chain (OWNER_DATABASE_URL)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
+import uuid
 
 from tenant_api.settings import Settings
 
@@ -96,6 +103,38 @@ def cmd_openapi(args: argparse.Namespace) -> None:
     print(json.dumps(create_app(settings).openapi_schema.to_schema(), indent=2, default=str))
 
 
+def _duration(value: str) -> dt.timedelta:
+    """'365d', '12h', '30m' -> timedelta."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    try:
+        return dt.timedelta(**{units[value[-1]]: int(value[:-1])})
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r}: use a number and d, h or m, e.g. 365d") from None
+
+
+def cmd_audit_seal(args: argparse.Namespace) -> None:
+    from tenant_api.audit import sealing
+
+    settings = Settings.from_env()
+    url = settings.database.url or settings.database.owner_url
+    if not url:
+        sys.exit("DATABASE_URL or OWNER_DATABASE_URL is required")
+    out = asyncio.run(sealing.seal(url, organization_id=args.org, block_size=settings.audit.seal_block_size))
+    print(json.dumps(out, indent=2))
+
+
+def cmd_audit_purge(args: argparse.Namespace) -> None:
+    from tenant_api.audit import sealing
+
+    settings = Settings.from_env()
+    if not settings.database.owner_url:
+        sys.exit("OWNER_DATABASE_URL is required: only the owner may purge the audit trail")
+    window = args.older_than or dt.timedelta(days=settings.audit.retention_days)
+    before = dt.datetime.now(dt.UTC) - window
+    out = asyncio.run(sealing.purge(settings.database.owner_url, before=before, organization_id=args.org))
+    print(json.dumps({"before": before.isoformat(), "purged": out}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tenant-api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--password", required=True)
     p.set_defaults(fn=cmd_create_user)
     sub.add_parser("openapi").set_defaults(fn=cmd_openapi)
+    audit = sub.add_parser("audit").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("seal")
+    p.add_argument("--org", type=uuid.UUID, default=None, help="one organization (default: all)")
+    p.set_defaults(fn=cmd_audit_seal)
+    p = audit.add_parser("purge")
+    p.add_argument("--older-than", type=_duration, default=None,
+                   help="e.g. 365d (default: AUDIT_RETENTION_DAYS, 365)")
+    p.add_argument("--org", type=uuid.UUID, default=None, help="one organization (default: all)")
+    p.set_defaults(fn=cmd_audit_purge)
     args = parser.parse_args(argv)
     args.fn(args)
 

@@ -110,12 +110,32 @@ class InviteSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Usage recording, sealing and retention of the audit trail."""
+
+    record_usage: bool = True
+    """Record every authenticated request (token_usage). AUDIT_USAGE_ENABLED=0 turns it
+    off (for the benchmark's comparison only)."""
+    usage_flush_seconds: float = 1.0
+    """The usage recorder writes its batch at least this often. AUDIT_USAGE_FLUSH_SECONDS."""
+    usage_batch_size: int = 500
+    """...and as soon as this many records wait. AUDIT_USAGE_BATCH_SIZE."""
+    usage_max_pending: int = 50_000
+    """Records waiting beyond this (database unreachable) are dropped and counted."""
+    seal_block_size: int = 1000
+    """Events per sealed block."""
+    retention_days: int = 365
+    """`tenant-api audit purge` default window. AUDIT_RETENTION_DAYS."""
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     desktops: DesktopSettings = field(default_factory=DesktopSettings)
     invites: InviteSettings = field(default_factory=InviteSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -146,7 +166,13 @@ class Settings:
             smtp_url=env.get("SMTP_URL", ""),
             mail_from=env.get("MAIL_FROM", InviteSettings.mail_from),
         )
-        return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites)
+        audit = AuditSettings(
+            record_usage=env.get("AUDIT_USAGE_ENABLED", "1") not in {"0", "false", "no"},
+            usage_flush_seconds=float(env.get("AUDIT_USAGE_FLUSH_SECONDS", "1.0")),
+            usage_batch_size=int(env.get("AUDIT_USAGE_BATCH_SIZE", "500")),
+            retention_days=int(env.get("AUDIT_RETENTION_DAYS", "365")),
+        )
+        return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit)
 
     def with_database(self, **changes: object) -> Settings:
         return replace(self, database=replace(self.database, **changes))
@@ -159,3 +185,6 @@ class Settings:
 
     def with_invites(self, **changes: object) -> Settings:
         return replace(self, invites=replace(self.invites, **changes))
+
+    def with_audit(self, **changes: object) -> Settings:
+        return replace(self, audit=replace(self.audit, **changes))

@@ -111,6 +111,18 @@ class SessionCodec:
             raise InvalidCredential("invalid session token") from exc
 
 
+def expired_session(codec: SessionCodec, token: str) -> tuple[UUID, UUID, UUID] | None:
+    """(session id, organization id, user id) of a session JWT that is ours (signature,
+    algorithm, issuer all checked) but expired; None for anything else. Lets the audit
+    trail attribute the refused request to its organization (audit.usage)."""
+    try:
+        claims = jwt.decode(token, codec._secret, algorithms=[codec.algorithm], issuer=codec._issuer,
+                            options={"verify_exp": False, "require": ["exp", "sub", "sid", "org"]})
+        return UUID(claims["sid"]), UUID(claims["org"]), UUID(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        return None
+
+
 def parse_bearer(header: str | None, codec: SessionCodec) -> Credential:
     if not header:
         raise InvalidCredential("missing credential: send Authorization: Bearer <token>")

@@ -24,7 +24,14 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.credentials import InvalidCredential, SessionCodec, parse_bearer
+from tenant_api.auth.credentials import (
+    DISPLAY_PREFIX_LEN,
+    TOKEN_PREFIX,
+    InvalidCredential,
+    SessionCodec,
+    expired_session,
+    parse_bearer,
+)
 from tenant_api.db.context import Credential, Principal
 
 _REFUSED = {
@@ -86,11 +93,33 @@ class CredentialMiddleware(ASGIMiddleware):
             try:
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:
+                if raw:  # a credential was sent and refused: a security event (audit.usage)
+                    _note_refused(scope, raw, self.codec)
                 if scope["type"] == "websocket":  # a close code the client can read, not a 4500
                     raise WebSocketException(detail=str(exc), code=4401) from None
                 raise NotAuthorizedException(str(exc)) from None
             scope.setdefault("state", {})["credential"] = credential
         await next_app(scope, receive, send)
+
+
+def refused_prefix(raw: bytes) -> str | None:
+    """What a security event may keep of a refused credential: an API token's display
+    prefix (as stored for real tokens), "session" for a JWT, nothing of anything else."""
+    value = raw.decode("latin-1").partition(" ")[2].strip()
+    if value.startswith(TOKEN_PREFIX):
+        return value[:DISPLAY_PREFIX_LEN]
+    return "session" if value.count(".") == 2 else None
+
+
+def _note_refused(scope: Scope, raw: bytes, codec: SessionCodec) -> None:
+    state = scope.setdefault("state", {})
+    state["credential_error"] = refused_prefix(raw)
+    value = raw.decode("latin-1").partition(" ")[2].strip()
+    if value.count(".") == 2 and (expired := expired_session(codec, value)) is not None:
+        session_id, organization_id, user_id = expired
+        state["refused"] = Principal(status="expired", token_id=session_id, organization_id=organization_id,
+                                     user_id=user_id, kind="session", role=None, scopes=frozenset(),
+                                     project_ids=None, prefix="session", expires_at=None)
 
 
 def request_credential(request: Request) -> Credential:
@@ -130,14 +159,16 @@ async def open_request_session(request: Request, state: State) -> tuple[AsyncSes
     )
     try:
         if not principal.ok:
+            request.scope["state"]["refused"] = principal  # recorded as a security event
             raise NotAuthorizedException(refusal(principal))
+        # Stored before the scope check: a 403 is still a request by this token (usage).
+        request.scope["state"]["principal"] = principal
         required = _route_opt(request.scope).get("scope")
         if required and not principal.has_scope(required):
             raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})
     except BaseException:
         await session.close()
         raise
-    request.scope["state"]["principal"] = principal
     return session, principal
 
 

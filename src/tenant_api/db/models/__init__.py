@@ -24,10 +24,12 @@ from tenant_api.db.models.desktops import (
     RobotMacro,
     RobotMacroExecution,
 )
+from tenant_api.db.models.audit import AuditSeal, TokenUsage
 from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMembership
 
 __all__ = [
     "Agent",
+    "AuditSeal",
     "AgentConversation",
     "AgentEmailRule",
     "AgentProfile",
@@ -53,6 +55,7 @@ __all__ = [
     "ProjectMembership",
     "TenantBase",
     "TokenAuditLog",
+    "TokenUsage",
     "UserAccount",
     "UserTrial",
     "VideoCall",
