@@ -6,6 +6,7 @@ What the tests must know about particular tables and routes is in tests/factorie
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -85,6 +86,11 @@ async def row_ids(conn: asyncpg.Connection, table: str, org: str, limit: int = 5
             " where organization_id = $1) order by id limit $2", uuid.UUID(org), limit)
     elif table == "organization":
         rows = await conn.fetch("select id from organization where id = $1", uuid.UUID(org))
+    elif "." in table:  # "<table>.<column>" (tests/factories.py PATH_PARAMS): that column, by row age
+        table, column = table.split(".", 1)
+        rows = await conn.fetch(
+            f"select x.{q(column)} as id from public.{q(table)} x where x.organization_id = $1 order by x.id limit $2",
+            uuid.UUID(org), limit)
     else:
         rows = await conn.fetch(
             f"select id from public.{q(table)} where organization_id = $1 order by id limit $2", uuid.UUID(org), limit)
@@ -335,11 +341,21 @@ async def assert_covered(admin: asyncpg.Connection, tenants: list[Tenant]) -> li
     return tables
 
 
+async def settle_usage(client: AsyncTestClient) -> None:
+    """Wait until every request so far has its usage record written (they are written
+    by a thread of their own, a moment later): the snapshots taken next must not change
+    under the tests because of requests made before them."""
+    recorder = getattr(client.app.state, "usage", None)
+    if recorder is not None:
+        assert await asyncio.to_thread(recorder.flush), "usage records not written within the timeout"
+
+
 async def build_world(client: AsyncTestClient, admin: asyncpg.Connection, label: str) -> World:
     a = await signup(client, f"{label}a{uuid.uuid4().hex[:6]}")
     b = await signup(client, f"{label}b{uuid.uuid4().hex[:6]}")
     for tenant in (a, b):
         await populate(client, admin, tenant)
+    await settle_usage(client)
     return World(a=a, b=b, tables=await assert_covered(admin, [a, b]))
 
 
@@ -383,14 +399,32 @@ async def attempt(conn: asyncpg.Connection, sql: str, *args: Any) -> tuple[str |
         return None, exc.sqlstate
 
 
-def insert_copy_sql(table: str) -> str:
-    """INSERT one row given as JSON (all columns, as the table's row type)."""
-    return f"insert into public.{q(table)} select * from json_populate_record(null::public.{q(table)}, $1::json)"
+def insert_copy_sql(table: str, columns: list[str] | None = None) -> str:
+    """INSERT one row given as JSON (as the table's row type): all columns, or only
+    ``columns`` (a table with generated columns: their values are computed, never given)."""
+    if columns is None:
+        return f"insert into public.{q(table)} select * from json_populate_record(null::public.{q(table)}, $1::json)"
+    cols = ", ".join(q(c) for c in columns)
+    return (f"insert into public.{q(table)} ({cols})"
+            f" select {cols} from json_populate_record(null::public.{q(table)}, $1::json)")
 
 
-async def some_row(conn: asyncpg.Connection, table: str, column: str, org: str) -> dict[str, Any]:
+async def generated_columns(conn: asyncpg.Connection, table: str) -> dict[str, str]:
+    """The table's generated columns -> their expressions."""
+    rows = await conn.fetch(
+        "select a.attname, pg_get_expr(d.adbin, d.adrelid) as expr from pg_attribute a"
+        " join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum"
+        " where a.attrelid = $1::regclass and a.attgenerated <> '' and not a.attisdropped", f"public.{table}")
+    return {r["attname"]: r["expr"] for r in rows}
+
+
+async def some_row(conn: asyncpg.Connection, table: str, column: str, org: str,
+                   not_null: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """One of ``org``'s rows of ``table`` as JSON (one whose ``not_null`` columns are set)."""
+    extra = "".join(f" and {q(c)} is not null" for c in not_null)
     raw = await conn.fetchval(
-        f"select to_jsonb(x)::text from public.{q(table)} x where {q(column)} = $1 order by x::text limit 1",
+        f"select to_jsonb(x)::text from public.{q(table)} x where {q(column)} = $1{extra} order by x::text limit 1",
         uuid.UUID(org))
-    assert raw is not None, f"{table}: no row of organization {org}"
+    which = f" with {list(not_null)} set" if not_null else ""
+    assert raw is not None, f"{table}: no row of organization {org}{which}: add a ROW_FACTORIES entry in tests/factories.py"
     return json.loads(raw)

@@ -9,6 +9,9 @@ deleted or created; and with no context at all, nothing can be seen or created.
 from __future__ import annotations
 
 import json
+import random
+import re
+import secrets
 import uuid
 from typing import Any
 
@@ -21,6 +24,7 @@ from tests.security import (
     attempt,
     begin_request,
     build_world,
+    generated_columns,
     insert_copy_sql,
     isolated_tables,
     module_admin,  # noqa: F401  (fixture)
@@ -47,12 +51,19 @@ async def updatable_column(admin: asyncpg.Connection, table: str) -> str | None:
 
 
 async def copy_of(admin: asyncpg.Connection, table: str, column: str, org: str, **changes: Any) -> dict[str, Any]:
-    """One of ``org``'s rows of ``table`` as JSON, with a fresh id (so only what we change differs)."""
+    """One of ``org``'s rows of ``table`` as JSON, with a fresh id (so only what we change
+    differs), without its generated columns (an INSERT cannot give those)."""
     row = await some_row(admin, table, column, org)
+    for name in await generated_columns(admin, table):
+        row.pop(name, None)
     if column != "id":
         row["id"] = str(uuid.uuid4())
     row.update(changes)
     return row
+
+
+def insert_sql(table: str, row: dict[str, Any]) -> str:
+    return insert_copy_sql(table, list(row))
 
 
 async def test_every_table_has_rows_for_both_organizations(world, module_admin):
@@ -104,7 +115,7 @@ async def test_other_organization_invisible_and_untouchable(world, module_admin,
             if not (status == "DELETE 0" or err == DENIED):
                 problems.append(f"{table}: DELETE of B's rows: {status or err}")
 
-            status, err = await attempt(api_conn, insert_copy_sql(table), json.dumps(b_copy))
+            status, err = await attempt(api_conn, insert_sql(table, b_copy), json.dumps(b_copy))
             if err != DENIED:
                 problems.append(f"{table}: INSERT of a row with B's organization: {status or err} (expected {DENIED})")
         assert await snapshot(module_admin, b.organization_id) == before, f"B's rows changed while testing {table}"
@@ -137,45 +148,130 @@ async def test_tenant_foreign_keys_are_composite(world, module_admin):
     assert not bad, bad
 
 
-async def unique_text_columns(admin: asyncpg.Connection, table: str) -> list[str]:
+async def column_types(admin: asyncpg.Connection, table: str) -> dict[str, str]:
+    return dict(await admin.fetch(
+        "select attname, format_type(atttypid, atttypmod) from pg_attribute"
+        " where attrelid = $1::regclass and attnum > 0 and not attisdropped", f"public.{table}"))
+
+
+async def unique_key_columns(admin: asyncpg.Connection, table: str) -> dict[str, str]:
+    """Columns in the keys of the table's unique indexes (expression keys too, e.g.
+    lower(email); not a partial index's predicate) -> their type."""
     rows = await admin.fetch(
-        "select distinct a.attname from pg_index i join pg_attribute a"
-        " on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
-        " where i.indrelid = $1::regclass and i.indisunique and a.atttypid = 'text'::regtype",
-        f"public.{table}")
-    return [r["attname"] for r in rows]
+        "select pg_get_indexdef(i.indexrelid, k, true) as key from pg_index i,"
+        " generate_series(1, i.indnkeyatts) k where i.indrelid = $1::regclass and i.indisunique", f"public.{table}")
+    columns = await column_types(admin, table)
+    return {c: t for c, t in columns.items()
+            if any(re.search(rf'(^|[^\w"]){re.escape(c)}($|[^\w"])|"{re.escape(c)}"', r["key"]) for r in rows)}
+
+
+def fresh_value(kind: str, value: Any) -> Any:
+    """Another value of the same type, for a unique column (None: leave it)."""
+    if value is None:
+        return None
+    if kind in ("text", "citext") or kind.startswith("character"):
+        return f"{value}-{uuid.uuid4().hex[:6]}"
+    if kind == "bytea":  # as JSON renders it: \x and hex digits; same length (a digest's length is checked)
+        return "\\x" + secrets.token_hex((len(value) - 2) // 2)
+    if kind in ("integer", "bigint", "smallint"):
+        return random.randint(10_000, 30_000)
+    if kind == "uuid":
+        return str(uuid.uuid4())
+    return value
+
+
+async def user_bound_columns(admin: asyncpg.Connection, table: str) -> set[str]:
+    """Columns the table's INSERT policies tie to the caller's user (``user_id = app.current_user_id()``)."""
+    checks = await admin.fetch(
+        "select coalesce(with_check, '') as c from pg_policies where schemaname = 'public' and tablename = $1"
+        " and cmd in ('INSERT', 'ALL')", table)
+    call = r"(\w+) = \(?\s*(?:SELECT\s+)?(?:app\.)?current_user_id\(\)"  # user_id = (SELECT app.current_user_id() ...)
+    return {m for r in checks for m in re.findall(call, r["c"], re.IGNORECASE)}
 
 
 async def test_child_cannot_point_at_another_organizations_parent(world, module_admin, api_conn):
+    """A copy of one of A's child rows, pointed at B's parent (every column of the foreign
+    key but organization_id taken from B's row), is refused by that very foreign key; the
+    same copy left pointing at its own parent in A is accepted (the control). Each copy
+    is inserted, as A, in a savepoint rolled back at once, after deleting the row it
+    copies there if A may (so a 1:1 child or a globally unique hash does not collide;
+    otherwise its unique values are made fresh)."""
     a, b = world.a, world.b
+    a_org = uuid.UUID(a.organization_id)
     fks = [fk for fk in await composite_foreign_keys(module_admin, world.tables)
            if fk["parent"] in world.tables and len(fk["child_cols"]) > 1]
     assert {(fk["child"], fk["parent"]) for fk in fks} >= {("project", "workspace"), ("agent", "project")}, fks
     problems = []
     for fk in fks:
-        child, parent = fk["child"], fk["parent"]
+        child, parent, name = fk["child"], fk["parent"], fk["conname"]
         if not await module_admin.fetchval("select has_table_privilege('tenant_api', $1, 'INSERT')", f"public.{child}"):
             continue  # the API role cannot insert into it at all
-        texts = await unique_text_columns(module_admin, child)
+        generated = await generated_columns(module_admin, child)
+        uniques = await unique_key_columns(module_admin, child)
+        pairs = [(c, p) for c, p in zip(fk["child_cols"], fk["parent_cols"]) if c != "organization_id"]
+        # A foreign key over a generated column (conversation_member.agent_id, computed
+        # from member_id) is pointed through the uuid column its expression reads; the
+        # copied row must be one where it is set (an AGENT member).
+        source = {}
+        for c, _ in pairs:
+            if c in generated:
+                read = [col for col, kind in (await column_types(module_admin, child)).items()
+                        if kind == "uuid" and col not in generated and re.search(rf"\b{col}\b", generated[c])]
+                if len(read) != 1:
+                    problems.append(f"{child}.{c} is generated from {read or 'no uuid column'}: cannot point it")
+                    break
+                source[c] = read[0]
+        else:
+            original = await some_row(module_admin, child, "organization_id", a.organization_id,
+                                      not_null=[c for c, _ in pairs if c in generated])
+            fk_columns = {c for other in fks if other["child"] == child for c in other["child_cols"]}
+            base = {k: v for k, v in original.items() if k not in generated}
 
-        async def row_pointing_at(org: str) -> dict[str, Any]:
-            parent_row = await some_row(module_admin, parent, "organization_id", org)
-            row = await copy_of(module_admin, child, "organization_id", a.organization_id)
-            for c, p in zip(fk["child_cols"], fk["parent_cols"]):
-                if c != "organization_id":
-                    row[c] = parent_row[p]
-            for c in texts:
-                row[c] = f"{row[c]}-{uuid.uuid4().hex[:6]}"
-            return row
+            async def insert(row: dict[str, Any]) -> tuple[str | None, asyncpg.PostgresError | None]:
+                row = {**row, "id": str(uuid.uuid4())}
+                tx = api_conn.transaction()
+                await tx.start()
+                try:
+                    try:
+                        async with api_conn.transaction():
+                            deleted = await api_conn.execute(
+                                f"delete from public.{q(child)} where organization_id = $1 and id = $2",
+                                a_org, uuid.UUID(original["id"])) == "DELETE 1"
+                    except asyncpg.PostgresError:
+                        deleted = False
+                    if not deleted:
+                        for col, kind in uniques.items():
+                            if col in row and col not in fk_columns and col not in ("id", "organization_id"):
+                                row[col] = fresh_value(kind, row[col])
+                    try:
+                        async with api_conn.transaction():
+                            return await api_conn.execute(insert_sql(child, row), json.dumps(row)), None
+                    except asyncpg.PostgresError as exc:
+                        return None, exc
+                finally:
+                    await tx.rollback()
 
-        async with as_request(api_conn, a.token):
-            # control: the same row pointing at A's own parent is accepted
-            status, err = await attempt(api_conn, insert_copy_sql(child), json.dumps(await row_pointing_at(a.organization_id)))
-            if status != "INSERT 0 1":
-                problems.append(f"{child}: control insert (parent in A) failed: {err}")
-            status, err = await attempt(api_conn, insert_copy_sql(child), json.dumps(await row_pointing_at(b.organization_id)))
-            if err != FK_VIOLATION:
-                problems.append(f"{child}: row of A pointing at B's {parent} via {fk['conname']}: {status or err}")
+            b_parent = await some_row(module_admin, parent, "organization_id", b.organization_id)
+            pointing_at_b = {**base, **{source.get(c, c): b_parent[p] for c, p in pairs}}
+            user_bound = await user_bound_columns(module_admin, child) & {c for c, _ in pairs}
+            async with as_request(api_conn, a.token):
+                status, exc = await insert(base)  # control: its own parent, in A
+                if status != "INSERT 0 1":
+                    problems.append(f"{child}: control insert (parent in A) failed: {exc.sqlstate}: {exc}")
+                status, exc = await insert(pointing_at_b)
+                # The foreign key itself, or a sibling sharing a repointed column (project_id)
+                # if PostgreSQL happens to check that one first: never any other refusal.
+                repointed = {source.get(c, c) for c, _ in pairs} | {c for c, _ in pairs}
+                siblings = {other["conname"] for other in fks if other["child"] == child
+                            and set(other["child_cols"]) & repointed}
+                if exc is not None and exc.sqlstate == FK_VIOLATION and exc.constraint_name in siblings | {name}:
+                    pass
+                elif exc is not None and exc.sqlstate == DENIED and user_bound:
+                    pass  # B's parent names B's user: the policy tying these rows to the
+                    #       caller's user refuses the row before the foreign key is checked
+                else:
+                    problems.append(f"{child}: row of A pointing at B's {parent} via {name}: "
+                                    f"{status or f'{exc.sqlstate} {exc.constraint_name or exc}'}")
     assert not problems, "\n".join(problems)
 
 
@@ -185,7 +281,7 @@ async def assert_sees_nothing(api_conn: asyncpg.Connection, admin: asyncpg.Conne
         if n := await api_conn.fetchval(f"select count(*) from public.{q(table)}"):
             problems.append(f"{table}: {n} rows visible without a context")
         row = await copy_of(admin, table, column, world.a.organization_id)
-        status, err = await attempt(api_conn, insert_copy_sql(table), json.dumps(row))
+        status, err = await attempt(api_conn, insert_sql(table, row), json.dumps(row))
         if err != DENIED:
             problems.append(f"{table}: insert without a context: {status or err}")
     if n := await api_conn.fetchval("select count(*) from public.user_account"):

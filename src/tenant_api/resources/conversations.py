@@ -217,6 +217,17 @@ def _messages_of(org: UUID | None, conversation_id: UUID) -> Any:
 
 @post("/messages", opt={"scope": WRITE}, operation_id="post_conversation_message", tags=["conversations"])
 async def post_message(db: AsyncSession, ctx: Principal, conversation_id: UUID, data: MessageCreate) -> MessageRead:
+    # The seq: the row lock taken here is held until commit, so two posts to one
+    # conversation never get the same seq and become visible in seq order. First, so an
+    # invisible conversation is a 404 whatever the body says (a refused body rolls back).
+    bumped = (await db.execute(
+        update(Conversation).where(_conversation_is(ctx.organization_id, conversation_id))
+        .values(last_seq=Conversation.last_seq + 1)
+        .returning(Conversation.last_seq, Conversation.project_id)
+    )).one_or_none()
+    if bumped is None:
+        raise not_found("conversation")
+    seq, project_id = bumped
     if data.sender_type == "USER":
         # The current user, never someone the body names.
         if data.sender_id not in (None, ctx.user_id):
@@ -230,16 +241,6 @@ async def post_message(db: AsyncSession, ctx: Principal, conversation_id: UUID, 
         if data.sender_id is not None:
             raise invalid("sender_id", "a SYSTEM message has no sender_id")
         sender_id = None
-    # The seq: the row lock taken here is held until commit, so two posts to one
-    # conversation never get the same seq and become visible in seq order.
-    bumped = (await db.execute(
-        update(Conversation).where(_conversation_is(ctx.organization_id, conversation_id))
-        .values(last_seq=Conversation.last_seq + 1)
-        .returning(Conversation.last_seq, Conversation.project_id)
-    )).one_or_none()
-    if bumped is None:
-        raise not_found("conversation")
-    seq, project_id = bumped
     if data.sender_type == "AGENT":
         is_agent = await db.scalar(select(exists().where(
             Agent.organization_id == ctx.organization_id, Agent.project_id == project_id, Agent.id == sender_id)))
@@ -362,7 +363,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
         hub.unsubscribe(sub)
 
 
-@get("/stream", opt={"scope": READ}, operation_id="stream_conversation", tags=["conversations"])
+@get("/stream", opt={"scope": READ}, operation_id="stream_conversation", tags=["conversations"],
+     media_type="text/event-stream")
 async def stream_conversation(
     request: Request,
     state: State,
