@@ -19,6 +19,7 @@ from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.base import resource_router
+from tenant_api.resources.jobs import job_logs_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -37,6 +38,7 @@ def routers() -> list[Router | Any]:
         organization_router,
         tokens_router,
         audit_router,
+        job_logs_router,
         *(resource_router(res) for res in REGISTRY),
     ]
 

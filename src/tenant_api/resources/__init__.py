@@ -5,6 +5,8 @@ walk it (with the OpenAPI document) so a new resource is covered without new tes
 """
 
 from tenant_api.resources.agents import agents
+from tenant_api.resources.jobs import job_schedules, jobs
 from tenant_api.resources.org import projects, workspaces
+from tenant_api.resources.tasks import computer_use_tasks, tasks
 
-REGISTRY = [workspaces, projects, agents]
+REGISTRY = [workspaces, projects, agents, tasks, job_schedules, jobs, computer_use_tasks]

@@ -12,14 +12,20 @@ from tenant_api.db.models.identity import (
     Workspace,
 )
 from tenant_api.db.models.agents import Agent
+from tenant_api.db.models.tasks import ComputerUseTask, Job, JobLog, JobSchedule, Task
 
 __all__ = [
     "Agent",
     "Base",
+    "ComputerUseTask",
+    "Job",
+    "JobLog",
+    "JobSchedule",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
     "Project",
+    "Task",
     "TenantBase",
     "TokenAuditLog",
     "UserAccount",
