@@ -16,7 +16,8 @@
 --      schedule ONLY IF its next_run_at still equals due_at and is due (compare-and-set),
 --      and only then inserts the queued job, in the same transaction. Returns the job
 --      id, or null when the schedule was not due at due_at any more (someone else ran
---      or changed it). The caller's own context is restored before returning.
+--      or changed it, or a job for that due time exists already). The caller's own
+--      context is restored before returning.
 --
 -- Exactly once: the row lock (claim) keeps two schedulers off the same row, the
 -- compare-and-set makes a second fire of the same due time a no-op even without it,
@@ -81,8 +82,15 @@ begin
 
   if found then
     v_job := uuidv7();
-    insert into public.job (organization_id, id, project_id, schedule_id, target, status, scheduled_for)
-    values (p_org, v_job, v_project, p_schedule, v_target, 'queued', p_due_at);
+    -- A job for this due time already exists only if someone set next_run_at back by
+    -- hand: the run happened, so advance without a second one.
+    -- (Not ON CONFLICT: that would need SELECT on job, which tenant_auth does not have.)
+    begin
+      insert into public.job (organization_id, id, project_id, schedule_id, target, status, scheduled_for)
+      values (p_org, v_job, v_project, p_schedule, v_target, 'queued', p_due_at);
+    exception when unique_violation then
+      v_job := null;
+    end;
   end if;
 
   perform set_config('app.organization_id', coalesce(saved[1], ''), true),

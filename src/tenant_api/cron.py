@@ -115,8 +115,9 @@ def parse(source: str) -> Cron:
     try:
         croniter(expr, dt.datetime(2000, 1, 1, tzinfo=dt.UTC), second_at_beginning=seconds)
     except CroniterError as exc:
-        # croniter's messages start with "[<expression>] "; the client knows it.
-        raise CronError(re.sub(r"^\[[^\]]*\]\s*", "", str(exc)) or "not a valid expression") from None
+        # croniter's messages read "[<expression>] is not acceptable, <why>"
+        why = re.sub(r"^\[[^\]]*\]\s*(is not acceptable[.,]?\s*)?", "", str(exc))
+        raise CronError(f"invalid expression: {why}" if why else "invalid expression") from None
     return Cron(source=source, expr=expr, seconds=seconds, fixed_hour=fixed_hour)
 
 

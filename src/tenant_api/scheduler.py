@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.cron import CronError, next_run
@@ -46,11 +48,24 @@ class Scheduler:
     batch: int = 100
     interval: float = 1.0
     fired: int = 0  # jobs created by this scheduler (for logs and tests)
-    errors: list[BaseException] = field(default_factory=list)
+    errors: deque[BaseException] = field(default_factory=lambda: deque(maxlen=100))  # the latest, for tests
 
     async def tick(self) -> int:
         """One transaction: claim up to ``batch`` due schedules and fire them. Returns
-        how many were claimed (== batch means more may be waiting)."""
+        how many were handled (== batch: more may be waiting; a failed one is not
+        counted, so a batch of failures does not spin).
+
+        Optimistic: the batch runs without savepoints (one round trip per schedule). If
+        it fails, it is rolled back and redone with a savepoint per schedule, so one
+        schedule that cannot be fired never holds back the others."""
+        try:
+            return await self._tick(careful=False)
+        except DBAPIError:
+            log.warning("scheduler batch failed; redoing it schedule by schedule", exc_info=True)
+            return await self._tick(careful=True)
+
+    async def _tick(self, careful: bool) -> int:
+        handled, fired = 0, []
         async with self.engine.begin() as conn:
             due = (await conn.execute(CLAIM, {"limit": self.batch})).all()
             for row in due:
@@ -61,13 +76,27 @@ class Scheduler:
                     # (next_run_at null) rather than retrying it every tick.
                     log.exception("schedule %s: cannot compute its next run; parking it", row.schedule_id)
                     upcoming = None
-                job = (await conn.execute(FIRE, {"org": row.organization_id, "schedule": row.schedule_id,
-                                                 "due_at": row.due_at, "next_run_at": upcoming})).scalar()
+                params = {"org": row.organization_id, "schedule": row.schedule_id,
+                          "due_at": row.due_at, "next_run_at": upcoming}
+                if careful:
+                    try:
+                        async with conn.begin_nested():
+                            job = (await conn.execute(FIRE, params)).scalar()
+                    except DBAPIError as exc:
+                        self.errors.append(exc)
+                        log.exception("schedule %s: firing failed; retried at the next tick", row.schedule_id)
+                        continue
+                else:
+                    job = (await conn.execute(FIRE, params)).scalar()
+                handled += 1
                 if job is not None:
-                    self.fired += 1
-                    log.info("schedule %s due %s: job %s; next run %s", row.schedule_id,
-                             row.due_at.isoformat(), job, upcoming.isoformat() if upcoming else "none")
-        return len(due)
+                    fired.append((row, job, upcoming))
+        # committed: only now are these jobs real
+        self.fired += len(fired)
+        for row, job, upcoming in fired:
+            log.info("schedule %s due %s: job %s; next run %s", row.schedule_id, row.due_at.isoformat(), job,
+                     upcoming.isoformat() if upcoming else "none")
+        return handled
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set: drain what is due, then wait ``interval``."""
