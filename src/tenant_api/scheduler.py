@@ -132,8 +132,9 @@ async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 
 
 
 def main(database: DatabaseSettings, interval: float, batch: int) -> None:
-    """The ``tenant-api scheduler`` process: stops cleanly on SIGINT/SIGTERM, between
-    transactions (an interrupted transaction is rolled back and redone by the next tick)."""
+    """The ``tenant-api scheduler`` process. SIGINT/SIGTERM: it finishes the transaction
+    in progress and exits. (A kill -9 mid-transaction is rolled back by PostgreSQL and
+    the same runs are made by the next tick of any scheduler.)"""
     import signal
 
     async def _run() -> None:
