@@ -160,3 +160,16 @@ async def make_token(client: AsyncTestClient, tenant: Tenant, scopes: list[str],
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+async def concurrent_client(settings: Settings) -> AsyncIterator[Any]:
+    """A client running the app in the test's own event loop, for requests that must
+    really overlap. (AsyncTestClient runs the app in a portal thread and blocks the
+    loop for the whole of each request, so gathered requests run one after another.)"""
+    import httpx
+
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
+        yield c
+    await app.state.engine.dispose()

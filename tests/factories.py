@@ -65,6 +65,9 @@ UUID_FIELDS: dict[str, str] = {
     "config_id": "desktop_configs",
     "vm_id": "desktop_virtual_machine",
     "macro_id": "robot_macro",
+    "schedule_id": "job_schedule",
+    "job_id": "job",
+    "desktop_vm_id": "desktop_virtual_machine",
 }
 
 # String fields that need a particular shape; value(unique) -> str.
@@ -77,6 +80,7 @@ STRING_VALUES: dict[str, Callable[[str], str]] = {
 }
 
 # (METHOD, path template) -> fields to set instead of generated values.
+_TARGET = {"kind": "command", "ref": "echo"}
 _ENV = [{"name": "LOG_LEVEL", "value": "info", "secret": False},
         {"name": "API_KEY", "value": "not-a-real-key", "secret": True}]
 BODY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
@@ -93,6 +97,17 @@ BODY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/robot-macros/{macro_id}/executions/{item_id}"): {"output": {"step": 1}},
     # a trial is not both converted and cancelled, and ends after it starts
     ("PUT", "/v1/trial"): {"ends_at": "2099-01-01T00:00:00+00:00", "converted_at": None, "cancelled_at": None},
+    # a yearly cron, so no scheduler fires these rows during a run; targets are objects
+    ("POST", "/v1/job-schedules"): {"cron": "0 0 1 1 *", "timezone": "UTC", "target": _TARGET},
+    ("PATCH", "/v1/job-schedules/{item_id}"): {"cron": "0 0 1 1 *", "timezone": "UTC", "target": _TARGET},
+    # a manual run: project + target (not from a schedule); a PATCH may only cancel
+    ("POST", "/v1/jobs"): {"schedule_id": None, "target": _TARGET},
+    ("PATCH", "/v1/jobs/{item_id}"): {"status": "cancelled", "exit_code": None},
+    # tasks and computer-use tasks start in their initial state
+    ("POST", "/v1/tasks"): {"status": "todo"},
+    ("PATCH", "/v1/tasks/{item_id}"): {"status": "todo"},
+    ("POST", "/v1/computer-use-tasks"): {"status": "queued"},
+    ("PATCH", "/v1/computer-use-tasks/{item_id}"): {"status": "queued"},
 }
 
 # Operations reachable without a credential. Every other operation in the OpenAPI
@@ -118,6 +133,7 @@ PATH_PARAMS: dict[str, dict[str, str]] = {
     "/v1/organization/members/{user_id}": {"user_id": "user_account"},
     "/v1/projects/{project_id}/members": {"project_id": "project"},
     "/v1/projects/{project_id}/members/{user_id}": {"project_id": "project", "user_id": "project_membership.user_id"},
+    "/v1/jobs/{job_id}/logs": {"job_id": "job"},
 }
 
 # Responses that never end (Server-Sent Events). The buffering test client would wait
@@ -270,6 +286,10 @@ async def _project_membership(client: AsyncTestClient, tenant: Tenant, refs: dic
     _ok(await client.post("/v1/invites/accept", headers=invitee.hs, json={"invite_token": invite["invite_token"]}))
 
 
+async def _job_log(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
+    _ok(await client.post(f"/v1/jobs/{refs['job']}/logs", headers=tenant.h, json={"data": "started\n"}))
+
+
 async def _audit_seal(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # No route writes seals: the scheduler (or `tenant-api audit seal`) does, as the API role.
     url = client.app.state.settings.database.url
@@ -291,5 +311,6 @@ ROW_FACTORIES: dict[str, Factory] = {
     "robot_macro_execution": _robot_macro_execution,
     "desktop_connection": _desktop_connection,
     "project_membership": _project_membership,
+    "job_log": _job_log,
     "audit_seal": _audit_seal,  # last: seals the events of everything above
 }

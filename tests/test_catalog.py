@@ -26,6 +26,8 @@ INDEX_ALLOW_LIST = {
     "project_membership_user_idx",
     # the mailer claims due mail across organizations (a global queue by nature).
     "invite_outbox_due_idx",
+    # the scheduler claims due schedules across organizations (FOR UPDATE SKIP LOCKED).
+    "job_schedule_due_idx",
 }
 
 # Audit tables do not audit themselves: the log, the usage records (one per request) and
@@ -40,6 +42,7 @@ AUTH_API_FUNCTIONS = {
     "reap_desktop_connections",  # closes stale robot connections across organizations (closing only)
     "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
     "claim_invite_mail", "finish_invite_mail",  # the mailer's queue spans organizations
+    "claim_due_schedules", "fire_schedule",  # the scheduler's queue spans organizations
 }
 
 # Tables without organization_id that still must have RLS enabled and forced.

@@ -13,7 +13,7 @@ import pytest
 
 from tenant_api.auth.credentials import TOKEN_PREFIX, new_api_token
 from tests.conftest import Tenant, bearer, make_token, signup
-from tests.security import as_request, assert_problem, attempt, snapshot_all
+from tests.security import as_request, assert_problem, attempt, settle_usage, snapshot_all
 
 ALL_OWNER = ["agents:write", "audit:read", "billing:write", "calls:write", "conversations:write", "desktops:write",
              "members:write", "notifications:write", "org:write", "services:write", "tasks:write", "tokens:write"]
@@ -287,7 +287,12 @@ async def test_malformed_and_forged_credentials_are_401_and_change_nothing(clien
     # sanity: the genuine credentials work, so the forgeries are refused for being forged
     assert (await client.get("/v1/me", headers=t.h)).status_code == 200
     assert (await client.get("/v1/me", headers=t.hs)).status_code == 200
+    # Usage records are written a moment later by their own thread: let the sanity
+    # requests' land first. Refused requests do leave usage records (security events,
+    # issue 5): those are checked below, every other table must not change at all.
+    await settle_usage(client)
     before = await snapshot_all(admin_conn)
+    usage_before = await admin_conn.fetchval("select coalesce(max(occurred_at), '-infinity') from token_usage")
     audit_before = await admin_conn.fetchval("select count(*) from token_audit_log")
     for label, value in cases.items():
         for method, path, body in (("GET", "/v1/me", None), ("GET", "/v1/agents", None),
@@ -297,7 +302,12 @@ async def test_malformed_and_forged_credentials_are_401_and_change_nothing(clien
             assert_problem(r, 401)
             assert r.headers["www-authenticate"].startswith("Bearer"), label
     assert await admin_conn.fetchval("select count(*) from token_audit_log") == audit_before
-    assert await snapshot_all(admin_conn) == before
+    await settle_usage(client)
+    after = await snapshot_all(admin_conn)
+    assert {k: v for k, v in after.items() if k != "token_usage"} == {
+        k: v for k, v in before.items() if k != "token_usage"}
+    statuses = await admin_conn.fetch("select distinct status from token_usage where occurred_at > $1", usage_before)
+    assert {r["status"] for r in statuses} <= {401}, "a forged credential's request was recorded as not refused"
 
 
 # --- sessions, login, signup -----------------------------------------------------------

@@ -15,7 +15,7 @@ conversation_message  immutable; (organization_id, conversation_id, seq) is uniq
 The NOTIFY trigger lives in policies/conversation_message.sql (re-applied at each upgrade).
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 """
 
 from alembic import op
@@ -23,7 +23,7 @@ from alembic import op
 from tenant_api.db.policies import exec_script
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

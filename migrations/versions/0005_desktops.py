@@ -6,7 +6,7 @@ to a VM of its project, and so on. RLS, grants, triggers and the connection reap
 in policies/<table>.sql.
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0004
 Create Date: 2026-11-26
 """
 

@@ -6,7 +6,7 @@ auth.begin_request turns into a project restriction. Invite mails are written to
 invite_outbox in the same transaction as the invite and delivered by the mailer.
 
 Revision ID: 0007
-Revises: 0001
+Revises: 0005
 Create Date: 2026-11-26
 """
 

@@ -20,7 +20,7 @@
   purge records), written only by app.audit_seal / app.audit_purge (policies/audit_seal.sql).
 
 Revision ID: 0008
-Revises: 0001
+Revises: 0007
 Create Date: 2026-11-26
 """
 

@@ -34,6 +34,7 @@ from tenant_api.resources.conversations import conversation_router
 from tenant_api.resources.desktop_connections import desktop_connection_socket, desktop_reaper, instance_id
 from tenant_api.resources.desktops import desktop_vm_actions
 from tenant_api.resources.members import organization_members_router, project_members_router
+from tenant_api.resources.jobs import job_logs_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
@@ -61,6 +62,7 @@ def routers(settings: Settings) -> list[Router | Any]:
         organization_members_router,
         project_members_router,
         invite_answers_router,
+        job_logs_router,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
     ]

@@ -6,6 +6,7 @@
   tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL)
   tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
   tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
+  tenant-api scheduler         turn due job schedules into jobs (DATABASE_URL; run one or more)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
   tenant-api audit seal        seal every final, unsealed audit event (DATABASE_URL or
@@ -54,6 +55,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
         _serve(settings)
+
+
+def cmd_scheduler(args: argparse.Namespace) -> None:
+    import logging
+
+    from tenant_api import scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    if not settings.database.url:
+        sys.exit("DATABASE_URL (the API role) is required")
+    scheduler.main(settings.database, interval=args.interval, batch=args.batch)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -141,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev").set_defaults(fn=cmd_dev)
     sub.add_parser("serve").set_defaults(fn=cmd_serve)
+    p = sub.add_parser("scheduler")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    p.add_argument("--batch", type=int, default=100, help="schedules claimed per transaction (default 100)")
+    p.set_defaults(fn=cmd_scheduler)
     p = sub.add_parser("migrate")
     p.add_argument("revision", nargs="?", default="head")
     p.set_defaults(fn=cmd_migrate)

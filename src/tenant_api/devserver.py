@@ -3,7 +3,9 @@
 Starts the embedded PostgreSQL (data in .data/pg) unless DATABASE_URL is set,
 bootstraps roles, applies migrations as the owner, creates the demo organization and
 its owner on first start, mints a fresh demo API token, prints the login, the token and
-the docs URL, and serves on 127.0.0.1:8000. Running it again reuses the data.
+the docs URL, starts a job scheduler in a background thread (what `tenant-api
+scheduler` runs as its own process in production) and serves on 127.0.0.1:8000.
+Running it again reuses the data.
 
 The demo password and the JWT signing key live in .data/ (git-ignored): this is a
 developer's sandbox, not a deployment.
@@ -116,12 +118,19 @@ def run_dev() -> None:
                 f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
                 "  invites:   " + ("sent through SMTP_URL" if settings.invites.smtp_url
                                     else "mails (with their accept links) are printed here; set SMTP_URL to send"),
+                "  scheduler: running in the background (tenant-api scheduler in production)",
                 "",
             ]
         ),
         flush=True,
     )
-    _serve(settings)
+    from tenant_api.scheduler import start_in_thread
+
+    _, stop_scheduler = start_in_thread(settings.database)
+    try:
+        _serve(settings)
+    finally:
+        stop_scheduler()
 
 
 if __name__ == "__main__":

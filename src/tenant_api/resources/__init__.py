@@ -12,7 +12,9 @@ from tenant_api.resources.desktop_connections import desktop_connections
 from tenant_api.resources.desktops import desktop_configs, desktop_vms, robot_macro_executions, robot_macros
 from tenant_api.invites.controller import invites
 from tenant_api.resources.org import projects, workspaces
+from tenant_api.resources.jobs import job_schedules, jobs
 from tenant_api.resources.services import services
+from tenant_api.resources.tasks import computer_use_tasks, tasks
 
 REGISTRY = [
     workspaces, projects,
@@ -20,5 +22,6 @@ REGISTRY = [
     video_calls, services, device_tokens,
     conversations, conversation_members,
     desktop_configs, desktop_vms, desktop_connections, robot_macros, robot_macro_executions,
+    tasks, job_schedules, jobs, computer_use_tasks,
     invites,
 ]

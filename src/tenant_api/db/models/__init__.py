@@ -26,6 +26,7 @@ from tenant_api.db.models.desktops import (
 )
 from tenant_api.db.models.audit import AuditSeal, TokenUsage
 from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMembership
+from tenant_api.db.models.tasks import ComputerUseTask, Job, JobLog, JobSchedule, Task
 
 __all__ = [
     "Agent",
@@ -44,6 +45,10 @@ __all__ = [
     "DesktopConnection",
     "DesktopVirtualMachine",
     "InviteOutbox",
+    "ComputerUseTask",
+    "Job",
+    "JobLog",
+    "JobSchedule",
     "Organization",
     "OrganizationMembership",
     "PlatformToken",
@@ -53,6 +58,7 @@ __all__ = [
     "RobotMacroExecution",
     "ProjectInvite",
     "ProjectMembership",
+    "Task",
     "TenantBase",
     "TokenAuditLog",
     "TokenUsage",

@@ -1,0 +1,111 @@
+-- The scheduler's two doors (tenant-api scheduler; src/tenant_api/scheduler.py).
+--
+-- The scheduler connects as tenant_api like the API, and like the API it has no
+-- context of its own: RLS shows it nothing. Finding due schedules means looking across
+-- organizations, so it goes through two narrow SECURITY DEFINER functions owned by
+-- tenant_auth (fixed search_path, qualified names), called in ONE transaction:
+--
+--   1. auth.claim_due_schedules(limit): locks up to `limit` due schedules with
+--      FOR UPDATE SKIP LOCKED (a second scheduler skips them rather than waiting or
+--      repeating them) and returns what the caller needs to compute the next run
+--      (cron, time zone, the due time, the transaction's now()). No targets, no names.
+--   2. auth.fire_schedule(org, schedule, due_at, next_run_at), per claimed row (the
+--      cron arithmetic, croniter, lives in Python): sets that organization's context
+--      (no user, no token, request_id 'scheduler:<schedule id>', so the tenant_auth
+--      policies and the audit trigger see the right organization), advances the
+--      schedule ONLY IF its next_run_at still equals due_at and is due (compare-and-set),
+--      and only then inserts the queued job, in the same transaction. Returns the job
+--      id, or null when the schedule was not due at due_at any more (someone else ran
+--      or changed it, or a job for that due time exists already). The caller's own
+--      context is restored before returning.
+--
+-- Exactly once: the row lock (claim) keeps two schedulers off the same row, the
+-- compare-and-set makes a second fire of the same due time a no-op even without it,
+-- and UNIQUE (organization_id, schedule_id, scheduled_for) on job makes a duplicate
+-- impossible even with a bug above. A crash before COMMIT loses both the job and the
+-- advance, so the run happens after restart; after COMMIT both exist.
+--
+-- Downtime: next_run_at is always computed after now(), so a schedule that missed
+-- several runs while no scheduler ran produces one job (for its first missed time)
+-- and then continues from the present.
+--
+-- What the API role could do by calling these directly: run a due schedule (what the
+-- scheduler would do anyway) and choose its next time, and read due schedules' cron
+-- and time zone. It cannot read or write anything else of any organization.
+
+create or replace function auth.claim_due_schedules(p_limit integer)
+  returns table (organization_id uuid, schedule_id uuid, cron text, timezone text,
+                 due_at timestamptz, db_now timestamptz)
+  language sql
+  volatile
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select s.organization_id, s.id, s.cron, s.timezone, s.next_run_at, now()
+      from public.job_schedule s
+     where s.enabled and s.next_run_at is not null and s.next_run_at <= now()
+     order by s.next_run_at
+     limit least(greatest(p_limit, 1), 1000)
+       for update of s skip locked
+  $$;
+
+create or replace function auth.fire_schedule(p_org uuid, p_schedule uuid, p_due_at timestamptz,
+                                              p_next_run_at timestamptz)
+  returns uuid
+  language plpgsql
+  volatile
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  saved text[] := array[current_setting('app.organization_id', true), current_setting('app.user_id', true),
+                        current_setting('app.token_id', true), current_setting('app.request_id', true)];
+  v_project uuid;
+  v_target jsonb;
+  v_job uuid;
+begin
+  -- A next run at or before now would make the schedule due again at once.
+  if p_next_run_at is not null and p_next_run_at <= now() then
+    raise exception 'next_run_at % is not after now()', p_next_run_at using errcode = 'invalid_parameter_value';
+  end if;
+
+  perform set_config('app.organization_id', p_org::text, true),
+          set_config('app.user_id', '', true),
+          set_config('app.token_id', '', true),
+          set_config('app.request_id', 'scheduler:' || p_schedule::text, true);
+
+  update public.job_schedule s
+     set next_run_at = p_next_run_at, last_run_at = now()
+   where s.organization_id = p_org and s.id = p_schedule
+     and s.enabled and s.next_run_at = p_due_at and s.next_run_at <= now()
+  returning s.project_id, s.target into v_project, v_target;
+
+  if found then
+    v_job := uuidv7();
+    -- A job for this due time already exists only if someone set next_run_at back by
+    -- hand: the run happened, so advance without a second one.
+    -- (Not ON CONFLICT: that would need SELECT on job, which tenant_auth does not have.)
+    begin
+      insert into public.job (organization_id, id, project_id, schedule_id, target, status, scheduled_for)
+      values (p_org, v_job, v_project, p_schedule, v_target, 'queued', p_due_at);
+    exception when unique_violation then
+      v_job := null;
+    end;
+  end if;
+
+  perform set_config('app.organization_id', coalesce(saved[1], ''), true),
+          set_config('app.user_id', coalesce(saved[2], ''), true),
+          set_config('app.token_id', coalesce(saved[3], ''), true),
+          set_config('app.request_id', coalesce(saved[4], ''), true);
+  return v_job;
+end
+$$;
+
+grant create on schema auth to tenant_auth;
+alter function auth.claim_due_schedules(integer) owner to tenant_auth;
+alter function auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) owner to tenant_auth;
+revoke create on schema auth from tenant_auth;
+revoke all on function auth.claim_due_schedules(integer),
+                       auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) from public;
+grant execute on function auth.claim_due_schedules(integer),
+                          auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) to tenant_api;

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import BigInteger
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import text
+
+from tenant_api.db.models.base import TenantBase, Timestamps
+
+
+class Task(TenantBase, Timestamps):
+    __tablename__ = "task"
+
+    project_id: Mapped[UUID]
+    agent_id: Mapped[UUID | None]
+    summary: Mapped[str]
+    details: Mapped[str] = mapped_column(server_default="")
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    status: Mapped[str] = mapped_column(server_default="todo")
+
+
+class JobSchedule(TenantBase, Timestamps):
+    __tablename__ = "job_schedule"
+
+    project_id: Mapped[UUID]
+    name: Mapped[str]
+    cron: Mapped[str]
+    timezone: Mapped[str] = mapped_column(server_default="UTC")
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    next_run_at: Mapped[dt.datetime | None]
+    last_run_at: Mapped[dt.datetime | None]
+
+
+class Job(TenantBase, Timestamps):
+    __tablename__ = "job"
+
+    project_id: Mapped[UUID]
+    schedule_id: Mapped[UUID | None]
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(server_default="queued")
+    exit_code: Mapped[int | None]
+    scheduled_for: Mapped[dt.datetime | None]
+    # Set by the database (app.guard_status) on transitions.
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    log_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class JobLog(TenantBase):
+    __tablename__ = "job_log"
+
+    project_id: Mapped[UUID]
+    job_id: Mapped[UUID]
+    seq: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[str]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=text("now()"))
+
+
+class ComputerUseTask(TenantBase, Timestamps):
+    __tablename__ = "computer_use_task"
+
+    project_id: Mapped[UUID]
+    instruction: Mapped[str]
+    # No foreign key yet: desktop_virtual_machine is added by a parallel revision.
+    desktop_vm_id: Mapped[UUID | None]
+    status: Mapped[str] = mapped_column(server_default="queued")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]

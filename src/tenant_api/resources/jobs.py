@@ -1,0 +1,254 @@
+"""Job schedules, jobs and job logs (scope area ``tasks``).
+
+A schedule's ``next_run_at`` is computed here on every write that can change it (cron,
+timezone, enabled), in the schedule's time zone, stored in UTC; the scheduler
+(tenant_api.scheduler) turns due schedules into jobs and advances them.
+
+Logs are appended in chunks. Each append bumps the job's ``log_seq`` with
+``UPDATE ... RETURNING`` in the request's transaction: the job's row lock orders
+concurrent appends, so seqs are gapless and chunk n is committed before chunk n+1 gets
+its number. A reader following ``next_after`` therefore never skips a chunk.
+"""
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Router, get, post
+from litestar.params import Parameter
+from msgspec import UNSET, Meta, UnsetType
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tenant_api.cron import CronError, next_run, parse, zone
+from tenant_api.db.context import Principal
+from tenant_api.db.models import Job, JobLog, JobSchedule, Project
+from tenant_api.errors import invalid, not_found
+from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Resource, TenantService
+from tenant_api.resources.lifecycle import LifecycleService, lifecycle
+from tenant_api.resources.tasks import RUN_MOVES, RunStatus, json_size
+
+# Must equal the moves given to app.guard_status in policies/job.sql (tested).
+JOB_LIFECYCLE = lifecycle("job", "queued", RUN_MOVES)
+LOG_CHUNK_MAX = 65536  # bytes of UTF-8 per appended chunk
+ARGS_MAX = 16384
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+CronText = Annotated[str, Meta(min_length=1, max_length=200)]
+TimeZone = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Target(Input):
+    """What a job runs: a command or a workflow, by reference, with optional arguments."""
+
+    kind: Literal["command", "workflow"]
+    ref: Annotated[str, Meta(min_length=1, max_length=500)]
+    args: dict[str, Any] | list[Any] | None = None
+
+
+def target_json(value: Target | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, Target) and value.args is not None:
+        json_size("target.args", value.args, ARGS_MAX)
+    return msgspec.to_builtins(value)
+
+
+class JobScheduleRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    name: str
+    cron: str
+    timezone: str
+    enabled: bool
+    target: Target
+    next_run_at: dt.datetime | None
+    last_run_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class JobScheduleCreate(Input):
+    project_id: UUID
+    name: Name
+    cron: CronText
+    """5 fields (minute hour day-of-month month day-of-week) or Quartz 6/7 fields
+    (second minute hour day-of-month month day-of-week [year], '?' in one day field)."""
+    target: Target
+    timezone: TimeZone = "UTC"
+    enabled: bool = True
+
+
+class JobScheduleUpdate(Input):
+    name: Name | UnsetType = UNSET
+    cron: CronText | UnsetType = UNSET
+    timezone: TimeZone | UnsetType = UNSET
+    enabled: bool | UnsetType = UNSET
+    target: Target | UnsetType = UNSET
+
+
+class JobScheduleService(TenantService[JobSchedule]):
+    async def before_write(self, values: dict[str, Any], existing: JobSchedule | None) -> dict[str, Any]:
+        if "target" in values:
+            values["target"] = target_json(values["target"])
+        if existing is not None and not values.keys() & {"cron", "timezone", "enabled"}:
+            return values  # nothing that moves the next run
+        cron_text = values["cron"].strip() if "cron" in values else existing.cron  # type: ignore[union-attr]
+        timezone = values.get("timezone", existing.timezone if existing else "UTC")
+        enabled = values.get("enabled", existing.enabled if existing else True)
+        try:
+            cron = parse(cron_text)
+        except CronError as exc:
+            raise invalid("cron", str(exc)) from None
+        try:
+            zone(timezone)
+        except CronError as exc:
+            raise invalid("timezone", str(exc)) from None
+        now = await self.repository.session.scalar(select(func.now()))
+        upcoming = next_run(cron, timezone, now)
+        if upcoming is None:
+            raise invalid("cron", "the expression matches no time after now")
+        if "cron" in values:
+            values["cron"] = cron_text
+        values["next_run_at"] = upcoming if enabled else None
+        return values
+
+
+job_schedules = Resource(
+    name="job_schedule", path="/v1/job-schedules", model=JobSchedule, area="tasks",
+    read=JobScheduleRead, create=JobScheduleCreate, update=JobScheduleUpdate,
+    parents={"project_id": Project},
+    filters={"project_id": UUID, "enabled": bool},
+    service=JobScheduleService,
+)
+
+
+class JobRead(msgspec.Struct):
+    id: UUID
+    project_id: UUID
+    schedule_id: UUID | None
+    target: Target
+    status: str
+    exit_code: int | None
+    scheduled_for: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class JobCreate(Input):
+    """A manual run: of a schedule (its project and, unless given, its target) or of a
+    target in a project. Starts ``queued``."""
+
+    project_id: UUID | None = None
+    schedule_id: UUID | None = None
+    target: Target | None = None
+
+
+ExitCode = Annotated[int, Meta(ge=-(2**31), lt=2**31)]
+
+
+class JobUpdate(Input):
+    status: RunStatus | UnsetType = UNSET
+    exit_code: ExitCode | None | UnsetType = UNSET
+
+
+class JobService(LifecycleService[Job]):
+    lifecycle = JOB_LIFECYCLE
+
+    async def before_write(self, values: dict[str, Any], existing: Job | None) -> dict[str, Any]:
+        values = await super().before_write(values, existing)
+        if existing is None:
+            if values.get("schedule_id") is not None:
+                schedule = await self.repository.session.scalar(select(JobSchedule).where(
+                    JobSchedule.organization_id == self.org, JobSchedule.id == values["schedule_id"]))
+                assert schedule is not None  # check_parents: visible
+                if values.get("project_id") not in (None, schedule.project_id):
+                    raise invalid("project_id", "differs from the schedule's project")
+                values["project_id"] = schedule.project_id
+                if values.get("target") is None:
+                    values["target"] = schedule.target
+            for field in ("project_id", "target"):
+                if values.get(field) is None:
+                    raise invalid(field, "required unless schedule_id is given")
+            values["target"] = target_json(values["target"])
+        if values.get("exit_code") is not None:
+            status = values.get("status", existing.status if existing else JOB_LIFECYCLE.initial)
+            if status not in JOB_LIFECYCLE.final:
+                raise invalid("exit_code", f"only a finished job has an exit code (this one is {status})")
+        return values
+
+
+jobs = Resource(
+    name="job", path="/v1/jobs", model=Job, area="tasks",
+    read=JobRead, create=JobCreate, update=JobUpdate,
+    parents={"project_id": Project, "schedule_id": JobSchedule},
+    filters={"project_id": UUID, "schedule_id": UUID, "status": RunStatus},
+    service=JobService,
+)
+
+
+class LogAppend(Input):
+    data: Annotated[str, Meta(min_length=1)]
+
+
+class LogChunk(msgspec.Struct):
+    id: UUID
+    seq: int
+    data: str
+    created_at: dt.datetime
+
+
+class LogPage(msgspec.Struct):
+    items: list[LogChunk]
+    next_after: int
+    """Pass as ``after`` to read on; unchanged when nothing new arrived."""
+    job_status: str
+    """A tail can stop once this is final and ``items`` is empty."""
+
+
+@post("/", opt={"scope": "tasks:write"}, operation_id="append_job_log", summary="Append a log chunk",
+      tags=["tasks"], status_code=201)
+async def append_job_log(db: AsyncSession, ctx: Principal, job_id: UUID, data: LogAppend) -> LogChunk:
+    if len(data.data.encode()) > LOG_CHUNK_MAX:
+        raise invalid("data", f"at most {LOG_CHUNK_MAX} bytes per chunk; split larger output")
+    bumped = (await db.execute(
+        update(Job)
+        .where(Job.organization_id == ctx.organization_id, Job.id == job_id)
+        .values(log_seq=Job.log_seq + 1)
+        .returning(Job.log_seq, Job.project_id)
+        .execution_options(synchronize_session=False)
+    )).one_or_none()
+    if bumped is None:
+        raise not_found("job")
+    chunk = JobLog(organization_id=ctx.organization_id, project_id=bumped.project_id, job_id=job_id,
+                   seq=bumped.log_seq, data=data.data)
+    db.add(chunk)
+    await db.flush()
+    await db.refresh(chunk, attribute_names=["created_at"])
+    return LogChunk(id=chunk.id, seq=chunk.seq, data=chunk.data, created_at=chunk.created_at)
+
+
+@get("/", opt={"scope": "tasks:read"}, operation_id="list_job_logs", summary="Read log chunks in order",
+     tags=["tasks"])
+async def list_job_logs(
+    db: AsyncSession,
+    ctx: Principal,
+    job_id: UUID,
+    after: int = Parameter(default=0, ge=0, description="the seq of the last chunk already read"),
+    limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+) -> LogPage:
+    status = await db.scalar(select(Job.status).where(Job.organization_id == ctx.organization_id, Job.id == job_id))
+    if status is None:
+        raise not_found("job")
+    rows = (await db.scalars(
+        select(JobLog)
+        .where(JobLog.organization_id == ctx.organization_id, JobLog.job_id == job_id, JobLog.seq > after)
+        .order_by(JobLog.seq)
+        .limit(limit)
+    )).all()
+    return LogPage(items=[LogChunk(id=r.id, seq=r.seq, data=r.data, created_at=r.created_at) for r in rows],
+                   next_after=rows[-1].seq if rows else after, job_status=status)
+
+
+job_logs_router = Router(path="/v1/jobs/{job_id:uuid}/logs", route_handlers=[append_job_log, list_job_logs])

@@ -1,0 +1,56 @@
+"""Status state machines: the service's check (409 naming both states) and its row lock.
+
+The database enforces the same moves (app.guard_status, attached in policies/<table>.sql);
+tests compare the two. The service checks first so the client gets a 409 that names
+both states instead of a constraint error.
+"""
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from tenant_api.db.models.base import TenantBase
+from tenant_api.errors import conflict
+from tenant_api.resources.base import TenantService
+
+M = TypeVar("M", bound=TenantBase)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    entity: str  # for messages: "task"
+    initial: str  # every new row starts here
+    moves: dict[str, frozenset[str]]  # from -> allowed targets; states without moves out are final
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(self.moves) | frozenset().union(*self.moves.values())
+
+    @property
+    def final(self) -> frozenset[str]:
+        return frozenset(s for s in self.states if not self.moves.get(s))
+
+    def allows(self, old: str, new: str) -> bool:
+        return old == new or new in self.moves.get(old, frozenset())
+
+    def check(self, old: str, new: str) -> None:
+        if not self.allows(old, new):
+            raise conflict(f"cannot move {self.entity} from {old} to {new}", **{"from": old, "to": new})
+
+
+def lifecycle(entity: str, initial: str, moves: dict[str, str]) -> Lifecycle:
+    """lifecycle("job", "queued", {"queued": "running cancelled", ...})"""
+    return Lifecycle(entity, initial, {k: frozenset(v.split()) for k, v in moves.items()})
+
+
+class LifecycleService(TenantService[M]):
+    """A TenantService whose rows carry ``status`` moving along ``lifecycle``."""
+
+    lifecycle: ClassVar[Lifecycle]
+
+    async def before_write(self, values: dict[str, Any], existing: M | None) -> dict[str, Any]:
+        if existing is not None and "status" in values:
+            # Lock the row and re-read its status, so two concurrent moves serialize and
+            # the second is judged against the first's outcome, not a stale read.
+            await self.repository.session.refresh(existing, attribute_names=["status"], with_for_update=True)
+            self.lifecycle.check(existing.status, values["status"])
+        return values
