@@ -257,3 +257,27 @@ async def test_membership_roles_equal_python_roles(admin_conn):
     role_checks = [d["def"] for d in definitions if "role" in d["def"]]
     assert len(role_checks) == 1, role_checks
     assert set(re.findall(r"'(\w+)'::text", role_checks[0])) == set(scope_catalog.ROLES)
+
+
+async def test_every_status_lifecycle_is_enforced_by_the_database(admin_conn):
+    """Each table with a Python lifecycle has a guard_status trigger with exactly the same
+    entity, initial state and moves, and no guarded table lacks a Python lifecycle: the
+    API's 409 and the database's refusal can never disagree."""
+    import tenant_api.app  # noqa: F401  (imports every resource module, registering its lifecycle)
+    from tenant_api.resources.lifecycle import LIFECYCLES
+
+    rows = await admin_conn.fetch(
+        "select c.relname, encode(t.tgargs, 'escape') as args from pg_trigger t join pg_class c on c.oid = t.tgrelid"
+        " where t.tgname = 'guard_status' and not t.tgisinternal")
+    guarded = {}
+    for r in rows:
+        entity, initial, moves, _started = r["args"].split("\\000")[:4]
+        pairs = [m.split(">") for m in moves.strip("{}").split(",") if m]
+        table_moves: dict[str, set[str]] = {}
+        for old, new in pairs:
+            table_moves.setdefault(old, set()).add(new)
+        guarded[r["relname"]] = (entity, initial, table_moves)
+    assert set(guarded) == set(LIFECYCLES), (sorted(guarded), sorted(LIFECYCLES))
+    for table, machine in LIFECYCLES.items():
+        expected = (machine.entity, machine.initial, {k: set(v) for k, v in machine.moves.items() if v})
+        assert guarded[table] == expected, table

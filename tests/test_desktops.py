@@ -149,7 +149,7 @@ async def test_vm_state_machine(client, t):
     assert r.status_code == 409, r.text
     body = r.json()
     assert "provisioning" in body["detail"] and "stopped" in body["detail"]
-    assert (body["from_status"], body["to_status"]) == ("provisioning", "stopped")
+    assert (body["from"], body["to"]) == ("provisioning", "stopped")
 
     steps = [("start", "running"), ("stop", "stopped"), ("start", "running"), ("stop", "stopped"),
              ("terminate", "terminated")]

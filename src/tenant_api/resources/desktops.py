@@ -22,6 +22,7 @@ from tenant_api.db.models import (
     RobotMacroExecution,
 )
 from tenant_api.errors import conflict, invalid
+from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -32,13 +33,6 @@ JSON_LIMIT = 65536  # bytes of JSON for settings, steps, output: documents, not 
 def check_json_size(field: str, value: Any) -> None:
     if len(msgspec.json.encode(value)) > JSON_LIMIT:
         raise invalid(field, f"at most {JSON_LIMIT} bytes of JSON")
-
-
-def check_transition(what: str, machine: dict[str, set[str]], old: str, new: str) -> None:
-    """Moving to the current status is a no-op (retries are safe); anything not in the
-    machine is a 409 naming both states."""
-    if new != old and new not in machine[old]:
-        raise conflict(f"illegal {what} status transition from {old} to {new}", from_status=old, to_status=new)
 
 
 async def vm_in_project(db: AsyncSession, org: UUID, vm_id: UUID, project_id: UUID) -> DesktopVirtualMachine:
@@ -113,13 +107,12 @@ desktop_configs = Resource(
 # --- desktop_virtual_machine ----------------------------------------------------------
 
 VmStatus = Literal["provisioning", "running", "stopped", "terminated", "failed"]
-VM_TRANSITIONS: dict[str, set[str]] = {
-    "provisioning": {"running", "failed"},
-    "running": {"stopped", "terminated"},
-    "stopped": {"running", "terminated"},
-    "terminated": set(),
-    "failed": set(),
-}
+# Must equal the moves of policies/desktop_virtual_machine.sql (a test compares them).
+VM_LIFECYCLE = lifecycle("VM", "provisioning", {
+    "provisioning": "running failed",
+    "running": "stopped terminated",
+    "stopped": "running terminated",
+}, table="desktop_virtual_machine")
 VM_DELETABLE = {"terminated", "failed"}
 Host = Annotated[str, Meta(min_length=1, max_length=255)]
 IpAddress = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -168,7 +161,7 @@ class DesktopVmService(TenantService[DesktopVirtualMachine]):
             except ValueError:
                 raise invalid("ip_address", "not an IPv4 or IPv6 address") from None
         if existing is not None and "status" in values:
-            check_transition("VM", VM_TRANSITIONS, existing.status, values["status"])
+            VM_LIFECYCLE.check(existing.status, values["status"])
         return values
 
     async def delete_row(self, item_id: UUID, scope: dict[str, Any] | None = None) -> None:
@@ -272,12 +265,9 @@ robot_macros = Resource(
 # --- robot_macro_execution --------------------------------------------------------------
 
 ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled"]
-EXECUTION_TRANSITIONS: dict[str, set[str]] = {
-    "running": {"succeeded", "failed", "cancelled"},
-    "succeeded": set(),
-    "failed": set(),
-    "cancelled": set(),
-}
+# Must equal the moves of policies/robot_macro_execution.sql (a test compares them).
+EXECUTION_LIFECYCLE = lifecycle("execution", "running", {"running": "succeeded failed cancelled"},
+                                table="robot_macro_execution")
 
 
 class RobotMacroExecutionRead(msgspec.Struct):
@@ -328,7 +318,7 @@ class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
                 raise conflict(f"the VM is {vm.status}; start it first", vm_status=vm.status)
             return {**values, "vm_id": vm_id}
         new = values.get("status", existing.status)
-        check_transition("execution", EXECUTION_TRANSITIONS, existing.status, new)
+        EXECUTION_LIFECYCLE.check(existing.status, new)
         if existing.status != "running" and "output" in values:
             # A finished execution is history: its output does not change either.
             raise conflict(f"the execution has finished ({existing.status}): its output is final")

@@ -30,7 +30,7 @@ from tenant_api.resources.lifecycle import LifecycleService, lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, RunStatus, json_size
 
 # Must equal the moves given to app.guard_status in policies/job.sql (tested).
-JOB_LIFECYCLE = lifecycle("job", "queued", RUN_MOVES)
+JOB_LIFECYCLE = lifecycle("job", "queued", RUN_MOVES, table="job")
 LOG_CHUNK_MAX = 65536  # bytes of UTF-8 per appended chunk
 ARGS_MAX = 16384
 

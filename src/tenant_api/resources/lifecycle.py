@@ -37,9 +37,16 @@ class Lifecycle:
             raise conflict(f"cannot move {self.entity} from {old} to {new}", **{"from": old, "to": new})
 
 
-def lifecycle(entity: str, initial: str, moves: dict[str, str]) -> Lifecycle:
-    """lifecycle("job", "queued", {"queued": "running cancelled", ...})"""
-    return Lifecycle(entity, initial, {k: frozenset(v.split()) for k, v in moves.items()})
+# table -> its lifecycle: a catalog test checks each against the table's guard_status
+# trigger (policies/<table>.sql), and that no guarded table is missing here.
+LIFECYCLES: dict[str, Lifecycle] = {}
+
+
+def lifecycle(entity: str, initial: str, moves: dict[str, str], *, table: str) -> Lifecycle:
+    """lifecycle("job", "queued", {"queued": "running cancelled", ...}, table="job")"""
+    machine = Lifecycle(entity, initial, {k: frozenset(v.split()) for k, v in moves.items()})
+    LIFECYCLES[table] = machine
+    return machine
 
 
 class LifecycleService(TenantService[M]):

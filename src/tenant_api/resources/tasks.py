@@ -18,10 +18,10 @@ from tenant_api.resources.lifecycle import LifecycleService, lifecycle
 TASK_LIFECYCLE = lifecycle("task", "todo", {
     "todo": "in_progress cancelled",
     "in_progress": "todo done failed cancelled",  # back to todo: unassigned or paused
-})
+}, table="task")
 # Jobs and computer-use tasks run once; policies/job.sql and computer_use_task.sql.
 RUN_MOVES = {"queued": "running cancelled", "running": "succeeded failed cancelled"}
-CUT_LIFECYCLE = lifecycle("computer_use_task", "queued", RUN_MOVES)
+CUT_LIFECYCLE = lifecycle("computer_use_task", "queued", RUN_MOVES, table="computer_use_task")
 
 TaskStatus = Literal["todo", "in_progress", "done", "failed", "cancelled"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
