@@ -290,3 +290,26 @@ async def test_scheduler_process(client, orgs, database, admin_conn):
     assert proc.returncode == 0, out
     assert len(await jobs_of(admin_conn, [sid])) == 1, out
     assert "scheduler started" in out and f"schedule {sid}" in out and "scheduler stopped" in out
+
+
+async def test_scheduler_process_seals_the_audit_trail_in_the_background(client, settings, admin_conn):
+    """The scheduler also seals audit events (issue 5: sealing runs off the request path)."""
+    from tenant_api.scheduler import serve
+
+    t = await signup(client)
+    org = uuid.UUID(t.organization_id)
+    before = await admin_conn.fetchval("select count(*) from audit_seal where organization_id = $1", org)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings.database, interval=0.2, stop=stop, seal_every=0.2))
+    try:
+        for _ in range(100):
+            if await admin_conn.fetchval("select count(*) from audit_seal where organization_id = $1", org) > before:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the scheduler sealed nothing of a fresh organization's audit trail")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    r = await client.get("/v1/audit/verify", headers=t.h)
+    assert r.status_code == 200, r.text

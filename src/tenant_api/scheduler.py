@@ -118,14 +118,36 @@ def scheduler_engine(database: DatabaseSettings) -> AsyncEngine:
     return create_api_engine(replace(database, pool_size=1, max_overflow=0))
 
 
+async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, every: float,
+                            block_size: int = 1000) -> None:
+    """The audit trail's background sealing (tenant_api.audit.sealing): off the request
+    path, one short transaction per organization, skipping one another sealer holds."""
+    from tenant_api.audit import sealing
+
+    while not stop.is_set():
+        try:
+            await sealing.seal(database.url, block_size=block_size)
+        except Exception:  # the database restarting: the next round seals what is left
+            log.exception("audit sealing failed; retrying in %.0fs", every)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except asyncio.TimeoutError:
+            pass
+
+
 async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 100,
-                stop: asyncio.Event | None = None) -> None:
-    """Run a scheduler until ``stop`` is set (or SIGINT/SIGTERM, when run as a process)."""
+                stop: asyncio.Event | None = None, seal_every: float = 60.0) -> None:
+    """Run a scheduler (and the audit sealer) until ``stop`` is set (or SIGINT/SIGTERM,
+    when run as a process)."""
     engine = scheduler_engine(database)
     stop = stop or asyncio.Event()
-    log.info("scheduler started (every %.1fs, batch %d)", interval, batch)
+    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs)",
+             interval, batch, seal_every)
     try:
-        await Scheduler(engine, batch=batch, interval=interval).run(stop)
+        await asyncio.gather(
+            Scheduler(engine, batch=batch, interval=interval).run(stop),
+            seal_periodically(database, stop, seal_every),
+        )
     finally:
         await engine.dispose()
         log.info("scheduler stopped")
