@@ -50,12 +50,20 @@ async def updatable_column(admin: asyncpg.Connection, table: str) -> str | None:
         " order by a.attnum limit 1", f"public.{table}")
 
 
+import tenant_api.app  # noqa: E402,F401  (imports every resource module, registering its lifecycle)
+from tenant_api.resources.lifecycle import LIFECYCLES  # noqa: E402
+
+
 async def copy_of(admin: asyncpg.Connection, table: str, column: str, org: str, **changes: Any) -> dict[str, Any]:
     """One of ``org``'s rows of ``table`` as JSON, with a fresh id (so only what we change
-    differs), without its generated columns (an INSERT cannot give those)."""
+    differs), without its generated columns (an INSERT cannot give those), and in its
+    lifecycle's initial status (a row is never inserted further along: the database's
+    status guard would refuse it before RLS is even asked)."""
     row = await some_row(admin, table, column, org)
     for name in await generated_columns(admin, table):
         row.pop(name, None)
+    if table in LIFECYCLES:
+        row["status"] = LIFECYCLES[table].initial
     if column != "id":
         row["id"] = str(uuid.uuid4())
     row.update(changes)
@@ -226,6 +234,8 @@ async def test_child_cannot_point_at_another_organizations_parent(world, module_
                                       not_null=[c for c, _ in pairs if c in generated])
             fk_columns = {c for other in fks if other["child"] == child for c in other["child_cols"]}
             base = {k: v for k, v in original.items() if k not in generated}
+            if child in LIFECYCLES:  # inserted rows start in the initial status (see copy_of)
+                base["status"] = LIFECYCLES[child].initial
 
             async def insert(row: dict[str, Any]) -> tuple[str | None, asyncpg.PostgresError | None]:
                 row = {**row, "id": str(uuid.uuid4())}
