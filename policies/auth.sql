@@ -11,6 +11,65 @@ grant usage on schema auth to tenant_auth;
 grant usage on schema auth to tenant_api;
 grant usage on schema app to tenant_auth, tenant_audit;
 grant execute on all functions in schema app to tenant_auth, tenant_audit;
+revoke execute on function app.context_mac(text) from tenant_audit;
+
+-- Sign the context just set (policies/context.sql): every definer function that sets
+-- or restores context settings ends with it. Executable by tenant_auth alone, so only
+-- functions owned by tenant_auth can produce a context the policies accept.
+create or replace function auth.sign_context() returns void
+  language sql
+  volatile
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select set_config('app.context_mac', app.context_mac(app.context_payload()), true)
+  $$;
+
+-- For definer functions acting for someone else for a moment (the scheduler firing a
+-- schedule, the reaper closing a connection, an invitee joining another organization,
+-- the mailer): enter_context sets a complete, signed context of the function's own
+-- choosing and returns the caller's settings, which leave_context puts back verbatim,
+-- signature included. Nothing the caller set is ever signed here: a hand-made context
+-- stays as unsigned (and as powerless) after the call as before it.
+create or replace function auth.enter_context(p_org uuid, p_user uuid, p_token uuid, p_request_id text)
+  returns text[]
+  language plpgsql
+  volatile
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  saved text[] := array[
+    current_setting('app.organization_id', true), current_setting('app.user_id', true),
+    current_setting('app.token_id', true), current_setting('app.scopes', true),
+    current_setting('app.project_ids', true), current_setting('app.request_id', true),
+    current_setting('app.context_mac', true)];
+begin
+  perform set_config('app.organization_id', coalesce(p_org::text, ''), true),
+          set_config('app.user_id', coalesce(p_user::text, ''), true),
+          set_config('app.token_id', coalesce(p_token::text, ''), true),
+          set_config('app.scopes', '', true),
+          set_config('app.project_ids', '', true),
+          set_config('app.request_id', coalesce(p_request_id, ''), true);
+  perform auth.sign_context();
+  return saved;
+end
+$$;
+
+create or replace function auth.leave_context(saved text[]) returns void
+  language sql
+  volatile
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select set_config('app.organization_id', coalesce(saved[1], ''), true),
+           set_config('app.user_id', coalesce(saved[2], ''), true),
+           set_config('app.token_id', coalesce(saved[3], ''), true),
+           set_config('app.scopes', coalesce(saved[4], ''), true),
+           set_config('app.project_ids', coalesce(saved[5], ''), true),
+           set_config('app.request_id', coalesce(saved[6], ''), true),
+           set_config('app.context_mac', coalesce(saved[7], ''), true)
+  $$;
 
 -- The fixed scope set of each organization role. Mirrored by tenant_api.auth.scopes
 -- (a test asserts both agree) and listed in the README.
@@ -182,6 +241,7 @@ begin
           set_config('app.scopes', effective::text, true),
           set_config('app.project_ids', coalesce(restriction::text, 'all'), true),
           set_config('app.request_id', coalesce(p_request_id, ''), true);
+  perform auth.sign_context();
 
   -- To the minute is enough: at most one write per token per minute, and the audit
   -- trigger treats last_used_at as noise.
@@ -256,10 +316,7 @@ begin
   -- The session row is created in the user's own context so the audit trail
   -- attributes it to the user, and the session's own token id.
   tid := uuidv7();
-  perform set_config('app.organization_id', org::text, true),
-          set_config('app.user_id', p_user_id::text, true),
-          set_config('app.token_id', tid::text, true),
-          set_config('app.request_id', coalesce(p_request_id, ''), true);
+  perform auth.enter_context(org, p_user_id, tid, p_request_id);
   insert into public.platform_token (organization_id, id, user_id, kind, name, prefix, expires_at, project_ids)
   values (org, tid, p_user_id, 'session', 'session', 'session', exp,
           case when p_project_ids is not null then wanted end);
@@ -282,9 +339,7 @@ declare
   ws uuid := uuidv7();
   prj uuid := uuidv7();
 begin
-  perform set_config('app.organization_id', org::text, true),
-          set_config('app.user_id', uid::text, true),
-          set_config('app.request_id', coalesce(p_request_id, ''), true);
+  perform auth.enter_context(org, uid, null, p_request_id);
   insert into public.user_account (id, email, password_hash, display_name)
   values (uid, p_email, p_password_hash, p_display_name);
   insert into public.organization (id, name) values (org, p_display_name || '''s organization');
@@ -302,6 +357,9 @@ alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
 alter function auth.login_lookup(text) owner to tenant_auth;
 alter function auth.create_session(uuid, uuid, interval, text, uuid[]) owner to tenant_auth;
 alter function auth.signup(text, text, text, text) owner to tenant_auth;
+alter function auth.sign_context() owner to tenant_auth;
+alter function auth.enter_context(uuid, uuid, uuid, text) owner to tenant_auth;
+alter function auth.leave_context(text[]) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on all functions in schema auth from public;
 grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]), auth.project_role_scopes(text),

@@ -34,8 +34,8 @@ create or replace function auth.reap_desktop_connections(p_stale_after interval,
 declare
   r record;
   n integer := 0;
-  saved text[] := array[current_setting('app.organization_id', true), current_setting('app.token_id', true),
-                        current_setting('app.user_id', true), current_setting('app.request_id', true)];
+  saved text[];
+  entered text[];
   cutoff timestamptz := now() - greatest(coalesce(p_stale_after, interval '30 seconds'), interval '30 seconds');
 begin
   for r in
@@ -51,19 +51,16 @@ begin
      order by c.organization_id
      for update of c skip locked
   loop
-    perform set_config('app.organization_id', r.organization_id::text, true),
-            set_config('app.token_id', r.token_id::text, true),
-            set_config('app.user_id', r.user_id::text, true),
-            set_config('app.request_id', 'desktop-reaper', true);
+    entered := auth.enter_context(r.organization_id, r.user_id, r.token_id, 'desktop-reaper');
+    saved := coalesce(saved, entered);  -- the caller's, from the first switch
     update public.desktop_connection c
        set status = 'disconnected', disconnected_at = now(), close_reason = r.reason
      where c.organization_id = r.organization_id and c.id = r.id;
     n := n + 1;
   end loop;
-  perform set_config('app.organization_id', coalesce(saved[1], ''), true),
-          set_config('app.token_id', coalesce(saved[2], ''), true),
-          set_config('app.user_id', coalesce(saved[3], ''), true),
-          set_config('app.request_id', coalesce(saved[4], ''), true);
+  if saved is not null then
+    perform auth.leave_context(saved);
+  end if;
   return n;
 end
 $$;

@@ -33,8 +33,10 @@ create or replace function auth.claim_invite_mail(p_limit integer, p_lease inter
   set search_path = pg_catalog, pg_temp
   as $$
 #variable_conflict use_column
+declare
+  saved text[];
 begin
-  perform set_config('app.request_id', 'mailer', true);
+  saved := auth.enter_context(null, null, null, 'mailer');
   return query
     with due as (
       select o.organization_id as org, o.id as oid
@@ -59,6 +61,7 @@ begin
            c.attempts
       from claimed c
      where c.status = 'pending';
+  perform auth.leave_context(saved);
 end
 $$;
 
@@ -71,14 +74,17 @@ create or replace function auth.finish_invite_mail(p_org uuid, p_id uuid, p_erro
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
+declare
+  saved text[];
 begin
-  perform set_config('app.request_id', 'mailer', true);
+  saved := auth.enter_context(null, null, null, 'mailer');
   update public.invite_outbox o
      set status = case when p_error is null then 'sent' when p_retry_in is null then 'failed' else 'pending' end,
          sent_at = case when p_error is null then now() end,
          last_error = left(p_error, 1000),
          next_attempt_at = case when p_retry_in is null then o.next_attempt_at else now() + p_retry_in end
    where o.organization_id = p_org and o.id = p_id and o.status = 'pending';
+  perform auth.leave_context(saved);
 end
 $$;
 

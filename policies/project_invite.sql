@@ -39,7 +39,7 @@ create or replace function auth.accept_invite(p_token_hash bytea, p_user_id uuid
 declare
   inv public.project_invite%rowtype;
   user_email text;
-  caller_org text := current_setting('app.organization_id', true);
+  saved text[];
   result text;
   mid uuid;
 begin
@@ -75,7 +75,8 @@ begin
   -- The inviting organization is the context for the moment of the change (the
   -- tenant_auth policies check it; the audit rows are filed under it, attributed to the
   -- invitee's user, token and request), then the caller's context is put back.
-  perform set_config('app.organization_id', inv.organization_id::text, true);
+  saved := auth.enter_context(inv.organization_id, app.current_user_id(), app.current_token_id(),
+                              app.current_request_id());
   if p_decline then
     update public.project_invite i set declined_at = now()
      where i.organization_id = inv.organization_id and i.id = inv.id;
@@ -86,7 +87,7 @@ begin
     update public.project_invite i set accepted_at = now(), accepted_by_user_id = p_user_id
      where i.organization_id = inv.organization_id and i.id = inv.id;
   end if;
-  perform set_config('app.organization_id', coalesce(caller_org, ''), true);
+  perform auth.leave_context(saved);
   return query select 'ok'::text, inv.organization_id, inv.project_id, mid, inv.role;
 end
 $$;

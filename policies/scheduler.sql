@@ -58,8 +58,7 @@ create or replace function auth.fire_schedule(p_org uuid, p_schedule uuid, p_due
   set search_path = pg_catalog, pg_temp
   as $$
 declare
-  saved text[] := array[current_setting('app.organization_id', true), current_setting('app.user_id', true),
-                        current_setting('app.token_id', true), current_setting('app.request_id', true)];
+  saved text[];
   v_project uuid;
   v_target jsonb;
   v_job uuid;
@@ -69,10 +68,7 @@ begin
     raise exception 'next_run_at % is not after now()', p_next_run_at using errcode = 'invalid_parameter_value';
   end if;
 
-  perform set_config('app.organization_id', p_org::text, true),
-          set_config('app.user_id', '', true),
-          set_config('app.token_id', '', true),
-          set_config('app.request_id', 'scheduler:' || p_schedule::text, true);
+  saved := auth.enter_context(p_org, null, null, 'scheduler:' || p_schedule::text);
 
   update public.job_schedule s
      set next_run_at = p_next_run_at, last_run_at = now()
@@ -93,10 +89,7 @@ begin
     end;
   end if;
 
-  perform set_config('app.organization_id', coalesce(saved[1], ''), true),
-          set_config('app.user_id', coalesce(saved[2], ''), true),
-          set_config('app.token_id', coalesce(saved[3], ''), true),
-          set_config('app.request_id', coalesce(saved[4], ''), true);
+  perform auth.leave_context(saved);
   return v_job;
 end
 $$;
