@@ -281,6 +281,7 @@ create or replace function auth.create_session(p_user_id uuid, p_org uuid, p_ttl
   set search_path = pg_catalog, pg_temp
   as $$
 declare
+  saved text[];
   org uuid;
   org_member boolean;
   tid uuid;
@@ -315,11 +316,13 @@ begin
   end if;
   -- The session row is created in the user's own context so the audit trail
   -- attributes it to the user, and the session's own token id.
+  -- (and the context is left again: the login request itself needs none after this).
   tid := uuidv7();
-  perform auth.enter_context(org, p_user_id, tid, p_request_id);
+  saved := auth.enter_context(org, p_user_id, tid, p_request_id);
   insert into public.platform_token (organization_id, id, user_id, kind, name, prefix, expires_at, project_ids)
   values (org, tid, p_user_id, 'session', 'session', 'session', exp,
           case when p_project_ids is not null then wanted end);
+  perform auth.leave_context(saved);
   return query select tid, org, exp;
 end
 $$;
@@ -334,18 +337,20 @@ create or replace function auth.signup(p_email text, p_password_hash text, p_dis
   set search_path = pg_catalog, pg_temp
   as $$
 declare
+  saved text[];
   uid uuid := uuidv7();
   org uuid := uuidv7();
   ws uuid := uuidv7();
   prj uuid := uuidv7();
 begin
-  perform auth.enter_context(org, uid, null, p_request_id);
+  saved := auth.enter_context(org, uid, null, p_request_id);
   insert into public.user_account (id, email, password_hash, display_name)
   values (uid, p_email, p_password_hash, p_display_name);
   insert into public.organization (id, name) values (org, p_display_name || '''s organization');
   insert into public.organization_membership (organization_id, user_id, role) values (org, uid, 'owner');
   insert into public.workspace (organization_id, id, name) values (org, ws, 'Default');
   insert into public.project (organization_id, id, workspace_id, name) values (org, prj, ws, 'Default');
+  perform auth.leave_context(saved);
   return query select uid, org, ws, prj;
 end
 $$;

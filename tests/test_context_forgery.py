@@ -76,3 +76,16 @@ async def test_definer_functions_do_not_launder_a_hand_made_context(client, api_
         await api_conn.fetch("select * from auth.claim_invite_mail(1, interval '1 minute')")
         assert await api_conn.fetchval("select current_setting('app.organization_id', true)") == victim.organization_id
         assert await api_conn.fetchval("select count(*) from project") == 0
+
+
+async def test_login_and_signup_functions_leave_no_context_behind(api_conn):
+    """auth.signup / auth.create_session act in the new user's organization for their
+    inserts only: the transaction that called them has no context afterwards."""
+    async with api_conn.transaction():
+        row = await api_conn.fetchrow("select * from auth.signup($1, 'x', 'n', 'r')", f"{uuid.uuid4().hex}@e.com")
+        assert await api_conn.fetchval("select count(*) from project") == 0
+        session = await api_conn.fetchrow("select * from auth.create_session($1, null, interval '1 hour', 'r')",
+                                          row["user_id"])
+        assert session is not None
+        assert await api_conn.fetchval("select count(*) from project") == 0
+        assert await api_conn.fetchval("select count(*) from platform_token") == 0
