@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-pgbouncer bench bench-full migrate openapi clean
+.PHONY: install run test test-pgbouncer bench bench-full wrk migrate openapi clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -26,6 +26,20 @@ test: install
 # (needs the pgbouncer binary: `apt-get install pgbouncer`; .ci/run installs it).
 test-pgbouncer: install
 	$(BIN)/python -m pytest tests_pgbouncer $(PYTEST_ARGS)
+
+# Benchmarks (bench/run.py): quick under 5 minutes, full adds the 10,000-organization data set.
+# wrk comes from Debian's packages (installed here when missing and we are root); without
+# it the harness uses its own asyncio load generator.
+bench: install wrk
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-full: install wrk
+	$(BIN)/python -m bench.run --full $(BENCH_ARGS)
+
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; }; } || \
+	  echo "wrk is not installed: the bench uses its asyncio load generator (bench/loadgen.py)"
 
 migrate: install
 	$(BIN)/tenant-api migrate

@@ -18,7 +18,7 @@ from tenant_api.audit.controller import audit_router
 from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
-from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db
+from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db, provide_read
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.invites.controller import invite_answers_router
@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> Litestar:
 
     app = Litestar(
         route_handlers=routers(settings),
-        dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx)},
+        dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
         middleware=[RequestIdMiddleware(), *usage_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,

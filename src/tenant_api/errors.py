@@ -11,6 +11,8 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
+
 from advanced_alchemy.exceptions import (
     DuplicateKeyError,
     ForeignKeyError,
@@ -111,7 +113,9 @@ def _key_columns(request: Request, constraint: str | None) -> str | None:
 # SQLSTATE -> (status, detail). Constraint names are ours and safe to show; values are not
 # included (they can hold data the caller did not send).
 def _database(request: Request, exc: Exception) -> Response:
-    orig = getattr(exc, "orig", None)
+    # SQLAlchemy wraps the driver's error (exc.orig); the raw asyncpg read path raises
+    # asyncpg's own, which carries sqlstate itself.
+    orig = getattr(exc, "orig", exc)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
     cause = getattr(orig, "__cause__", None)
     constraint = getattr(cause, "constraint_name", None) or getattr(orig, "constraint_name", None)
@@ -165,5 +169,6 @@ EXCEPTION_HANDLERS = {
     NotFoundError: _not_found,
     RepositoryError: _repository,
     DBAPIError: _database,
+    asyncpg.PostgresError: _database,
     Exception: _unexpected,
 }

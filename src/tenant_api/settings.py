@@ -27,8 +27,12 @@ class DatabaseSettings:
     """The API role (tenant_api): owns nothing, cannot bypass RLS. DATABASE_URL."""
     owner_url: str = ""
     """The schema owner (tenant_owner), for migrations only. OWNER_DATABASE_URL."""
-    pool_size: int = 10
-    max_overflow: int = 10
+    pool_size: int = 20
+    max_overflow: int = 0
+    """Per worker. No overflow by default: SQLAlchemy closes an overflow connection as soon
+    as it is returned, so sustained load above pool_size opened and closed a PostgreSQL
+    backend for every extra request; waiting for a pooled connection is far cheaper
+    (bench/RESULTS.md)."""
     pool_timeout: float = 10.0
     pgbouncer: bool = False
     """Behind PgBouncer in transaction mode: no server-side prepared statement cache."""
@@ -143,8 +147,8 @@ class Settings:
         database = DatabaseSettings(
             url=asyncpg_url(env["DATABASE_URL"]) if env.get("DATABASE_URL") else "",
             owner_url=asyncpg_url(env["OWNER_DATABASE_URL"]) if env.get("OWNER_DATABASE_URL") else "",
-            pool_size=int(env.get("DATABASE_POOL_SIZE", "10")),
-            max_overflow=int(env.get("DATABASE_MAX_OVERFLOW", "10")),
+            pool_size=int(env.get("DATABASE_POOL_SIZE", "20")),
+            max_overflow=int(env.get("DATABASE_MAX_OVERFLOW", "0")),
             pgbouncer=env.get("DATABASE_PGBOUNCER", "") in {"1", "true", "yes"},
             listen_url=asyncpg_url(env["LISTEN_DATABASE_URL"]) if env.get("LISTEN_DATABASE_URL") else "",
         )

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
 from uuid import uuid4
 
 from litestar import Request
@@ -23,6 +25,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from tenant_api.auth.credentials import (
     DISPLAY_PREFIX_LEN,
@@ -32,7 +35,7 @@ from tenant_api.auth.credentials import (
     expired_session,
     parse_bearer,
 )
-from tenant_api.db.context import Credential, Principal
+from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
 
 _REFUSED = {
     "unknown": "unknown credential",
@@ -152,20 +155,26 @@ def refusal(principal: Principal) -> str:
     return _REFUSED.get(principal.status, "invalid credential")
 
 
+def admit(request: Request, principal: Principal) -> None:
+    """Refuse a credential auth.begin_request did not accept (401) or a missing scope
+    (403, naming it); remember who the request runs as (usage records, 403s included)."""
+    if not principal.ok:
+        request.scope["state"]["refused"] = principal  # recorded as a security event
+        raise NotAuthorizedException(refusal(principal))
+    # Stored before the scope check: a 403 is still a request by this token (usage).
+    request.scope["state"]["principal"] = principal
+    required = _route_opt(request.scope).get("scope")
+    if required and not principal.has_scope(required):
+        raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})
+
+
 async def open_request_session(request: Request, state: State) -> tuple[AsyncSession, Principal]:
     """Begin the request's transaction as its credential; refuse it or return the principal."""
     session, principal = await open_context_session(
         state, request_credential(request), request.scope["state"].get("request_id")
     )
     try:
-        if not principal.ok:
-            request.scope["state"]["refused"] = principal  # recorded as a security event
-            raise NotAuthorizedException(refusal(principal))
-        # Stored before the scope check: a 403 is still a request by this token (usage).
-        request.scope["state"]["principal"] = principal
-        required = _route_opt(request.scope).get("scope")
-        if required and not principal.has_scope(required):
-            raise PermissionDeniedException(f"missing scope: {required}", extra={"missing_scope": required})
+        admit(request, principal)
     except BaseException:
         await session.close()
         raise
@@ -183,6 +192,42 @@ async def provide_db(request: Request, state: State) -> AsyncGenerator[AsyncSess
         raise
     finally:
         await session.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTransaction:
+    """A read route's transaction: the pool's asyncpg connection, context already set.
+    Queries run on ``conn`` directly (prepared and cached by asyncpg); never commit."""
+
+    conn: Any  # asyncpg.Connection
+    principal: Principal
+
+
+async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTransaction, None]:
+    """provide_db without the ORM, for the generic read routes (the hot path): the same
+    pool, the same four statements (BEGIN, auth.begin_request, the handler's query,
+    COMMIT), the same refusals. SQLAlchemy's connection wrapper never sees this
+    transaction, so it is always ended here before the connection goes back."""
+    credential = request_credential(request)
+    pooled = await state.engine.raw_connection()
+    conn = pooled.driver_connection
+    transaction = conn.transaction()
+    try:
+        await transaction.start()
+        row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
+                                  credential.session_org, request.scope["state"].get("request_id"))
+        admit(request, Principal.from_row(row))
+        yield ReadTransaction(conn, request.scope["state"]["principal"])
+        await transaction.commit()
+    finally:
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await transaction.rollback()
+        except Exception:  # noqa: S110 - the connection is discarded below
+            pass
+        if conn.is_closed() or conn.is_in_transaction():
+            pooled.invalidate()  # never hand a connection in an unknown state to the next request
+        await greenlet_spawn(pooled.close)
 
 
 async def provide_public_db(state: State) -> AsyncGenerator[AsyncSession, None]:

@@ -22,10 +22,12 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
+_PRINCIPAL_COLUMNS = "status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix, expires_at"
 BEGIN_REQUEST = text(
-    "select status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix, expires_at"
-    " from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"
+    f"select {_PRINCIPAL_COLUMNS} from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"
 )
+# The same call for a raw asyncpg connection (the read path, auth.request.provide_read).
+BEGIN_REQUEST_SQL = f"select {_PRINCIPAL_COLUMNS} from auth.begin_request($1, $2, $3, $4)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,22 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
+    @classmethod
+    def from_row(cls, row: Any) -> Principal:
+        """From auth.begin_request's row (a SQLAlchemy row mapping or an asyncpg record)."""
+        return cls(
+            status=row["status"],
+            token_id=row["token_id"],
+            organization_id=row["organization_id"],
+            user_id=row["user_id"],
+            kind=row["kind"],
+            role=row["role"],
+            scopes=frozenset(row["scopes"] or ()),
+            project_ids=tuple(row["project_ids"]) if row["project_ids"] is not None else None,
+            prefix=row["prefix"],
+            expires_at=row["expires_at"],
+        )
+
 
 class ContextSession(Session):
     """A Session whose transactions start with the request context (see module doc)."""
@@ -80,15 +98,4 @@ def _begin_request(session: Session, transaction: SessionTransaction, connection
             "request_id": session.info.get("request_id"),
         },
     ).one()
-    session.info["principal"] = Principal(
-        status=row.status,
-        token_id=row.token_id,
-        organization_id=row.organization_id,
-        user_id=row.user_id,
-        kind=row.kind,
-        role=row.role,
-        scopes=frozenset(row.scopes or ()),
-        project_ids=tuple(row.project_ids) if row.project_ids is not None else None,
-        prefix=row.prefix,
-        expires_at=row.expires_at,
-    )
+    session.info["principal"] = Principal.from_row(row._mapping)
