@@ -152,6 +152,18 @@ async def signup(client: AsyncTestClient, name: str | None = None) -> Tenant:
                   project_id=body["project_id"], session=session, token=r.json()["token"], token_id=r.json()["id"])
 
 
+@pytest.fixture(scope="module")
+async def t(client: AsyncTestClient) -> Tenant:
+    """A signed-up tenant shared by one test module (tests that need a fresh one sign up)."""
+    return await signup(client)
+
+
+@pytest.fixture(scope="module")
+async def stranger(client: AsyncTestClient) -> Tenant:
+    """Another organization, for the module's cross-organization checks."""
+    return await signup(client)
+
+
 async def make_token(client: AsyncTestClient, tenant: Tenant, scopes: list[str], **extra: Any) -> dict:
     r = await client.post("/v1/tokens", headers=tenant.hs, json={"name": "t", "scopes": scopes, **extra})
     assert r.status_code == 201, r.text

@@ -22,11 +22,6 @@ U = uuid.UUID
 # Signing up hashes passwords (argon2): two organizations for the whole module. Tests
 # create their own configs, VMs and macros, and look only at those.
 @pytest.fixture(scope="module")
-async def t(client) -> Tenant:
-    return await signup(client)
-
-
-@pytest.fixture(scope="module")
 async def other(client) -> Tenant:
     return await signup(client)
 

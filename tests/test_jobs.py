@@ -19,16 +19,6 @@ CMD = {"kind": "command", "ref": "backup", "args": ["--full"]}
 YEARLY = "0 0 1 1 *"  # never due during the suite: schedules here must not be fired by test_scheduler's loops
 
 
-@pytest.fixture(scope="module")
-async def t(client):
-    return await signup(client)
-
-
-@pytest.fixture(scope="module")
-async def stranger(client):
-    return await signup(client)
-
-
 async def new_schedule(client, t, **extra):
     body = {"project_id": t.project_id, "name": uuid.uuid4().hex, "cron": YEARLY, "target": CMD, **extra}
     r = await client.post("/v1/job-schedules", headers=t.h, json=body)

@@ -15,17 +15,6 @@ from tests.conftest import bearer, make_token, signup
 NOBODY = "00000000-0000-7000-8000-000000000000"
 
 
-@pytest.fixture(scope="module")
-async def t(client):
-    """One organization for the tests that do not depend on seeing only their own rows."""
-    return await signup(client)
-
-
-@pytest.fixture(scope="module")
-async def stranger(client):
-    return await signup(client)
-
-
 async def new_task(client, t, **extra):
     r = await client.post("/v1/tasks", headers=t.h, json={"project_id": t.project_id, "summary": "s", **extra})
     assert r.status_code == 201, r.text
