@@ -11,7 +11,7 @@ import pytest
 
 from tenant_api.cron import CronError, next_run, parse
 from tenant_api.resources.jobs import JOB_LIFECYCLE
-from tests.conftest import bearer, make_token, signup
+from tests.conftest import bearer, make_token
 from tests.test_tasks import check_machine, move
 
 UTC = dt.UTC
