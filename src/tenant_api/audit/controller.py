@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.audit import sealing
+from tenant_api.auth.request import open_context_session
 from tenant_api.db.context import Principal
 from tenant_api.errors import invalid
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT
@@ -222,18 +223,14 @@ async def _export(request: Request, state: State, org: UUID, filters: dict[str, 
     cursor: tuple[int, UUID] | None = None
     first = True
     while True:
-        session: AsyncSession = state.sessionmaker()
-        session.info.update(credential=credential, request_id=request_id)
+        session, principal = await open_context_session(state, credential, request_id)
         try:
-            async with session.begin():
-                await session.connection()  # BEGIN: after_begin runs auth.begin_request
-                principal: Principal = session.info["principal"]
-                if not principal.ok or not principal.has_scope("audit:read"):
-                    raise NotAuthorizedException("the credential was refused during the export")
-                query, params = _event_query(org, filters, horizon=horizon, cursor=cursor, limit=EXPORT_BATCH)
-                rows = (await session.execute(query, params)).all()
+            if not principal.ok or not principal.has_scope("audit:read"):
+                raise NotAuthorizedException("the credential was refused during the export")
+            query, params = _event_query(org, filters, horizon=horizon, cursor=cursor, limit=EXPORT_BATCH)
+            rows = (await session.execute(query, params)).all()
         finally:
-            await session.close()
+            await session.close()  # a read: nothing to commit
         events = [_to_event(r) for r in rows]
         if media_type == CSV:
             chunk = _csv_chunk(events, header=first)

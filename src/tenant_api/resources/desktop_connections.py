@@ -30,7 +30,7 @@ from litestar.datastructures import State
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.request import _REFUSED
+from tenant_api.auth.request import open_context_session, refusal
 from tenant_api.db.context import Principal
 from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
 from tenant_api.resources.base import Resource
@@ -77,20 +77,17 @@ class Refused(Exception):
 async def credential_transaction(socket: WebSocket) -> AsyncIterator[tuple[AsyncSession, Principal]]:
     """One transaction as the socket's credential; refuses it if it is no longer valid
     or has lost the scope (a revoked token's socket is closed at its next heartbeat)."""
-    session: AsyncSession = socket.app.state.sessionmaker()
-    session.info["credential"] = socket.scope["state"]["credential"]
-    session.info["request_id"] = socket.scope["state"].get("request_id")
+    state = socket.scope["state"]
+    session, principal = await open_context_session(socket.app.state, state["credential"], state.get("request_id"))
     try:
-        async with session.begin():
-            await session.connection()  # BEGIN; after_begin runs auth.begin_request
-            principal: Principal = session.info["principal"]
-            if not principal.ok:
-                raise Refused(4401, _REFUSED.get(principal.status, "invalid credential"))
-            if not principal.has_scope(SCOPE):
-                raise Refused(4403, f"missing scope: {SCOPE}")
-            yield session, principal
+        if not principal.ok:
+            raise Refused(4401, refusal(principal))
+        if not principal.has_scope(SCOPE):
+            raise Refused(4403, f"missing scope: {SCOPE}")
+        yield session, principal
+        await session.commit()
     finally:
-        await session.close()
+        await session.close()  # rolls back whatever was not committed
 
 
 def _vm_id(socket: WebSocket) -> UUID:
