@@ -81,6 +81,9 @@ def settings(database: Database) -> Settings:
         Settings()
         .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
         .with_auth(jwt_secret="test-secret-" + "k" * 40, auth_rate_per_minute=100_000)
+        # The suite makes thousands of requests per token; tests/test_ratelimit.py
+        # builds apps with small quotas.
+        .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000)
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 from litestar import Request
 from litestar.datastructures import State
@@ -43,24 +42,6 @@ _REFUSED = {
     "expired": "credential expired",
     "not_member": "the credential's user is no longer a member of its organization",
 }
-
-
-class RequestIdMiddleware(ASGIMiddleware):
-    """Every request gets an id: in the response header, problem bodies, logs and audit rows."""
-
-    scopes = ("http", "websocket")
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request_id = uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: dict) -> None:  # type: ignore[type-arg]
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)  # type: ignore[arg-type]
-
-        await next_app(scope, receive, send_with_id)  # type: ignore[arg-type]
 
 
 def _route_opt(scope: Scope) -> dict:  # type: ignore[type-arg]

@@ -59,7 +59,7 @@ async def _trial(db: AsyncSession, ctx: Principal) -> UserTrial | None:
     return await db.scalar(select(UserTrial).where(UserTrial.organization_id == ctx.organization_id))
 
 
-@get("/", opt={"scope": "billing:read"}, operation_id="get_trial", tags=["billing"])
+@get("/", opt={"scope": "billing:read", "problems": (404,)}, operation_id="get_trial", tags=["billing"])
 async def get_trial(db: AsyncSession, ctx: Principal) -> TrialRead:
     row = await _trial(db, ctx)
     if row is None:

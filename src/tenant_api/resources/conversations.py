@@ -135,7 +135,7 @@ conversations = Resource(
 
 # --- members ----------------------------------------------------------------------------
 
-class MemberRead(msgspec.Struct):
+class ConversationMemberRead(msgspec.Struct):
     id: UUID
     conversation_id: UUID
     project_id: UUID
@@ -171,7 +171,7 @@ class MemberRules(TenantService[ConversationMember]):
 
 conversation_members = Resource(
     name="conversation_member", path="/v1/conversations/{conversation_id:uuid}/members",
-    model=ConversationMember, area="conversations", read=MemberRead, create=MemberCreate,
+    model=ConversationMember, area="conversations", read=ConversationMemberRead, create=MemberCreate,
     filters={"member_type": MemberType}, service=MemberRules, tag="conversations",
     nest=Nest(param="conversation_id", model=Conversation, column="conversation_id",
               inherit=("project_id",), label="conversation"),
