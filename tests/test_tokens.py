@@ -62,7 +62,7 @@ async def test_unknown_scope_is_422(client, t):
         r = await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": scopes})
         assert_problem(r, 422)
     body = (await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": ["agents:admin"]})).json()
-    assert body["errors"][0]["field"] == "scopes"
+    assert body["errors"][0]["field"] == "scopes[0]"  # the Scope enum names the element
 
 
 # --- expiry, revocation, rotation ------------------------------------------------------

@@ -22,8 +22,10 @@ from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.invites.controller import invite_answers_router
+from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
 from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
 from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
+from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.agents import agent_profile_router
@@ -55,6 +57,7 @@ async def health() -> dict[str, str]:
 def routers(settings: Settings) -> list[Router | Any]:
     return [
         health,
+        metrics_endpoint,
         auth_router,
         me_router,
         organization_router,
@@ -133,7 +136,17 @@ def create_app(settings: Settings) -> Litestar:
     rate_limit_middleware = [RateLimitMiddleware(limiter)] if settings.rate_limit.enabled else []
     proxy_middleware = [_trusted_proxies(settings.server.trusted_proxies)] if settings.server.trusted_proxies else []
 
+    # Graceful shutdown (ops/shutdown.py): under uvicorn the app takes SIGTERM first and
+    # ends its streams and sockets before uvicorn's own shutdown.
+    drain = Drain(hub, drain_seconds=min(5.0, settings.server.shutdown_seconds / 2))
+    restore_signals: list[Any] = []
+
+    async def take_signals() -> None:
+        restore_signals.append(install_signal_handlers(drain))
+
     async def dispose() -> None:
+        for restore in restore_signals:
+            restore()
         await close_limiter(limiter)
         await hub.close()
         for task in mailer_tasks:
@@ -145,16 +158,17 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
-        middleware=[*proxy_middleware, RequestIdMiddleware(), *usage_middleware, *rate_limit_middleware,
-                    CredentialMiddleware(codec)],
+        middleware=[*proxy_middleware, RequestIdMiddleware(),
+                    ObservabilityMiddleware(engine, access=settings.observability.access_log),
+                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
-                     "usage": recorder, "rate_limiter": limiter}),
-        on_startup=[load_unique_keys, start_mailer, start_recorder],
+                     "usage": recorder, "rate_limiter": limiter, "drain": drain}),
+        on_startup=[load_unique_keys, start_mailer, start_recorder, take_signals],
         lifespan=[desktop_reaper],
         on_shutdown=[recorder.aclose, dispose],
-        before_send=[add_request_id_header],
+        before_send=[add_request_id_header, log_unrouted],
         openapi_config=openapi_config,
         debug=False,
     )

@@ -161,15 +161,19 @@ def _components(*types: Any) -> dict[str, Any]:
     return components
 
 
-def _websockets(app: Litestar) -> dict[str, Any]:
+def _websockets(app: Litestar, schemas: dict[str, Any]) -> dict[str, Any]:
+    """WebSocket routes, their message types' schemas added to ``schemas``."""
     sockets: dict[str, Any] = {}
     for route in app.routes:
         if not isinstance(route, WebSocketRoute):
             continue
         handler = route.route_handler
         opt = handler.opt or {}
-        messages = {direction: [msgspec.json.schema(t, ref_template=_REF) for t in types]
-                    for direction, types in (opt.get("messages") or {}).items()}
+        messages: dict[str, Any] = {}
+        for direction, types in (opt.get("messages") or {}).items():
+            refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+            schemas.update(components)
+            messages[direction] = {"oneOf": list(refs)}
         sockets[route.path_format] = {
             "x-required-scope": required_scope(handler_facts(handler)),
             "description": inspect.cleandoc(handler.fn.__doc__ or ""),
@@ -193,10 +197,11 @@ def finish_document(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.update(_components(Problem, FieldError, Scope))
+    schemas["Scope"]["type"] = "string"
     schemas["Problem"]["properties"]["type"]["enum"] = sorted(k.type for k in PROBLEM_KINDS.values())
     schemas["Problem"]["additionalProperties"] = True
     components["headers"] = {**HEADERS, "Retry-After": RETRY_AFTER}
-    if sockets := _websockets(app):
+    if sockets := _websockets(app, schemas):
         doc["x-websockets"] = sockets
     return doc
 

@@ -35,6 +35,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from tenant_api.auth.request import is_public
+from tenant_api.ops.metrics import USAGE_DROPPED, USAGE_WRITTEN
 from tenant_api.settings import DatabaseSettings
 
 log = logging.getLogger("tenant_api.usage")
@@ -71,6 +72,7 @@ class UsageRecorder:
             self.start()
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
+            USAGE_DROPPED.inc()
             return
         self._pending.append(row)
         self._accepted += 1
@@ -138,6 +140,7 @@ class UsageRecorder:
                 await self._disconnect()
                 if failures >= 3:  # a batch the database keeps refusing: give it up
                     self.dropped += n
+                    USAGE_DROPPED.inc(n)
                     self._settle(n)
                     failures = 0
                     continue
@@ -148,6 +151,7 @@ class UsageRecorder:
                 continue
             self.flushes += 1
             self.written += n
+            USAGE_WRITTEN.inc(n)
             self.flush_seconds_total += time.perf_counter() - started
             self._settle(n)
 

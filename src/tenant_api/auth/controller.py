@@ -15,6 +15,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tenant_api.auth.scopes import Scope
 from tenant_api.auth.passwords import hash_password, verify_password
 from tenant_api.auth.request import provide_public_db
 from tenant_api.db.context import Principal
@@ -72,7 +73,7 @@ class MeOut(msgspec.Struct):
     user: UserRead
     organization_id: UUID
     role: str
-    scopes: list[str]
+    scopes: list[Scope]
     project_ids: list[UUID] | None
     token: TokenInUse
 
@@ -152,7 +153,7 @@ async def me(db: AsyncSession, ctx: Principal) -> MeOut:
         user=UserRead(id=user.id, email=user.email, display_name=user.display_name),
         organization_id=ctx.organization_id,
         role=ctx.role,
-        scopes=sorted(ctx.scopes),
+        scopes=[Scope(s) for s in sorted(ctx.scopes)],
         project_ids=list(ctx.project_ids) if ctx.project_ids is not None else None,
         token=TokenInUse(id=ctx.token_id, kind=ctx.kind, prefix=ctx.prefix or "", expires_at=ctx.expires_at),
     )

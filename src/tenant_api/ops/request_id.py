@@ -16,6 +16,7 @@ included) puts it in the header.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import Any
 from uuid import uuid4
 
@@ -23,6 +24,8 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "X-Request-ID"
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""The id of the request being served, for log lines (tenant_api.ops.logs)."""
 _HEADER_KEY = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
@@ -61,5 +64,8 @@ class RequestIdMiddleware(ASGIMiddleware):
     scopes = ("http", "websocket")  # type: ignore[assignment]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        ensure_request_id(scope)
-        await next_app(scope, receive, send)
+        token = REQUEST_ID.set(ensure_request_id(scope))
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            REQUEST_ID.reset(token)

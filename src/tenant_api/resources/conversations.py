@@ -332,7 +332,7 @@ async def _message_events(state: State, credential: Credential, request_id: str 
     deadline = anyio.current_time() + hub.max_stream_seconds
     try:
         yield ServerSentEventMessage(data=None, retry=RETRY_MS)
-        while not hub.closed and anyio.current_time() < deadline:
+        while not hub.closed and not hub.draining and anyio.current_time() < deadline:
             try:
                 await hub.listen()
             except Exception:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
@@ -359,6 +359,9 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 await sub.wake.wait()
             if waited.cancelled_caught:
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
+        if hub.draining:  # the server is stopping: say so, the client resumes elsewhere
+            yield ServerSentEventMessage(event="error", data=msgspec.json.encode(
+                {"status": 503, "detail": "the server is shutting down; reconnect with Last-Event-ID"}).decode())
     finally:
         hub.unsubscribe(sub)
 
