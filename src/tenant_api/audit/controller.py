@@ -247,7 +247,15 @@ async def _export(request: Request, state: State, org: UUID, filters: dict[str, 
 # -- handlers -------------------------------------------------------------------------------
 
 
-@get("/events", opt={"scope": "audit:read"}, operation_id="list_audit_events", tags=["audit"],
+_EXPORTS = {  # streamed instead of the JSON page (tenant_api.contract: opt["media_types"])
+    "text/csv": {"type": "string", "description": "Every matching event, one CSV row each, with a header row."},
+    "application/x-ndjson": {"type": "string",
+                             "description": "Every matching event, one AuditEvent JSON object per line."},
+}
+
+
+@get("/events", opt={"scope": "audit:read", "media_types": _EXPORTS}, operation_id="list_audit_events",
+     tags=["audit"],
      responses={200: ResponseSpec(AuditEventPage, description="JSON page; `Accept: text/csv` or "
                                   "`application/x-ndjson` streams every matching event instead")})
 async def list_events(

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
+from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
@@ -287,6 +288,11 @@ class RateLimitMiddleware(ASGIMiddleware):
 
         try:
             await next_app(scope, receive, send_with_headers)
+        except HTTPException as exc:
+            # Answered outside this middleware (the credential check's 401): the
+            # exception carries the headers to the response the app makes of it.
+            exc.headers = {**(exc.headers or {}), **{k.decode(): v.decode() for k, v in extra}}
+            raise
         finally:
             principal = (scope.get("state") or {}).get("principal")
             if key.startswith("c:") and principal is not None and principal.organization_id is not None:
