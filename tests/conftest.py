@@ -188,3 +188,30 @@ async def concurrent_client(settings: Settings) -> AsyncIterator[Any]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
         yield c
     await app.state.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server (Debian's package; .ci/run installs it), on a Unix socket in a
+    temporary directory, no persistence."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="tenant-api-redis-") as tmp:
+        sock = Path(tmp) / "redis.sock"
+        proc = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
+            [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start (apt-get install redis-server)")
+                time.sleep(0.05)
+            yield f"unix://{sock}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
