@@ -2,9 +2,10 @@
 -- (tenant_api.ops.retention), in bounded batches, through one narrow definer function
 -- per kind. Each can only delete rows of its kind that are finished and older than the
 -- cutoff it is given, never younger than a day whatever the caller asks, at most 10,000
--- per call, and returns a count, nothing else. Rows are taken FOR UPDATE SKIP LOCKED, so
--- several schedulers divide the work. Deletions of tenant rows are audited in their
--- organization with request id 'retention' (no token, no user).
+-- per call, and returns a count, nothing else. (No row locks: the functions may read
+-- and delete, never update, and two schedulers deleting the same row just find it gone.)
+-- Deletions of tenant rows are audited in their organization with request id
+-- 'retention' (no token, no user).
 --
 -- Another kind (webhook delivery attempts) adds its function here and its entry in
 -- tenant_api.ops.retention.PURGES.
@@ -34,7 +35,6 @@ begin
        and j.finished_at < least(p_before, now() - interval '1 day')
      order by j.organization_id, j.finished_at
      limit least(greatest(p_limit, 1), 10000)
-     for update skip locked
   loop
     if org is distinct from r.organization_id then
       org := r.organization_id;
@@ -75,7 +75,6 @@ begin
        and c.disconnected_at < least(p_before, now() - interval '1 day')
      order by c.organization_id, c.disconnected_at
      limit least(greatest(p_limit, 1), 10000)
-     for update skip locked
   loop
     if org is distinct from r.organization_id then
       org := r.organization_id;
@@ -116,7 +115,6 @@ begin
        and m.sent_at < least(p_before, now() - interval '1 day')
      order by m.organization_id, m.sent_at
      limit least(greatest(p_limit, 1), 10000)
-     for update skip locked
   loop
     if org is distinct from r.organization_id then
       org := r.organization_id;
@@ -158,8 +156,7 @@ create or replace function app.purge_security_events(p_before timestamptz, p_lim
        where e.occurred_at < least(p_before, now() - interval '1 day')
        order by e.occurred_at
        limit least(greatest(p_limit, 1), 10000)
-       for update skip locked
-    ), gone as (
+      ), gone as (
       delete from public.unattributed_security_event e using doomed where e.id = doomed.id returning 1
     )
     select count(*)::integer from gone

@@ -2,7 +2,7 @@
 
 Each kind has a setting (RETENTION_<KIND>_DAYS; 0 keeps forever) and one narrow
 definer function (policies/retention.sql) that deletes at most a batch of that kind's
-finished rows older than a cutoff (never younger than a day), FOR UPDATE SKIP LOCKED.
+finished rows older than a cutoff (never younger than a day).
 A round calls each function in short transactions until a batch comes back short, at
 most ``MAX_BATCHES`` per kind, so one round is bounded however far behind it is; the
 next round goes on. The scheduler runs a round every RETENTION_INTERVAL_SECONDS.
