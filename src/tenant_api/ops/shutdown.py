@@ -20,6 +20,7 @@ A second signal during the drain skips to uvicorn's shutdown at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -110,7 +111,8 @@ def install_signal_handlers(drain: Drain) -> Callable[[], None]:
             finally:
                 uvicorn_handler(sig, frame)  # type: ignore[operator]
 
-        state["task"] = loop.create_task(drain_then_stop())  # type: ignore[assignment]
+        # A fresh context: the signal may land while a request's (its request id) is current.
+        state["task"] = loop.create_task(drain_then_stop(), context=contextvars.Context())  # type: ignore[assignment]
 
     for sig in _SIGNALS:
         signal.signal(sig, handle)

@@ -355,6 +355,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 cursor = row.seq
             if len(rows) == FETCH_BATCH:
                 continue  # more are waiting
+            if hub.draining:  # set while we fetched (its wake-up may have been cleared above)
+                break
             with anyio.move_on_after(hub.heartbeat) as waited:
                 await sub.wake.wait()
             if waited.cancelled_caught:
