@@ -14,7 +14,8 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -201,7 +202,7 @@ def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     with tempfile.TemporaryDirectory(prefix="tenant-api-redis-") as tmp:
         sock = Path(tmp) / "redis.sock"
-        proc = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
+        proc = subprocess.Popen(
             [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
              "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -85,7 +85,7 @@ async def test_sigterm_ends_streams_and_sockets_cleanly(client, database, settin
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([str(BIN / "tenant-api"), "serve"], env=server_env(database, settings, port),  # noqa: S603
+        proc = subprocess.Popen([str(BIN / "tenant-api"), "serve"], env=server_env(database, settings, port),
                                 stdout=err, stderr=subprocess.STDOUT)
     try:
         await wait_healthy(base, proc, log)
@@ -147,7 +147,7 @@ def test_the_wheel_carries_migrations_and_policies_and_migrates(admin_url, tmp_p
     """A non-editable install (what the Docker image runs): build the wheel, install it
     into a fresh venv with the locked dependencies it needs, migrate a new database."""
     dist = tmp_path / "dist"
-    build = subprocess.run([str(BIN / "uv"), "build", "--wheel", "--out-dir", str(dist), str(ROOT)],  # noqa: S603
+    build = subprocess.run([str(BIN / "uv"), "build", "--wheel", "--out-dir", str(dist), str(ROOT)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr
     wheel = next(dist.glob("tenant_api-*.whl"))
@@ -159,7 +159,7 @@ def test_the_wheel_carries_migrations_and_policies_and_migrates(admin_url, tmp_p
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)  # noqa: S603
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     # The dependencies come from this environment's lock-installed site-packages, the
     # package itself from the wheel: no network, and no way to see the checkout's src/.
     install = subprocess.run(
@@ -173,10 +173,10 @@ def test_the_wheel_carries_migrations_and_policies_and_migrates(admin_url, tmp_p
     name = f"tenant_wheel_{uuid.uuid4().hex[:8]}"
     result = asyncio.run(bootstrap(admin_url, database=name, owner_password="owner-pw", api_password="api-pw"))
     env = {"PATH": os.environ.get("PATH", ""), "OWNER_DATABASE_URL": result.owner_url, "HOME": str(tmp_path)}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import tenant_api; print(tenant_api.__file__)"],  # noqa: S603
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import tenant_api; print(tenant_api.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr
-    migrate = subprocess.run([str(venv / "bin" / "tenant-api"), "migrate"], capture_output=True, text=True,  # noqa: S603
+    migrate = subprocess.run([str(venv / "bin" / "tenant-api"), "migrate"], capture_output=True, text=True,
                              cwd=tmp_path, env=env, timeout=300)
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
 

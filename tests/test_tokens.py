@@ -249,7 +249,7 @@ def forged_credentials(t: Tenant, other: Tenant, secret: str) -> dict[str, str]:
     claims = session_claims(t)
     now = int(dt.datetime.now(dt.UTC).timestamp())
     valid = {**claims, "iat": now, "exp": now + 3600}
-    header, payload, signature = t.session.split(".")
+    header, _payload, signature = t.session.split(".")
     return {
         "wrong checksum": f"Bearer {TOKEN_PREFIX}{body}{wrong_check}",
         "too short": f"Bearer {token[:-1]}",

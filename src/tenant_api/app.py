@@ -49,7 +49,8 @@ SCALAR_VERSION = "1.72.1"
 SWAGGER_UI_VERSION = "5.18.2"
 
 
-@get("/health", opt={"public": True, "rate_limit": False}, operation_id="health", tags=["meta"], include_in_schema=False)
+@get("/health", opt={"public": True, "rate_limit": False}, operation_id="health", tags=["meta"],
+     include_in_schema=False)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 

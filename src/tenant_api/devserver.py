@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from tenant_api.db.policies import PROJECT_ROOT
@@ -26,7 +27,7 @@ DATA_DIR = Path(os.environ.get("TENANT_API_DATA", PROJECT_ROOT / ".data"))
 DEMO_EMAIL = "owner@demo.example"
 
 
-def _secret_file(name: str, make) -> str:  # type: ignore[no-untyped-def]
+def _secret_file(name: str, make: Callable[[], str]) -> str:
     path = DATA_DIR / name
     if path.exists():
         return path.read_text().strip()

@@ -164,7 +164,7 @@ def _not_found(request: Request, exc: NotFoundError) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error (request_id=%s)", ensure_request_id(request.scope), exc_info=exc)
+    log.error("unhandled error (request_id=%s)", ensure_request_id(request.scope), exc_info=exc)
     return problem(request, 500, "internal error; quote the request_id when reporting it")
 
 

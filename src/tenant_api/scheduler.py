@@ -115,7 +115,7 @@ class Scheduler:
                 log.exception("scheduler tick failed; retrying in %.1fs", self.interval)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -137,7 +137,7 @@ async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, eve
             log.exception("audit sealing failed; retrying in %.0fs", every)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

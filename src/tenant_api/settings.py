@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
 def asyncpg_url(url: str) -> str:
@@ -268,31 +269,31 @@ class Settings:
         return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit,
                    rate_limit=rate_limit, observability=observability, retention=retention)
 
-    def with_database(self, **changes: object) -> Settings:
+    def with_database(self, **changes: Any) -> Settings:
         return replace(self, database=replace(self.database, **changes))
 
-    def with_auth(self, **changes: object) -> Settings:
+    def with_auth(self, **changes: Any) -> Settings:
         return replace(self, auth=replace(self.auth, **changes))
 
-    def with_desktops(self, **changes: object) -> Settings:
+    def with_desktops(self, **changes: Any) -> Settings:
         return replace(self, desktops=replace(self.desktops, **changes))
 
-    def with_invites(self, **changes: object) -> Settings:
+    def with_invites(self, **changes: Any) -> Settings:
         return replace(self, invites=replace(self.invites, **changes))
 
-    def with_audit(self, **changes: object) -> Settings:
+    def with_audit(self, **changes: Any) -> Settings:
         return replace(self, audit=replace(self.audit, **changes))
 
-    def with_server(self, **changes: object) -> Settings:
+    def with_server(self, **changes: Any) -> Settings:
         return replace(self, server=replace(self.server, **changes))
 
-    def with_rate_limit(self, **changes: object) -> Settings:
+    def with_rate_limit(self, **changes: Any) -> Settings:
         return replace(self, rate_limit=replace(self.rate_limit, **changes))
 
-    def with_observability(self, **changes: object) -> Settings:
+    def with_observability(self, **changes: Any) -> Settings:
         return replace(self, observability=replace(self.observability, **changes))
 
-    def with_retention(self, **changes: object) -> Settings:
+    def with_retention(self, **changes: Any) -> Settings:
         return replace(self, retention=replace(self.retention, **changes))
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -201,7 +202,7 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
     state = scope.get("state") or {}
     row: dict[str, Any] = {
         "occurred_at": started,
-        "method": scope.get("method", "GET")[:16],
+        "method": str(scope.get("method", "GET"))[:16],
         # the route template (/v1/agents/{item_id}), never the raw path with its ids
         "route": (scope.get("path_template") or "?")[:512],
         "status": status,
@@ -229,7 +230,7 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
 class UsageMiddleware(ASGIMiddleware):
     """Outside the credential check, inside the request id: sees every final status."""
 
-    scopes = ("http",)
+    scopes = (ScopeType.HTTP,)
 
     def __init__(self, recorder: UsageRecorder) -> None:
         self.recorder = recorder
@@ -248,7 +249,7 @@ class UsageMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            await next_app(scope, receive, send_status)  # type: ignore[arg-type]
+            await next_app(scope, receive, send_status)
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise

@@ -84,8 +84,8 @@ PUBLIC = {"public": True}
 PASSWORD_ROUTE = {**PUBLIC, "rate_limit": "auth"}
 
 
-@post("/signup", opt={**PASSWORD_ROUTE, "problems": (409,)}, dependencies={"db": Provide(provide_public_db)}, operation_id="signup",
-      tags=["auth"])
+@post("/signup", opt={**PASSWORD_ROUTE, "problems": (409,)}, dependencies={"db": Provide(provide_public_db)},
+      operation_id="signup", tags=["auth"])
 async def signup(db: AsyncSession, data: SignupIn, request: Request) -> SignupOut:
     email = data.email.strip()
     if not _EMAIL.match(email):
@@ -109,8 +109,8 @@ async def signup(db: AsyncSession, data: SignupIn, request: Request) -> SignupOu
     )
 
 
-@post("/login", opt={**PASSWORD_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)}, operation_id="login",
-      tags=["auth"], status_code=200)
+@post("/login", opt={**PASSWORD_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)},
+      operation_id="login", tags=["auth"], status_code=200)
 async def login(db: AsyncSession, data: LoginIn, state: State, request: Request) -> LoginOut:
     found = (await db.execute(text("select * from auth.login_lookup(:email)"), {"email": data.email.strip()})).first()
     # Same answer, and the same argon2 work, for an unknown email and a wrong password.
@@ -129,8 +129,8 @@ async def login(db: AsyncSession, data: LoginIn, state: State, request: Request)
                            else "not a member of that organization, or not of all those projects")
     token = state.codec.issue(session_id=session.token_id, organization_id=session.organization_id,
                               user_id=found.user_id, expires_at=session.expires_at)
-    return LoginOut(access_token=token, token_type="bearer", expires_in=int(ttl.total_seconds()),
-                    organization_id=session.organization_id)
+    return LoginOut(access_token=token, token_type="bearer",  # noqa: S106 - the OAuth token type, not a secret
+                    expires_in=int(ttl.total_seconds()), organization_id=session.organization_id)
 
 
 @post("/logout", opt={"scope": None}, operation_id="logout", tags=["auth"], status_code=204)

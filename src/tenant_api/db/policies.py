@@ -46,6 +46,7 @@ def exec_script(connection: Connection, sql: str) -> None:
     await_only.
     """
     driver = connection.connection.driver_connection
+    assert driver is not None
     await_only(driver.execute(sql))
 
 

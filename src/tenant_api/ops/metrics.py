@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
@@ -91,7 +92,7 @@ def render() -> tuple[bytes, str]:
     """The exposition of this process, or of every worker in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -139,7 +140,7 @@ class ObservabilityMiddleware(ASGIMiddleware):
     """Outermost after the request id: counts and times every routed request and
     writes its access line. Open SSE streams and robot sockets are gauges."""
 
-    scopes = ("http", "websocket")  # type: ignore[assignment]
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     def __init__(self, engine: Any, access: bool) -> None:
         self.engine = engine
@@ -178,7 +179,7 @@ class ObservabilityMiddleware(ASGIMiddleware):
                 SSE_STREAMS.dec()
             duration = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
-            method = scope.get("method", "GET")
+            method = str(scope.get("method", "GET"))
             HTTP_REQUESTS.labels(method, route, str(status)).inc()
             HTTP_LATENCY.labels(method, route).observe(duration)
             pool_gauges(self.engine)
@@ -236,4 +237,4 @@ async def log_unrouted(message: Message, scope: Scope) -> None:
     app = scope.get("app")
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is None or settings.observability.access_log:
-        log_access(scope, scope.get("method", "GET"), "unmatched", message["status"], None)
+        log_access(scope, str(scope.get("method", "GET")), "unmatched", message["status"], None)

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
@@ -254,7 +255,7 @@ class RateLimitMiddleware(ASGIMiddleware):
     """Before the credential check (a flood of bad credentials is counted too) and after
     the request id (a 429 carries one)."""
 
-    scopes = ("http",)  # type: ignore[assignment]
+    scopes = (ScopeType.HTTP,)
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any
 from uuid import uuid4
 
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,14 +55,14 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     headers = list(message.get("headers") or [])
     if not any(name.lower() == _HEADER_KEY for name, _ in headers):
         headers.append((_HEADER_KEY, ensure_request_id(scope).encode()))
-        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+        message["headers"] = headers
 
 
 class RequestIdMiddleware(ASGIMiddleware):
     """First in the stack: the id exists before the credential check, usage records and
     handlers look for it."""
 
-    scopes = ("http", "websocket")  # type: ignore[assignment]
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         token = REQUEST_ID.set(ensure_request_id(scope))

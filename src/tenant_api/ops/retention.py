@@ -60,7 +60,7 @@ async def purge_round(engine: AsyncEngine, settings: RetentionSettings,
         if days <= 0:
             continue
         cutoff = now - dt.timedelta(days=days)
-        statement = text(f"select {purge.function}(:cutoff, :limit)")  # noqa: S608 - names from PURGES above
+        statement = text(f"select {purge.function}(:cutoff, :limit)")
         total = 0
         for _ in range(MAX_BATCHES):
             async with engine.begin() as conn:

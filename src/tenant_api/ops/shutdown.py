@@ -71,7 +71,7 @@ class Drain:
             task.cancel("server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_seconds
-        while (self.hub.open_streams or self._sockets) and loop.time() < deadline:
+        while (self.hub.open_streams or self._sockets) and loop.time() < deadline:  # noqa: ASYNC110 - two sources
             await asyncio.sleep(0.05)
         if self.hub.open_streams or self._sockets:
             log.warning("drain timed out with %d stream(s) and %d socket(s) open",
@@ -95,12 +95,12 @@ def install_signal_handlers(drain: Drain) -> Callable[[], None]:
     if not all(_is_uvicorn_handler(h) for h in previous.values()):
         return lambda: None
     loop = asyncio.get_running_loop()
-    state = {"task": None}
+    started: list[asyncio.Task[None]] = []
 
     def handle(sig: int, frame: FrameType | None) -> None:
-        uvicorn_handler = previous[signal.Signals(sig)]
-        if state["task"] is not None:  # a second signal: stop waiting
-            uvicorn_handler(sig, frame)  # type: ignore[operator]
+        uvicorn_handler: Any = previous[signal.Signals(sig)]
+        if started:  # a second signal: stop waiting
+            uvicorn_handler(sig, frame)
             return
 
         async def drain_then_stop() -> None:
@@ -109,10 +109,10 @@ def install_signal_handlers(drain: Drain) -> Callable[[], None]:
             except Exception:
                 log.exception("drain failed")
             finally:
-                uvicorn_handler(sig, frame)  # type: ignore[operator]
+                uvicorn_handler(sig, frame)
 
         # A fresh context: the signal may land while a request's (its request id) is current.
-        state["task"] = loop.create_task(drain_then_stop(), context=contextvars.Context())  # type: ignore[assignment]
+        started.append(loop.create_task(drain_then_stop(), context=contextvars.Context()))
 
     for sig in _SIGNALS:
         signal.signal(sig, handle)

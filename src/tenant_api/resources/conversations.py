@@ -346,8 +346,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 end = exc if isinstance(exc, _StreamEnd) else _StreamEnd(503, "stream interrupted; reconnect")
                 if not isinstance(exc, _StreamEnd):
                     log.warning("stream fetch failed (request_id=%s)", request_id, exc_info=exc)
-                yield ServerSentEventMessage(event="error",
-                                             data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
+                yield ServerSentEventMessage(
+                    event="error", data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
                 return
             for row in rows:
                 yield ServerSentEventMessage(id=row.seq, event="message",
@@ -387,7 +387,8 @@ async def stream_conversation(
     # (commits) when this handler returns: the stream then holds no transaction and no
     # pooled connection between its fetches.
     assert ctx.organization_id is not None
-    last_seq = await db.scalar(select(Conversation.last_seq).where(_conversation_is(ctx.organization_id, conversation_id)))
+    last_seq = await db.scalar(
+        select(Conversation.last_seq).where(_conversation_is(ctx.organization_id, conversation_id)))
     if last_seq is None:
         raise not_found("conversation")
     start = last_event_id if last_event_id is not None else after if after is not None else last_seq

@@ -158,7 +158,8 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
             await touch(socket, connection_id)
             last_touch = time.monotonic()
         try:
-            kind = msgspec.json.decode(message.get("text") or message.get("bytes") or b"null").get("type")
+            raw: Any = message.get("text") or message.get("bytes") or b"null"
+            kind = msgspec.json.decode(raw).get("type")
         except (msgspec.DecodeError, AttributeError):
             kind = None
         if kind == "ping":
