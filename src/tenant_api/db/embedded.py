@@ -7,6 +7,7 @@ its data directory only (no TCP port to collide with).
 
 from __future__ import annotations
 
+import atexit
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, parse_qs
@@ -40,6 +41,8 @@ def stop(data_dir: Path) -> bool:
                user=getattr(server, "system_user", None))
     except Exception:  # already stopped (e.g. by the terminal's own Ctrl-C)
         return False
+    # Stopped here: the library's own exit hook would try again and log a failure.
+    atexit.unregister(server._cleanup)  # type: ignore[attr-defined]
     return True
 
 
