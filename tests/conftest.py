@@ -14,7 +14,8 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -81,6 +82,9 @@ def settings(database: Database) -> Settings:
         Settings()
         .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
         .with_auth(jwt_secret="test-secret-" + "k" * 40, auth_rate_per_minute=100_000)
+        # The suite makes thousands of requests per token; tests/test_ratelimit.py
+        # builds apps with small quotas.
+        .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000)
     )
 
 
@@ -185,3 +189,30 @@ async def concurrent_client(settings: Settings) -> AsyncIterator[Any]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
         yield c
     await app.state.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server (Debian's package; .ci/run installs it), on a Unix socket in a
+    temporary directory, no persistence."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="tenant-api-redis-") as tmp:
+        sock = Path(tmp) / "redis.sock"
+        proc = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start (apt-get install redis-server)")
+                time.sleep(0.05)
+            yield f"unix://{sock}"
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -153,6 +153,9 @@ UNDOCUMENTED_ROUTES: dict[str, str] = {
     # (test_websocket_refuses_anonymous_and_other_organizations_vms); tests/test_desktops.py
     # its protocol, refusals and bookkeeping.
     "/v1/desktop-connections/ws": "WebSocket of the robot clients",
+    # Operators' Prometheus scrape, not the API: a METRICS_TOKEN bearer, no tenant data.
+    # tests/test_operations.py covers its refusals and series.
+    "/metrics": "Prometheus metrics",
 }
 
 # GET operations whose response holds no id at all by design, so "returns no id of

@@ -43,6 +43,9 @@ AUTH_API_FUNCTIONS = {
     "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
     "claim_invite_mail", "finish_invite_mail",  # the mailer's queue spans organizations
     "claim_due_schedules", "fire_schedule",  # the scheduler's queue spans organizations
+    "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
+    # retention (the scheduler): delete finished rows older than a cutoff, at least a day old
+    "purge_finished_jobs", "purge_closed_desktop_connections", "purge_sent_invite_mails",
 }
 
 # Tables without organization_id that still must have RLS enabled and forced.

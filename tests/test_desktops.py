@@ -367,7 +367,7 @@ async def test_refused_connections(client, admin_conn, t, other):
     assert e.code == 4400 and "vm_id" in e.detail
     e = await refused(client, ws_url("nope"), t.h)
     assert e.code == 4400
-    r = await client.post(f"/v1/desktop-vms/{vm['id']}/terminate", headers=t.h)
+    await client.post(f"/v1/desktop-vms/{vm['id']}/terminate", headers=t.h)
     e = await refused(client, ws_url(vm["id"]), t.h)
     assert e.code == 4409 and "terminated" in e.detail
 

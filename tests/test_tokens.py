@@ -62,7 +62,7 @@ async def test_unknown_scope_is_422(client, t):
         r = await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": scopes})
         assert_problem(r, 422)
     body = (await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": ["agents:admin"]})).json()
-    assert body["errors"][0]["field"] == "scopes"
+    assert body["errors"][0]["field"] == "scopes[0]"  # the Scope enum names the element
 
 
 # --- expiry, revocation, rotation ------------------------------------------------------
@@ -249,7 +249,7 @@ def forged_credentials(t: Tenant, other: Tenant, secret: str) -> dict[str, str]:
     claims = session_claims(t)
     now = int(dt.datetime.now(dt.UTC).timestamp())
     valid = {**claims, "iat": now, "exp": now + 3600}
-    header, payload, signature = t.session.split(".")
+    header, _payload, signature = t.session.split(".")
     return {
         "wrong checksum": f"Bearer {TOKEN_PREFIX}{body}{wrong_check}",
         "too short": f"Bearer {token[:-1]}",

@@ -13,12 +13,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import *  # noqa: F401,F403  (fixtures)
+from tests.conftest import *  # noqa: F403  (fixtures)
 from tests.conftest import Database
 
 
@@ -71,7 +71,8 @@ pidfile = {tmp}/pgbouncer.pid
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"pgbouncer exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+                    raise RuntimeError(
+                        f"pgbouncer exited: {proc.stderr.read().decode() if proc.stderr else ''}") from None
                 time.sleep(0.05)
         try:
             yield f"postgresql://tenant_api:api-pw@127.0.0.1:{listen}/{database.name}"

@@ -9,7 +9,6 @@ from typing import Any
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
@@ -18,10 +17,15 @@ from tenant_api.audit.controller import audit_router
 from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
-from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db, provide_read
+from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx, provide_db, provide_read
+from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.invites.controller import invite_answers_router
+from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
+from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
+from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
+from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.agents import agent_profile_router
@@ -40,7 +44,13 @@ from tenant_api.settings import Settings
 from tenant_api.tokens.controller import tokens_router
 
 
-@get("/health", opt={"public": True}, operation_id="health", tags=["meta"], include_in_schema=False)
+# The docs pages load these bundles from a CDN: pinned versions, never @latest.
+SCALAR_VERSION = "1.72.1"
+SWAGGER_UI_VERSION = "5.18.2"
+
+
+@get("/health", opt={"public": True, "rate_limit": False}, operation_id="health", tags=["meta"],
+     include_in_schema=False)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -48,7 +58,8 @@ async def health() -> dict[str, str]:
 def routers(settings: Settings) -> list[Router | Any]:
     return [
         health,
-        auth_router(settings.auth.auth_rate_per_minute),
+        metrics_endpoint,
+        auth_router,
         me_router,
         organization_router,
         tokens_router,
@@ -120,35 +131,75 @@ def create_app(settings: Settings) -> Litestar:
         if settings.audit.record_usage:
             recorder.start()
 
+    # Quotas per credential (per address without one), counted before the credential
+    # is checked; the client address is the peer's, or a trusted proxy's X-Forwarded-For.
+    limiter = RateLimiter(settings.rate_limit, settings.auth.auth_rate_per_minute, engine)
+    rate_limit_middleware = [RateLimitMiddleware(limiter)] if settings.rate_limit.enabled else []
+    proxy_middleware = [_trusted_proxies(settings.server.trusted_proxies)] if settings.server.trusted_proxies else []
+
+    # Graceful shutdown (ops/shutdown.py): under uvicorn the app takes SIGTERM first and
+    # ends its streams and sockets before uvicorn's own shutdown.
+    drain = Drain(hub, drain_seconds=min(5.0, settings.server.shutdown_seconds / 2))
+    restore_signals: list[Any] = []
+
+    async def take_signals() -> None:
+        restore_signals.append(install_signal_handlers(drain))
+
     async def dispose() -> None:
+        for restore in restore_signals:
+            restore()
+        await close_limiter(limiter)
         await hub.close()
         for task in mailer_tasks:
             task.cancel()
         await asyncio.gather(*mailer_tasks, return_exceptions=True)
         await engine.dispose()
 
+    openapi_config = _openapi_config()
     app = Litestar(
         route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
-        middleware=[RequestIdMiddleware(), *usage_middleware, CredentialMiddleware(codec)],
+        middleware=[*proxy_middleware, RequestIdMiddleware(),
+                    ObservabilityMiddleware(engine, access=settings.observability.access_log),
+                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
-                     "usage": recorder}),
-        on_startup=[load_unique_keys, start_mailer, start_recorder],
+                     "usage": recorder, "rate_limiter": limiter, "drain": drain}),
+        on_startup=[load_unique_keys, start_mailer, start_recorder, take_signals],
         lifespan=[desktop_reaper],
         on_shutdown=[recorder.aclose, dispose],
-        openapi_config=OpenAPIConfig(
-            title="tenant-api",
-            version="1",
-            description="Multi-tenant API of an AI-agent platform. Authenticate with "
-            "`Authorization: Bearer <API token or session JWT>`.",
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
-            security=[{"bearer": []}],
-        ),
+        before_send=[add_request_id_header, log_unrouted],
+        openapi_config=openapi_config,
         debug=False,
     )
+    openapi_config.bind(app)
     _check_route_security(app)
     return app
+
+
+def _trusted_proxies(trusted: tuple[str, ...]) -> Any:
+    """uvicorn's X-Forwarded-For handling as app middleware, so one setting governs it
+    whatever server or worker count runs the app (uvicorn's own is switched off)."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    def wrap(app: Any) -> Any:
+        return ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))
+
+    return wrap
+
+
+def _openapi_config() -> ContractOpenAPIConfig:
+    return ContractOpenAPIConfig(
+        title="tenant-api",
+        version="1",
+        description="Multi-tenant API of an AI-agent platform. Authenticate with "
+        "`Authorization: Bearer <API token or session JWT>`. Every error is an RFC 9457 problem "
+        "(`application/problem+json`) whose `type` names its kind (docs/errors.md); every response "
+        "carries `X-Request-ID` and, where a quota applies, `RateLimit-Policy` and `RateLimit`.",
+        path="/docs",
+        render_plugins=[ScalarRenderPlugin(version=SCALAR_VERSION),
+                        SwaggerRenderPlugin(version=SWAGGER_UI_VERSION, path="/swagger")],
+        components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+        security=[{"bearer": []}],
+    )

@@ -6,9 +6,12 @@
   tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL)
   tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
   tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
-  tenant-api scheduler         turn due job schedules into jobs (DATABASE_URL; run one or more)
+  tenant-api scheduler         turn due job schedules into jobs, seal the audit trail, purge
+                               what retention allows (DATABASE_URL; run one or more)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
+  tenant-api rate-limit ORG --requests N --window S | --clear
+                               an organization's quota per credential (OWNER_DATABASE_URL)
   tenant-api audit seal        seal every final, unsealed audit event (DATABASE_URL or
                                OWNER_DATABASE_URL); the scheduler runs the same
   tenant-api audit purge --older-than 365d
@@ -23,15 +26,42 @@ import asyncio
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import uuid
 
 from tenant_api.settings import Settings
 
 
-# Live streams (SSE) never finish by themselves: without a bound, a graceful shutdown
-# would wait for every open stream. Clients reconnect with Last-Event-ID.
-GRACEFUL_SHUTDOWN_SECONDS = 10
+def _uvicorn_options(settings: Settings) -> dict[str, object]:
+    from tenant_api.ops.logs import logging_config
+
+    return {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        # Our access line (ops/metrics.py) replaces uvicorn's, which prints raw paths.
+        "access_log": False,
+        "log_config": logging_config(settings.observability),
+        # Forwarded headers are the app's business (TRUSTED_PROXIES), whatever the
+        # worker count: uvicorn's own handling stays off.
+        "proxy_headers": False,
+        # In-flight requests' bound; streams and sockets are drained before it starts
+        # (ops/shutdown.py).
+        "timeout_graceful_shutdown": settings.server.shutdown_seconds,
+    }
+
+
+def _metrics_port(settings: Settings) -> None:
+    """METRICS_PORT: the metrics on a port of their own, unauthenticated (bind it where
+    only the scraper reaches). With several workers, the supervisor serves the sum."""
+    if settings.observability.metrics_port:
+        from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+
+        registry = REGISTRY
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        start_http_server(settings.observability.metrics_port, addr=settings.server.host, registry=registry)
 
 
 def _serve(settings: Settings) -> None:
@@ -39,34 +69,44 @@ def _serve(settings: Settings) -> None:
 
     from tenant_api.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
-                log_level="info", access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    _metrics_port(settings)
+    # uvicorn raises the signal that stopped it again once it is done: a SIGTERM then
+    # ends the process with status 0 rather than "killed".
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(create_app(settings), **_uvicorn_options(settings))  # type: ignore[arg-type]
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     if settings.server.workers > 1:
+        import tempfile
+
         import uvicorn
 
+        # Workers count into one directory so any of them answers /metrics for all
+        # (prometheus-client's multiprocess mode; set before any worker imports it).
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tenant-api-metrics-"))
+        if not settings.rate_limit.redis_url:
+            print("tenant-api: WORKERS>1 without REDIS_URL: each worker counts rate limits on its own",
+                  file=sys.stderr)
+        _metrics_port(settings)
         # Each worker builds its own app (and pool) from the environment.
-        uvicorn.run("tenant_api.asgi:create", host=settings.server.host, port=settings.server.port,
-                    workers=settings.server.workers, factory=True, log_level="info", access_log=False,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+        uvicorn.run("tenant_api.asgi:create", workers=settings.server.workers, factory=True,
+                    **_uvicorn_options(settings))  # type: ignore[arg-type]
     else:
         _serve(settings)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> None:
-    import logging
-
     from tenant_api import scheduler
+    from tenant_api.ops.logs import configure
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    configure(settings.observability)
     if not settings.database.url:
         sys.exit("DATABASE_URL (the API role) is required")
-    scheduler.main(settings.database, interval=args.interval, batch=args.batch)
+    _metrics_port(settings)
+    scheduler.main(settings.database, interval=args.interval, batch=args.batch, retention=settings.retention)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -148,6 +188,29 @@ def cmd_audit_purge(args: argparse.Namespace) -> None:
     print(json.dumps({"before": before.isoformat(), "purged": out}, indent=2))
 
 
+def cmd_rate_limit(args: argparse.Namespace) -> None:
+    """Set or clear an organization's quota per credential (as the owner)."""
+    import asyncpg
+
+    settings = Settings.from_env()
+    if not settings.database.owner_url:
+        sys.exit("OWNER_DATABASE_URL is required: only operators set rate limits")
+    requests, window = (None, None) if args.clear else (args.requests, args.window)
+    if not args.clear and (requests is None or window is None):
+        sys.exit("give --requests and --window, or --clear")
+
+    async def run() -> bool:
+        conn = await asyncpg.connect(settings.database.owner_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return bool(await conn.fetchval("select auth.set_rate_limit($1, $2, $3)", args.org, requests, window))
+        finally:
+            await conn.close()
+
+    if not asyncio.run(run()):
+        sys.exit(f"no organization {args.org}")
+    print(json.dumps({"organization_id": str(args.org), "requests": requests, "window_seconds": window}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tenant-api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--password", required=True)
     p.set_defaults(fn=cmd_create_user)
     sub.add_parser("openapi").set_defaults(fn=cmd_openapi)
+    p = sub.add_parser("rate-limit", help="an organization's quota per credential (OWNER_DATABASE_URL)")
+    p.add_argument("org", type=uuid.UUID)
+    p.add_argument("--requests", type=int, help="requests per window (1..1000000)")
+    p.add_argument("--window", type=int, help="window in seconds (1..86400)")
+    p.add_argument("--clear", action="store_true", help="back to the default (RATE_LIMIT_REQUESTS)")
+    p.set_defaults(fn=cmd_rate_limit)
     audit = sub.add_parser("audit").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("seal")
     p.add_argument("--org", type=uuid.UUID, default=None, help="one organization (default: all)")

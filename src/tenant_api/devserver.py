@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from tenant_api.db.policies import PROJECT_ROOT
@@ -26,7 +27,7 @@ DATA_DIR = Path(os.environ.get("TENANT_API_DATA", PROJECT_ROOT / ".data"))
 DEMO_EMAIL = "owner@demo.example"
 
 
-def _secret_file(name: str, make) -> str:  # type: ignore[no-untyped-def]
+def _secret_file(name: str, make: Callable[[], str]) -> str:
     path = DATA_DIR / name
     if path.exists():
         return path.read_text().strip()
@@ -93,13 +94,20 @@ async def demo_token(settings: Settings, password: str) -> dict:
 
 def run_dev() -> None:
     import logging
+    import signal
+    import sys
 
     from tenant_api.cli import _serve
+    from tenant_api.ops.logs import configure
 
+    # A developer's terminal: classic log lines unless LOG_FORMAT says otherwise.
+    dev_env = {"LOG_FORMAT": "text", **os.environ}
+    configure(Settings.from_env(dev_env).observability)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s:     %(name)s: %(message)s")
-    logging.getLogger("tenant_api").setLevel(logging.INFO)
     settings = prepare_database()
+    settings = settings.with_observability(log_format=dev_env["LOG_FORMAT"],
+                                           metrics_token=settings.observability.metrics_token
+                                           or _secret_file("metrics_token", lambda: secrets.token_urlsafe(24)))
     if not settings.invites.smtp_url:
         # No mail server on a developer's machine: invite mails, accept link and secret
         # included, go to this terminal (tenant_api.invites.mailer). Never in `serve`.
@@ -116,9 +124,12 @@ def run_dev() -> None:
                 f"  login:     {DEMO_EMAIL} / {password}",
                 f"  API token: {token['token']}   (all owner scopes, expires {token['expires_at']})",
                 f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
+                f"  metrics:   curl -H 'Authorization: Bearer {settings.observability.metrics_token}' "
+                f"http://{host}:{port}/metrics",
                 "  invites:   " + ("sent through SMTP_URL" if settings.invites.smtp_url
                                     else "mails (with their accept links) are printed here; set SMTP_URL to send"),
                 "  scheduler: running in the background (tenant-api scheduler in production)",
+                "  stop:      Ctrl-C (stops the embedded PostgreSQL too; its data stays in .data/)",
                 "",
             ]
         ),
@@ -126,11 +137,25 @@ def run_dev() -> None:
     )
     from tenant_api.scheduler import start_in_thread
 
-    _, stop_scheduler = start_in_thread(settings.database)
+    _, stop_scheduler = start_in_thread(settings.database, retention=settings.retention)
     try:
         _serve(settings)
+    except KeyboardInterrupt:
+        pass
     finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_scheduler()
+        _stop_embedded()
+    sys.exit(0)
+
+
+def _stop_embedded() -> None:
+    from tenant_api.db import embedded
+
+    if embedded.stop(DATA_DIR / "pg"):
+        print(f"PostgreSQL stopped; its data stays in {DATA_DIR} for the next `make run` "
+              f"(to start afresh: rm -rf {DATA_DIR}).", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,22 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import DBAPIError
 
+from tenant_api.ops.request_id import ensure_request_id
+from tenant_api.problems import kind_for
+
 log = logging.getLogger("tenant_api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class ProblemError(HTTPException):
-    """An HTTP error with a specific problem type and extra members."""
+    """An HTTP error with a specific problem type (tenant_api.problems; default: the
+    status's) and extra members."""
 
-    def __init__(self, status_code: int, detail: str, *, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(status_code=status_code, detail=detail, extra=extra)
+    def __init__(self, status_code: int, detail: str, *, extra: dict[str, Any] | None = None,
+                 kind: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, extra=extra, headers=headers)
+        self.kind = kind
 
 
 def not_found(what: str) -> ProblemError:
@@ -48,17 +54,17 @@ def invalid(field: str, message: str) -> ProblemError:
 
 
 def problem(request: Request, status: int, detail: str, extra: dict[str, Any] | None = None,
-            headers: dict[str, str] | None = None) -> Response:
+            headers: dict[str, str] | None = None, kind: str | None = None) -> Response:
+    found = kind_for(status, extra, kind)
     body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "type": found.type,
+        "title": found.title if found.status == status else HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         "instance": request.url.path,
     }
-    request_id = request.scope.get("state", {}).get("request_id")
-    if request_id:
-        body["request_id"] = request_id
+    # Routing errors (404/405) never pass our middleware: the id is made here then.
+    body["request_id"] = ensure_request_id(request.scope)
     if extra:
         body.update({k: v for k, v in extra.items() if k not in body})
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
@@ -70,7 +76,7 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="tenant-api"'}
     detail = exc.detail if exc.detail else HTTPStatus(exc.status_code).phrase
-    return problem(request, exc.status_code, detail, extra, headers)
+    return problem(request, exc.status_code, detail, extra, headers, getattr(exc, "kind", None))
 
 
 def _validation(request: Request, exc: ValidationException) -> Response:
@@ -158,8 +164,7 @@ def _not_found(request: Request, exc: NotFoundError) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = request.scope.get("state", {}).get("request_id")
-    log.exception("unhandled error (request_id=%s)", request_id, exc_info=exc)
+    log.error("unhandled error (request_id=%s)", ensure_request_id(request.scope), exc_info=exc)
     return problem(request, 500, "internal error; quote the request_id when reporting it")
 
 

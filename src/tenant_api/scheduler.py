@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.cron import CronError, next_run
 from tenant_api.db.engine import create_api_engine
-from tenant_api.settings import DatabaseSettings
+from tenant_api.ops.metrics import SCHEDULER_ERRORS, SCHEDULER_FIRES, SCHEDULER_LATENESS
+from tenant_api.ops.retention import purge_periodically
+from tenant_api.settings import DatabaseSettings, RetentionSettings
 
 log = logging.getLogger("tenant_api.scheduler")
 
@@ -84,6 +86,7 @@ class Scheduler:
                             job = (await conn.execute(FIRE, params)).scalar()
                     except DBAPIError as exc:
                         self.errors.append(exc)
+                        SCHEDULER_ERRORS.inc()
                         log.exception("schedule %s: firing failed; retried at the next tick", row.schedule_id)
                         continue
                 else:
@@ -93,7 +96,9 @@ class Scheduler:
                     fired.append((row, job, upcoming))
         # committed: only now are these jobs real
         self.fired += len(fired)
+        SCHEDULER_FIRES.inc(len(fired))
         for row, job, upcoming in fired:
+            SCHEDULER_LATENESS.observe(max((row.db_now - row.due_at).total_seconds(), 0.0))
             log.info("schedule %s due %s: job %s; next run %s", row.schedule_id, row.due_at.isoformat(), job,
                      upcoming.isoformat() if upcoming else "none")
         return handled
@@ -106,10 +111,11 @@ class Scheduler:
                     pass
             except Exception as exc:  # the database restarting, a network blip: try again
                 self.errors.append(exc)
+                SCHEDULER_ERRORS.inc()
                 log.exception("scheduler tick failed; retrying in %.1fs", self.interval)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -131,29 +137,35 @@ async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, eve
             log.exception("audit sealing failed; retrying in %.0fs", every)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
 async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 100,
-                stop: asyncio.Event | None = None, seal_every: float = 60.0) -> None:
-    """Run a scheduler (and the audit sealer) until ``stop`` is set (or SIGINT/SIGTERM,
-    when run as a process)."""
+                stop: asyncio.Event | None = None, seal_every: float = 60.0,
+                retention: RetentionSettings | None = None) -> None:
+    """Run a scheduler (and the audit sealer, and retention) until ``stop`` is set (or
+    SIGINT/SIGTERM, when run as a process)."""
     engine = scheduler_engine(database)
     stop = stop or asyncio.Event()
-    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs)",
-             interval, batch, seal_every)
+    retention = retention or RetentionSettings()
+    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs; retention every %.0fs)",
+             interval, batch, seal_every, retention.interval_seconds)
+    # Retention has its own connection: a purge batch never delays a tick.
+    retention_engine = scheduler_engine(database)
     try:
         await asyncio.gather(
             Scheduler(engine, batch=batch, interval=interval).run(stop),
             seal_periodically(database, stop, seal_every),
+            purge_periodically(retention_engine, retention, stop),
         )
     finally:
         await engine.dispose()
+        await retention_engine.dispose()
         log.info("scheduler stopped")
 
 
-def main(database: DatabaseSettings, interval: float, batch: int) -> None:
+def main(database: DatabaseSettings, interval: float, batch: int, retention: RetentionSettings | None = None) -> None:
     """The ``tenant-api scheduler`` process. SIGINT/SIGTERM: it finishes the transaction
     in progress and exits. (A kill -9 mid-transaction is rolled back by PostgreSQL and
     the same runs are made by the next tick of any scheduler.)"""
@@ -164,12 +176,13 @@ def main(database: DatabaseSettings, interval: float, batch: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(database, interval, batch, stop)
+        await serve(database, interval, batch, stop, retention=retention)
 
     asyncio.run(_run())
 
 
-def start_in_thread(database: DatabaseSettings, interval: float = 1.0) -> tuple[threading.Thread, Callable[[], None]]:
+def start_in_thread(database: DatabaseSettings, interval: float = 1.0,
+                    retention: RetentionSettings | None = None) -> tuple[threading.Thread, Callable[[], None]]:
     """For ``tenant-api dev``: a scheduler in a daemon thread with its own event loop.
     Returns the thread and a function that stops it."""
     loop = asyncio.new_event_loop()
@@ -177,7 +190,7 @@ def start_in_thread(database: DatabaseSettings, interval: float = 1.0) -> tuple[
 
     def target() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(serve(database, interval, stop=stop))
+        loop.run_until_complete(serve(database, interval, stop=stop, retention=retention))
         loop.close()
 
     thread = threading.Thread(target=target, name="tenant-api-scheduler", daemon=True)

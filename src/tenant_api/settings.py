@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
 def asyncpg_url(url: str) -> str:
@@ -49,7 +50,7 @@ class AuthSettings:
     token_default_ttl_days: int = 90
     token_max_ttl_days: int = 365
     auth_rate_per_minute: int = 30
-    """Signup/login attempts per client IP per minute (Litestar's rate limiting)."""
+    """Signup/login attempts per client address per minute (tenant_api.ops.ratelimit)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,68 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     debug: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of the proxies whose X-Forwarded-For/-Proto are
+    believed (TRUSTED_PROXIES, comma-separated; "*" trusts any peer). Empty: the client
+    address is the connection's peer. The same for any number of workers."""
+    shutdown_seconds: float = 10.0
+    """A graceful shutdown's bound: streams and sockets are ended first (final event,
+    close 1001), then in-flight requests get the rest of it. SHUTDOWN_TIMEOUT_SECONDS."""
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """Per-credential quotas on every route (tenant_api.ops.ratelimit)."""
+
+    enabled: bool = True
+    """RATE_LIMIT_ENABLED=0 turns limiting off (benchmarks)."""
+    requests: int = 600
+    window_seconds: int = 60
+    """The default quota of a credential: RATE_LIMIT_REQUESTS per RATE_LIMIT_WINDOW_SECONDS.
+    An organization may have its own (tenant-api rate-limit set)."""
+    anonymous_per_minute: int = 120
+    """Requests without a credential, per client address (docs, ...). Signup and login
+    have AUTH_RATE_PER_MINUTE. RATE_LIMIT_ANONYMOUS_PER_MINUTE."""
+    redis_url: str = ""
+    """REDIS_URL: counts shared by every worker and instance. Unset: in this process's
+    memory (one worker; with WORKERS>1 each worker counts on its own)."""
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Metrics and logs (tenant_api.ops.metrics, tenant_api.ops.logs)."""
+
+    metrics_token: str = ""
+    """METRICS_TOKEN: GET /metrics requires `Authorization: Bearer <it>`; unset, /metrics
+    answers 404 on the API's port."""
+    metrics_port: int = 0
+    """METRICS_PORT: also serve the metrics, unauthenticated, on this port (bind it to a
+    private interface); the scheduler process serves its own there. 0: no such port."""
+    log_format: str = "json"
+    """LOG_FORMAT: json (one object per line) or text."""
+    log_level: str = "INFO"
+    access_log: bool = True
+    """ACCESS_LOG=0: no access line per request."""
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long finished things are kept; the scheduler process purges the rest in
+    bounded batches (tenant_api.ops.retention). 0 days keeps them forever."""
+
+    jobs_days: int = 90
+    """Finished jobs (succeeded, failed, cancelled) and their logs. RETENTION_JOBS_DAYS."""
+    desktop_connections_days: int = 30
+    """Closed robot connections. RETENTION_DESKTOP_CONNECTIONS_DAYS."""
+    invite_mails_days: int = 30
+    """Delivered invite mails (the invite itself stays). RETENTION_INVITE_MAILS_DAYS."""
+    security_events_days: int = 90
+    """Unattributed security events (unknown or malformed credentials).
+    RETENTION_SECURITY_EVENTS_DAYS."""
+    batch_size: int = 500
+    """Rows per purge transaction. RETENTION_BATCH_SIZE."""
+    interval_seconds: float = 600.0
+    """How often the scheduler purges. RETENTION_INTERVAL_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +203,9 @@ class Settings:
     desktops: DesktopSettings = field(default_factory=DesktopSettings)
     invites: InviteSettings = field(default_factory=InviteSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -162,6 +228,8 @@ class Settings:
             port=int(env.get("PORT", "8000")),
             workers=int(env.get("WORKERS", "1")),
             debug=env.get("DEBUG", "") in {"1", "true"},
+            trusted_proxies=tuple(p.strip() for p in env.get("TRUSTED_PROXIES", "").split(",") if p.strip()),
+            shutdown_seconds=float(env.get("SHUTDOWN_TIMEOUT_SECONDS", "10")),
         )
         desktops = DesktopSettings(instance_id=env.get("DESKTOP_INSTANCE_ID", ""))
         invites = InviteSettings(
@@ -176,19 +244,61 @@ class Settings:
             usage_batch_size=int(env.get("AUDIT_USAGE_BATCH_SIZE", "500")),
             retention_days=int(env.get("AUDIT_RETENTION_DAYS", "365")),
         )
-        return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit)
+        rate_limit = RateLimitSettings(
+            enabled=_flag(env, "RATE_LIMIT_ENABLED", True),
+            requests=int(env.get("RATE_LIMIT_REQUESTS", "600")),
+            window_seconds=int(env.get("RATE_LIMIT_WINDOW_SECONDS", "60")),
+            anonymous_per_minute=int(env.get("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "120")),
+            redis_url=env.get("REDIS_URL", ""),
+        )
+        observability = ObservabilitySettings(
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            metrics_port=int(env.get("METRICS_PORT", "0")),
+            log_format=env.get("LOG_FORMAT", "json"),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            access_log=_flag(env, "ACCESS_LOG", True),
+        )
+        retention = RetentionSettings(
+            jobs_days=int(env.get("RETENTION_JOBS_DAYS", "90")),
+            desktop_connections_days=int(env.get("RETENTION_DESKTOP_CONNECTIONS_DAYS", "30")),
+            invite_mails_days=int(env.get("RETENTION_INVITE_MAILS_DAYS", "30")),
+            security_events_days=int(env.get("RETENTION_SECURITY_EVENTS_DAYS", "90")),
+            batch_size=int(env.get("RETENTION_BATCH_SIZE", "500")),
+            interval_seconds=float(env.get("RETENTION_INTERVAL_SECONDS", "600")),
+        )
+        return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit,
+                   rate_limit=rate_limit, observability=observability, retention=retention)
 
-    def with_database(self, **changes: object) -> Settings:
+    def with_database(self, **changes: Any) -> Settings:
         return replace(self, database=replace(self.database, **changes))
 
-    def with_auth(self, **changes: object) -> Settings:
+    def with_auth(self, **changes: Any) -> Settings:
         return replace(self, auth=replace(self.auth, **changes))
 
-    def with_desktops(self, **changes: object) -> Settings:
+    def with_desktops(self, **changes: Any) -> Settings:
         return replace(self, desktops=replace(self.desktops, **changes))
 
-    def with_invites(self, **changes: object) -> Settings:
+    def with_invites(self, **changes: Any) -> Settings:
         return replace(self, invites=replace(self.invites, **changes))
 
-    def with_audit(self, **changes: object) -> Settings:
+    def with_audit(self, **changes: Any) -> Settings:
         return replace(self, audit=replace(self.audit, **changes))
+
+    def with_server(self, **changes: Any) -> Settings:
+        return replace(self, server=replace(self.server, **changes))
+
+    def with_rate_limit(self, **changes: Any) -> Settings:
+        return replace(self, rate_limit=replace(self.rate_limit, **changes))
+
+    def with_observability(self, **changes: Any) -> Settings:
+        return replace(self, observability=replace(self.observability, **changes))
+
+    def with_retention(self, **changes: Any) -> Settings:
+        return replace(self, retention=replace(self.retention, **changes))
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}

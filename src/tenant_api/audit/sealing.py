@@ -211,7 +211,7 @@ async def verify(db: AsyncSession, org: UUID, since: dt.datetime | None = None,
             report.add(Problem("seal_altered", None, s.seq, "the seal's hashes do not match its digest"))
         rows = (await db.execute(_EVENTS_BETWEEN, {"org": org, "lo_txid": block_lo[0], "lo_id": block_lo[1],
                                                    "hi_txid": lo[0], "hi_id": lo[1]})).all()
-        _compare(report, s.seq, list(zip(ids, hashes)), [(r.id, bytes(r.h)) for r in rows])
+        _compare(report, s.seq, list(zip(ids, hashes, strict=False)), [(r.id, bytes(r.h)) for r in rows])
         report.verified_blocks += 1
         report.verified_events += len(rows)
 

@@ -31,10 +31,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from tenant_api.auth.request import is_public
+from tenant_api.ops.metrics import USAGE_DROPPED, USAGE_WRITTEN
 from tenant_api.settings import DatabaseSettings
 
 log = logging.getLogger("tenant_api.usage")
@@ -71,6 +73,7 @@ class UsageRecorder:
             self.start()
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
+            USAGE_DROPPED.inc()
             return
         self._pending.append(row)
         self._accepted += 1
@@ -138,6 +141,7 @@ class UsageRecorder:
                 await self._disconnect()
                 if failures >= 3:  # a batch the database keeps refusing: give it up
                     self.dropped += n
+                    USAGE_DROPPED.inc(n)
                     self._settle(n)
                     failures = 0
                     continue
@@ -148,6 +152,7 @@ class UsageRecorder:
                 continue
             self.flushes += 1
             self.written += n
+            USAGE_WRITTEN.inc(n)
             self.flush_seconds_total += time.perf_counter() - started
             self._settle(n)
 
@@ -197,7 +202,7 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
     state = scope.get("state") or {}
     row: dict[str, Any] = {
         "occurred_at": started,
-        "method": scope.get("method", "GET")[:16],
+        "method": str(scope.get("method", "GET"))[:16],
         # the route template (/v1/agents/{item_id}), never the raw path with its ids
         "route": (scope.get("path_template") or "?")[:512],
         "status": status,
@@ -225,7 +230,7 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
 class UsageMiddleware(ASGIMiddleware):
     """Outside the credential check, inside the request id: sees every final status."""
 
-    scopes = ("http",)
+    scopes = (ScopeType.HTTP,)
 
     def __init__(self, recorder: UsageRecorder) -> None:
         self.recorder = recorder
@@ -244,7 +249,7 @@ class UsageMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            await next_app(scope, receive, send_status)  # type: ignore[arg-type]
+            await next_app(scope, receive, send_status)
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise

@@ -23,7 +23,7 @@ import jwt
 
 from tenant_api.db.context import Credential
 
-TOKEN_PREFIX = "tapi_"
+TOKEN_PREFIX = "tapi_"  # noqa: S105 - the public prefix, not a secret
 _ALPHABET = string.digits + string.ascii_letters
 _BODY_LEN = 32
 _CHECK_LEN = 6

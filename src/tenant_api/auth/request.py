@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, WebSocketException
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,25 +45,7 @@ _REFUSED = {
 }
 
 
-class RequestIdMiddleware(ASGIMiddleware):
-    """Every request gets an id: in the response header, problem bodies, logs and audit rows."""
-
-    scopes = ("http", "websocket")
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request_id = uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: dict) -> None:  # type: ignore[type-arg]
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)  # type: ignore[arg-type]
-
-        await next_app(scope, receive, send_with_id)  # type: ignore[arg-type]
-
-
-def _route_opt(scope: Scope) -> dict:  # type: ignore[type-arg]
+def _route_opt(scope: Scope) -> dict[str, Any]:
     handler = scope.get("route_handler")
     return getattr(handler, "opt", {}) or {}
 
@@ -78,7 +60,7 @@ def is_public(handler: object) -> bool:
 
 
 class CredentialMiddleware(ASGIMiddleware):
-    scopes = ("http", "websocket")
+    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
     def __init__(self, codec: SessionCodec) -> None:
         self.codec = codec

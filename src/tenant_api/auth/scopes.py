@@ -7,6 +7,8 @@ asserts the two agree.
 
 from __future__ import annotations
 
+import enum
+
 AREAS = (
     "org", "members", "agents", "tasks", "conversations", "desktops",
     "calls", "services", "notifications", "billing", "tokens",
@@ -20,7 +22,7 @@ _ALL_WRITE = [f"{area}:write" for area in AREAS]
 _WORK = ["agents", "tasks", "conversations", "desktops", "calls", "services", "notifications"]
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
-    "owner": frozenset(_ALL_WRITE + ["audit:read"]),
+    "owner": frozenset([*_ALL_WRITE, "audit:read"]),
     "admin": frozenset([s for s in _ALL_WRITE if s != "billing:write"] + ["billing:read", "audit:read"]),
     "member": frozenset(
         ["org:read", "members:read", "billing:read", "tokens:write"] + [f"{a}:write" for a in _WORK]
@@ -49,3 +51,9 @@ def expand(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
 
 def unknown(scopes: list[str]) -> list[str]:
     return [s for s in scopes if s not in SCOPES]
+
+
+# The scopes as a named enumeration, for the API's schemas (the OpenAPI component
+# "Scope"). Compare and store scope strings: Scope members are str subclasses, convert
+# with str() before hashing them together with plain strings.
+Scope = enum.StrEnum("Scope", {s.replace(":", "_").upper(): s for s in sorted(SCOPES)})  # type: ignore[misc]

@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 _PRINCIPAL_COLUMNS = "status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix, expires_at"
 BEGIN_REQUEST = text(
-    f"select {_PRINCIPAL_COLUMNS} from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"
+    f"select {_PRINCIPAL_COLUMNS} from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"  # noqa: S608
 )
 # The same call for a raw asyncpg connection (the read path, auth.request.provide_read).
-BEGIN_REQUEST_SQL = f"select {_PRINCIPAL_COLUMNS} from auth.begin_request($1, $2, $3, $4)"
+BEGIN_REQUEST_SQL = f"select {_PRINCIPAL_COLUMNS} from auth.begin_request($1, $2, $3, $4)"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from tenant_api.db.policies import PROJECT_ROOT
+from tenant_api.db.policies import MIGRATIONS_DIR
 
 
 def alembic_config(owner_url: str) -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    # No alembic.ini: an installed wheel has none, and env.py takes nothing from it.
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["owner_url"] = owner_url
     return config
 

@@ -9,7 +9,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_only
 
 PROJECT_ROOT = Path(os.environ.get("TENANT_API_ROOT", Path(__file__).resolve().parents[3]))
-POLICIES_DIR = PROJECT_ROOT / "policies"
+"""The source checkout (make run keeps .data/ there). An installed wheel has none."""
+
+
+def packaged_dir(name: str) -> Path:
+    """migrations/ or policies/: the copy inside an installed wheel (pyproject.toml's
+    force-include), else the source checkout's (editable installs, tests)."""
+    inside = Path(__file__).resolve().parents[1] / name
+    if inside.is_dir() and "TENANT_API_ROOT" not in os.environ:
+        return inside
+    return PROJECT_ROOT / name
+
+
+POLICIES_DIR = packaged_dir("policies")
+MIGRATIONS_DIR = packaged_dir("migrations")
 
 # Shared pieces first, in dependency order; then one file per table, alphabetically.
 # roles.sql is cluster-level bootstrap (superuser) and is not applied here.
@@ -33,6 +46,7 @@ def exec_script(connection: Connection, sql: str) -> None:
     await_only.
     """
     driver = connection.connection.driver_connection
+    assert driver is not None
     await_only(driver.execute(sql))
 
 

@@ -268,7 +268,8 @@ async def _answer(db: AsyncSession, ctx: Principal, token: str, decline: bool) -
     return row
 
 
-@post("/accept", opt={"scope": None}, operation_id="accept_invite", tags=["members"], status_code=201,
+@post("/accept", opt={"scope": None, "problems": (404, 410)}, operation_id="accept_invite", tags=["members"],
+      status_code=201,
       summary="Accept an invite addressed to your email: become a member of its project")
 async def accept_invite(db: AsyncSession, ctx: Principal, data: InviteAnswer) -> MembershipOut:
     row = await _answer(db, ctx, data.invite_token, decline=False)
@@ -276,7 +277,8 @@ async def accept_invite(db: AsyncSession, ctx: Principal, data: InviteAnswer) ->
                          membership_id=row.membership_id, role=row.role)
 
 
-@post("/decline", opt={"scope": None}, operation_id="decline_invite", tags=["members"], status_code=204,
+@post("/decline", opt={"scope": None, "problems": (404, 410)}, operation_id="decline_invite", tags=["members"],
+      status_code=204,
       summary="Decline an invite addressed to your email")
 async def decline_invite(db: AsyncSession, ctx: Principal, data: InviteAnswer) -> None:
     await _answer(db, ctx, data.invite_token, decline=True)

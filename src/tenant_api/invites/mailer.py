@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from tenant_api.auth.credentials import token_hash
 from tenant_api.invites import tokens
 from tenant_api.invites.controller import LINK_LINE
+from tenant_api.ops.metrics import MAILS
 from tenant_api.settings import InviteSettings
 
 log = logging.getLogger("tenant_api.mailer")
@@ -109,6 +110,7 @@ class Mailer:
                     log.warning("invite mail %s to %s failed (attempt %d): %s; %s", row.id, row.recipient,
                                 row.attempts, error,
                                 f"retry in {retry_in:.0f} s" if retry_in is not None else "giving up")
+                MAILS.labels("sent" if error is None else "retry" if retry_in is not None else "failed").inc()
                 async with session.begin():
                     await session.execute(
                         text("select auth.finish_invite_mail(:org, :id, :error, :retry_in)"),

@@ -92,7 +92,7 @@ async def visible_agent(db: AsyncSession, ctx: Principal, agent_id: UUID) -> Age
 
 async def write_profile(db: AsyncSession, agent: Agent, fields: dict[str, Any]) -> AgentProfile:
     """Create or replace the agent's profile in one statement (no race between two PUTs)."""
-    stmt = pg_insert(AgentProfile).values(
+    stmt: Any = pg_insert(AgentProfile).values(
         organization_id=agent.organization_id, project_id=agent.project_id, agent_id=agent.id, **fields
     )
     stmt = stmt.on_conflict_do_update(
@@ -107,7 +107,8 @@ async def get_profile(db: AsyncSession, ctx: Principal, agent_id: UUID) -> Profi
     """404 "agent profile not found" while the agent has none (no invented defaults)."""
     agent = await visible_agent(db, ctx, agent_id)
     row = await db.scalar(
-        select(AgentProfile).where(AgentProfile.organization_id == agent.organization_id, AgentProfile.agent_id == agent.id)
+        select(AgentProfile).where(AgentProfile.organization_id == agent.organization_id,
+                                   AgentProfile.agent_id == agent.id)
     )
     if row is None:
         raise not_found("agent profile")

@@ -109,7 +109,8 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         ]
         if cursor:
             conditions.append(ComparisonFilter("id", "lt" if self.newest_first else "gt", decode_cursor(cursor)))
-        rows = await self.list(*conditions, organization_id=self.org, **{k: v for k, v in filters.items() if v is not None})
+        equal = {k: v for k, v in filters.items() if v is not None}
+        rows = await self.list(*conditions, organization_id=self.org, **equal)
         if len(rows) > limit:
             return rows[:limit], encode_cursor(rows[limit - 1].id)
         return rows, None
@@ -340,7 +341,8 @@ def to_read(schema: type[msgspec.Struct], row: Any) -> Any:
 
 def resource_router(res: Resource) -> Router:
     Read = res.read
-    Page = msgspec.defstruct(f"{Read.__name__}Page", [("items", list[Read]), ("next_cursor", str | None)])
+    Page = msgspec.defstruct(f"{Read.__name__}Page", [("items", list[Read]),  # type: ignore[valid-type]
+                                                      ("next_cursor", str | None)])
     Service = res.service_class()
     read_scope, write_scope = f"{res.area}:read", f"{res.area}:write"
     tags = [res.tag or res.area]
@@ -371,7 +373,7 @@ def resource_router(res: Resource) -> Router:
     if fast is not None:
         # The same routes on the request's asyncpg connection (see ReadQueries).
 
-        async def list_items(  # type: ignore[no-redef]
+        async def list_items(  # type: ignore[misc]
             tx: ReadTransaction,
             limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
             cursor: str | None = Parameter(default=None, max_length=64),
@@ -381,7 +383,7 @@ def resource_router(res: Resource) -> Router:
             items, next_cursor = await fast.page(tx, limit, cursor, {**kw, **scope})
             return Page(items=items, next_cursor=next_cursor)
 
-        async def get_item(tx: ReadTransaction, item_id: UUID, **kw: Any) -> Read:  # type: ignore[no-redef,valid-type]
+        async def get_item(tx: ReadTransaction, item_id: UUID, **kw: Any) -> Read:  # type: ignore[misc,valid-type]
             scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
             return await fast.get(tx, item_id, scope)
 

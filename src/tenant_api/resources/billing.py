@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import UserTrial
 from tenant_api.errors import ProblemError, invalid, not_found
-from tenant_api.resources.base import Input, TenantService, service_for, set_fields
+from tenant_api.resources.base import Input, service_for, set_fields
 
 TzDatetime = Annotated[dt.datetime, Meta(tz=True)]
 Plan = Annotated[str, Meta(min_length=1, max_length=100)]
@@ -52,14 +52,14 @@ TRIAL_FIELDS = ("plan", "started_at", "ends_at", "converted_at", "cancelled_at")
 
 def _read(row: UserTrial) -> TrialRead:
     values = {f: getattr(row, f) for f in TrialRead.__struct_fields__ if f != "status"}
-    return TrialRead(**values, status=row.status_at(dt.datetime.now(dt.UTC)))
+    return TrialRead(**values, status=row.status_at(dt.datetime.now(dt.UTC)))  # type: ignore[arg-type]
 
 
 async def _trial(db: AsyncSession, ctx: Principal) -> UserTrial | None:
     return await db.scalar(select(UserTrial).where(UserTrial.organization_id == ctx.organization_id))
 
 
-@get("/", opt={"scope": "billing:read"}, operation_id="get_trial", tags=["billing"])
+@get("/", opt={"scope": "billing:read", "problems": (404,)}, operation_id="get_trial", tags=["billing"])
 async def get_trial(db: AsyncSession, ctx: Principal) -> TrialRead:
     row = await _trial(db, ctx)
     if row is None:

@@ -82,7 +82,8 @@ class VideoCallService(TenantService[VideoCall]):
         agent_ids = [p.id for p in participants if p.type == "agent"]
         user_ids = [p.id for p in participants if p.type == "user"]
         agents = set(await db.scalars(select(Agent.id).where(
-            Agent.organization_id == self.org, Agent.project_id == project_id, Agent.id.in_(agent_ids)))) if agent_ids else set()
+            Agent.organization_id == self.org, Agent.project_id == project_id, Agent.id.in_(agent_ids))
+        )) if agent_ids else set()
         users = set(await db.scalars(select(OrganizationMembership.user_id).where(
             OrganizationMembership.organization_id == self.org,
             OrganizationMembership.user_id.in_(user_ids)))) if user_ids else set()

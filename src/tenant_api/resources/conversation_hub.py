@@ -46,6 +46,7 @@ class ConversationHub:
         self.fetch_slots = asyncio.Semaphore(max(1, fetch_concurrency))
         self.notifications = 0  # received on the LISTEN connection (all organizations)
         self.closed = False
+        self.draining = False  # the process is stopping: streams send their final event and end
         self._subscribers: dict[Key, set[Subscription]] = {}
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
@@ -89,6 +90,16 @@ class ConversationHub:
             conn.add_termination_listener(self._lost)
             self._conn = conn
         # Whatever was committed while nobody listened: let every subscriber look.
+        self._wake_all()
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    def drain(self) -> None:
+        """Graceful shutdown (tenant_api.ops.shutdown): every stream ends now, with a
+        final event telling its client to reconnect."""
+        self.draining = True
         self._wake_all()
 
     async def close(self) -> None:

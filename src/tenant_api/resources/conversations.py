@@ -135,7 +135,7 @@ conversations = Resource(
 
 # --- members ----------------------------------------------------------------------------
 
-class MemberRead(msgspec.Struct):
+class ConversationMemberRead(msgspec.Struct):
     id: UUID
     conversation_id: UUID
     project_id: UUID
@@ -171,7 +171,7 @@ class MemberRules(TenantService[ConversationMember]):
 
 conversation_members = Resource(
     name="conversation_member", path="/v1/conversations/{conversation_id:uuid}/members",
-    model=ConversationMember, area="conversations", read=MemberRead, create=MemberCreate,
+    model=ConversationMember, area="conversations", read=ConversationMemberRead, create=MemberCreate,
     filters={"member_type": MemberType}, service=MemberRules, tag="conversations",
     nest=Nest(param="conversation_id", model=Conversation, column="conversation_id",
               inherit=("project_id",), label="conversation"),
@@ -332,7 +332,7 @@ async def _message_events(state: State, credential: Credential, request_id: str 
     deadline = anyio.current_time() + hub.max_stream_seconds
     try:
         yield ServerSentEventMessage(data=None, retry=RETRY_MS)
-        while not hub.closed and anyio.current_time() < deadline:
+        while not hub.closed and not hub.draining and anyio.current_time() < deadline:
             try:
                 await hub.listen()
             except Exception:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
@@ -346,8 +346,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 end = exc if isinstance(exc, _StreamEnd) else _StreamEnd(503, "stream interrupted; reconnect")
                 if not isinstance(exc, _StreamEnd):
                     log.warning("stream fetch failed (request_id=%s)", request_id, exc_info=exc)
-                yield ServerSentEventMessage(event="error",
-                                             data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
+                yield ServerSentEventMessage(
+                    event="error", data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
                 return
             for row in rows:
                 yield ServerSentEventMessage(id=row.seq, event="message",
@@ -355,10 +355,15 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 cursor = row.seq
             if len(rows) == FETCH_BATCH:
                 continue  # more are waiting
+            if hub.draining:  # set while we fetched (its wake-up may have been cleared above)
+                break
             with anyio.move_on_after(hub.heartbeat) as waited:
                 await sub.wake.wait()
             if waited.cancelled_caught:
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
+        if hub.draining:  # the server is stopping: say so, the client resumes elsewhere
+            yield ServerSentEventMessage(event="error", data=msgspec.json.encode(
+                {"status": 503, "detail": "the server is shutting down; reconnect with Last-Event-ID"}).decode())
     finally:
         hub.unsubscribe(sub)
 
@@ -382,7 +387,8 @@ async def stream_conversation(
     # (commits) when this handler returns: the stream then holds no transaction and no
     # pooled connection between its fetches.
     assert ctx.organization_id is not None
-    last_seq = await db.scalar(select(Conversation.last_seq).where(_conversation_is(ctx.organization_id, conversation_id)))
+    last_seq = await db.scalar(
+        select(Conversation.last_seq).where(_conversation_is(ctx.organization_id, conversation_id)))
     if last_seq is None:
         raise not_found("conversation")
     start = last_event_id if last_event_id is not None else after if after is not None else last_seq

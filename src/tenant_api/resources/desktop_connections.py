@@ -158,7 +158,8 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
             await touch(socket, connection_id)
             last_touch = time.monotonic()
         try:
-            kind = msgspec.json.decode(message.get("text") or message.get("bytes") or b"null").get("type")
+            raw: Any = message.get("text") or message.get("bytes") or b"null"
+            kind = msgspec.json.decode(raw).get("type")
         except (msgspec.DecodeError, AttributeError):
             kind = None
         if kind == "ping":
@@ -167,11 +168,42 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
             await socket.send_json({"type": "error", "detail": 'expected a JSON object {"type": "ping"}'})
 
 
-@websocket("/ws", opt={"scope": SCOPE})
+class Ping(msgspec.Struct, tag_field="type", tag="ping"):
+    """Client -> server, at least every ping_interval seconds."""
+
+
+class Connected(msgspec.Struct, tag_field="type", tag="connected"):
+    connection_id: UUID
+    ping_interval: float
+    idle_timeout: float
+
+
+class Pong(msgspec.Struct, tag_field="type", tag="pong"):
+    pass
+
+
+class SocketError(msgspec.Struct, tag_field="type", tag="error"):
+    detail: str
+
+
+# How the OpenAPI document describes this socket (x-websockets, tenant_api.contract).
+SOCKET_DOC = {
+    "query": {"vm_id": {"type": "string", "format": "uuid", "required": True}},
+    "messages": {"client": [Ping], "server": [Connected, Pong, SocketError]},
+}
+
+
+@websocket("/ws", opt={"scope": SCOPE, **SOCKET_DOC})
 async def robot_connection(socket: WebSocket) -> None:
-    """Refusals are sent after the handshake, as close codes a client can read: 4400
-    bad vm_id, 4401 unknown/revoked/expired credential, 4403 missing scope, 4404 VM
-    not found (another organization's or project's included), 4409 VM terminated."""
+    """A robot client's connection to its desktop VM (README: Desktop connections).
+
+    Authenticate with `Authorization: Bearer <credential>` (desktops:write). After the
+    handshake the server sends `connected`; the client sends `ping` at least every
+    `ping_interval` seconds and gets `pong`. Refusals are sent after the handshake, as
+    close codes a client can read: 4400 bad vm_id, 4401 unknown/revoked/expired
+    credential, 4403 missing scope, 4404 VM not found (another organization's or
+    project's included), 4409 VM terminated, 4408 idle for idle_timeout. A server
+    shutting down closes with 1001: reconnect."""
     cfg: DesktopSettings = socket.app.state.settings.desktops
     await socket.accept()
     try:
@@ -180,17 +212,28 @@ async def robot_connection(socket: WebSocket) -> None:
         await socket.close(code=refused.code, reason=refused.reason)
         return
     reason = "server_error"
+    drain = socket.app.state.drain
     try:
-        await socket.send_json({"type": "connected", "connection_id": str(connection_id),
-                                "ping_interval": cfg.ping_interval_seconds, "idle_timeout": cfg.idle_timeout_seconds})
-        reason = await converse(socket, connection_id, cfg)
+        with drain.track_socket():  # a graceful shutdown cancels this task (ops/shutdown.py)
+            await socket.send_json({"type": "connected", "connection_id": str(connection_id),
+                                    "ping_interval": cfg.ping_interval_seconds,
+                                    "idle_timeout": cfg.idle_timeout_seconds})
+            reason = await converse(socket, connection_id, cfg)
     except Refused as refused:
         reason = "credential_refused" if refused.code in (4401, 4403) else "reaped"
         with suppress(Exception):
             await socket.close(code=refused.code, reason=refused.reason)
     except asyncio.CancelledError:
         reason = "server_shutdown"
-        raise
+        if not drain.draining:
+            raise
+        # Our own drain cancelled us: close as "going away" (the client reconnects to
+        # another instance) and end normally, no traceback.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        with suppress(Exception):
+            await socket.close(code=1001, reason="server shutting down; reconnect")
     except (WebSocketDisconnect, OSError):  # the client vanished while we were sending
         reason = "client_lost"
     except Exception:

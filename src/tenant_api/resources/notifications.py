@@ -53,7 +53,7 @@ class DeviceTokenService(TenantService[DeviceToken]):
     async def create_row(self, values: dict[str, Any], scope: dict[str, Any] | None = None) -> DeviceToken:
         """Idempotent: apps register their token at every start. The same (user, token)
         again returns the same row (platform updated), in one statement, race-free."""
-        stmt = pg_insert(DeviceToken).values(organization_id=self.org, user_id=self.ctx.user_id, **values)
+        stmt: Any = pg_insert(DeviceToken).values(organization_id=self.org, user_id=self.ctx.user_id, **values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["organization_id", "user_id", "token"], set_={"platform": stmt.excluded.platform}
         ).returning(DeviceToken)

@@ -29,7 +29,7 @@ class OrganizationUpdate(Input):
     name: Name | UnsetType = UNSET
 
 
-@get("/", opt={"scope": "org:read"}, operation_id="get_organization", tags=["org"])
+@get("/", opt={"scope": "org:read", "problems": (404,)}, operation_id="get_organization", tags=["org"])
 async def get_organization(db: AsyncSession, ctx: Principal) -> OrganizationRead:
     row = await db.get(Organization, ctx.organization_id)
     if row is None:
@@ -37,7 +37,7 @@ async def get_organization(db: AsyncSession, ctx: Principal) -> OrganizationRead
     return to_read(OrganizationRead, row)
 
 
-@patch("/", opt={"scope": "org:write"}, operation_id="update_organization", tags=["org"])
+@patch("/", opt={"scope": "org:write", "problems": (404,)}, operation_id="update_organization", tags=["org"])
 async def update_organization(db: AsyncSession, ctx: Principal, data: OrganizationUpdate) -> OrganizationRead:
     row = await db.get(Organization, ctx.organization_id)
     if row is None:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth import scopes as scope_catalog
+from tenant_api.auth.scopes import Scope
 from tenant_api.auth.credentials import display_prefix, new_api_token, token_hash
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, Project
@@ -28,7 +29,7 @@ class TokenRead(msgspec.Struct):
     kind: str
     name: str
     prefix: str
-    scopes: list[str] | None
+    scopes: list[Scope] | None
     project_ids: list[UUID] | None
     expires_at: dt.datetime
     revoked_at: dt.datetime | None
@@ -49,7 +50,7 @@ class TokenPage(msgspec.Struct):
 
 class TokenCreate(Input):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
-    scopes: Annotated[list[str], Meta(min_length=1, max_length=64)]
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=64)]
     project_ids: Annotated[list[UUID], Meta(max_length=1000)] | None = None
     expires_at: dt.datetime | None = None
 
@@ -57,10 +58,11 @@ class TokenCreate(Input):
 class TokenBaseService(TenantService[PlatformToken]):
     async def issue(self, data: TokenCreate, settings_default_days: int, max_days: int) -> TokenSecret:
         ctx = self.ctx
-        bad = scope_catalog.unknown(data.scopes)
+        scopes = [str(s) for s in data.scopes]  # the Scope enum's values, as plain strings
+        bad = scope_catalog.unknown(scopes)
         if bad:
             raise invalid("scopes", f"unknown scope {bad[0]!r}")
-        requested = sorted(set(data.scopes))
+        requested = sorted(set(scopes))
         for scope in requested:
             if scope not in ctx.scopes:
                 raise ProblemError(403, f"cannot grant scope {scope}: the credential in use does not have it",
@@ -148,7 +150,7 @@ TokenService = service_for(PlatformToken, "token", {}, TokenBaseService)
 
 
 async def provide_tokens(db: AsyncSession, ctx: Principal) -> TokenBaseService:
-    return TokenService(db, ctx)
+    return TokenService(db, ctx)  # type: ignore[return-value]  # service_for() subclasses TokenBaseService
 
 
 @post("/", opt={"scope": "tokens:write"}, operation_id="create_token", tags=["tokens"])

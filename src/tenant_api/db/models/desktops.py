@@ -78,5 +78,6 @@ class RobotMacroExecution(TenantBase, Timestamps):
     status: Mapped[str] = mapped_column(server_default="running")
     started_at: Mapped[dt.datetime] = mapped_column(server_default=text("now()"))
     finished_at: Mapped[dt.datetime | None]
-    duration_ms: Mapped[int | None] = mapped_column(Computed("(extract(epoch from (finished_at - started_at)) * 1000)::bigint"))
+    duration_ms: Mapped[int | None] = mapped_column(
+        Computed("(extract(epoch from (finished_at - started_at)) * 1000)::bigint"))
     output: Mapped[Any] = mapped_column(JSONB, nullable=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from sqlalchemy import LargeBinary, case, func, select
@@ -28,6 +29,9 @@ class InviteOutbox(TenantBase, Timestamps):
 
 class ProjectInvite(TenantBase, Timestamps):
     __tablename__ = "project_invite"
+    if TYPE_CHECKING:  # column_property()s assigned below the class
+        status: str
+        delivery_status: str | None
 
     project_id: Mapped[UUID]
     email: Mapped[str]
@@ -44,7 +48,7 @@ class ProjectInvite(TenantBase, Timestamps):
 
 
 # Derived, by the database's clock (the one accept_invite uses).
-ProjectInvite.status = column_property(  # type: ignore[attr-defined]
+ProjectInvite.status = column_property(  # type: ignore[assignment]
     case(
         (ProjectInvite.revoked_at.isnot(None), "revoked"),
         (ProjectInvite.accepted_at.isnot(None), "accepted"),
@@ -54,7 +58,7 @@ ProjectInvite.status = column_property(  # type: ignore[attr-defined]
     )
 )
 # The latest mail's delivery state: pending | sent | failed | cancelled.
-ProjectInvite.delivery_status = column_property(  # type: ignore[attr-defined]
+ProjectInvite.delivery_status = column_property(  # type: ignore[assignment]
     select(InviteOutbox.status)
     .where(InviteOutbox.organization_id == ProjectInvite.organization_id,
            InviteOutbox.invite_id == ProjectInvite.id)

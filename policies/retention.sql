@@ -1,0 +1,169 @@
+-- Retention: what is finished is purged after a while, by the scheduler process
+-- (tenant_api.ops.retention), in bounded batches, through one narrow definer function
+-- per kind. Each can only delete rows of its kind that are finished and older than the
+-- cutoff it is given, never younger than a day whatever the caller asks, at most 10,000
+-- per call, and returns a count, nothing else. (No row locks: the functions may read
+-- and delete, never update, and two schedulers deleting the same row just find it gone.)
+-- Deletions of tenant rows are audited in their organization with request id
+-- 'retention' (no token, no user).
+--
+-- Another kind (webhook delivery attempts) adds its function here and its entry in
+-- tenant_api.ops.retention.PURGES.
+
+-- Finished jobs, their logs with them (job_log cascades).
+create policy retention_select on public.job for select to tenant_auth
+  using (status in ('succeeded', 'failed', 'cancelled'));
+create policy retention_delete on public.job for delete to tenant_auth
+  using (status in ('succeeded', 'failed', 'cancelled') and finished_at < now() - interval '1 day');
+grant select (organization_id, id, status, finished_at), delete on public.job to tenant_auth;
+
+create or replace function auth.purge_finished_jobs(p_before timestamptz, p_limit integer) returns integer
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  r record;
+  n integer := 0;
+  org uuid;
+  saved text[];
+  entered text[];
+begin
+  for r in
+    select j.organization_id, j.id from public.job j
+     where j.status in ('succeeded', 'failed', 'cancelled')
+       and j.finished_at < least(p_before, now() - interval '1 day')
+     order by j.organization_id, j.finished_at
+     limit least(greatest(p_limit, 1), 10000)
+  loop
+    if org is distinct from r.organization_id then
+      org := r.organization_id;
+      entered := auth.enter_context(org, null, null, 'retention');
+      saved := coalesce(saved, entered);  -- the caller's, from the first switch
+    end if;
+    delete from public.job j where j.organization_id = r.organization_id and j.id = r.id;
+    n := n + 1;
+  end loop;
+  if saved is not null then
+    perform auth.leave_context(saved);
+  end if;
+  return n;
+end
+$$;
+
+-- Closed robot connections (the reaper's policies already let tenant_auth see them).
+create policy retention_delete on public.desktop_connection for delete to tenant_auth
+  using (status = 'disconnected' and disconnected_at < now() - interval '1 day');
+grant delete on public.desktop_connection to tenant_auth;
+
+create or replace function auth.purge_closed_desktop_connections(p_before timestamptz, p_limit integer)
+  returns integer
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  r record;
+  n integer := 0;
+  org uuid;
+  saved text[];
+  entered text[];
+begin
+  for r in
+    select c.organization_id, c.id from public.desktop_connection c
+     where c.status = 'disconnected'
+       and c.disconnected_at < least(p_before, now() - interval '1 day')
+     order by c.organization_id, c.disconnected_at
+     limit least(greatest(p_limit, 1), 10000)
+  loop
+    if org is distinct from r.organization_id then
+      org := r.organization_id;
+      entered := auth.enter_context(org, null, null, 'retention');
+      saved := coalesce(saved, entered);
+    end if;
+    delete from public.desktop_connection c where c.organization_id = r.organization_id and c.id = r.id;
+    n := n + 1;
+  end loop;
+  if saved is not null then
+    perform auth.leave_context(saved);
+  end if;
+  return n;
+end
+$$;
+
+-- Delivered invite mails (recipient, subject, body): the invite itself stays; its
+-- delivery_status reads null once its mails are gone.
+create policy retention_delete on public.invite_outbox for delete to tenant_auth
+  using (status = 'sent' and sent_at < now() - interval '1 day');
+grant delete on public.invite_outbox to tenant_auth;
+
+create or replace function auth.purge_sent_invite_mails(p_before timestamptz, p_limit integer) returns integer
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  r record;
+  n integer := 0;
+  org uuid;
+  saved text[];
+  entered text[];
+begin
+  for r in
+    select m.organization_id, m.id from public.invite_outbox m
+     where m.status = 'sent'
+       and m.sent_at < least(p_before, now() - interval '1 day')
+     order by m.organization_id, m.sent_at
+     limit least(greatest(p_limit, 1), 10000)
+  loop
+    if org is distinct from r.organization_id then
+      org := r.organization_id;
+      entered := auth.enter_context(org, null, null, 'retention');
+      saved := coalesce(saved, entered);
+    end if;
+    delete from public.invite_outbox m where m.organization_id = r.organization_id and m.id = r.id;
+    n := n + 1;
+  end loop;
+  if saved is not null then
+    perform auth.leave_context(saved);
+  end if;
+  return n;
+end
+$$;
+
+grant create on schema auth to tenant_auth;
+alter function auth.purge_finished_jobs(timestamptz, integer) owner to tenant_auth;
+alter function auth.purge_closed_desktop_connections(timestamptz, integer) owner to tenant_auth;
+alter function auth.purge_sent_invite_mails(timestamptz, integer) owner to tenant_auth;
+revoke create on schema auth from tenant_auth;
+revoke all on function auth.purge_finished_jobs(timestamptz, integer),
+                       auth.purge_closed_desktop_connections(timestamptz, integer),
+                       auth.purge_sent_invite_mails(timestamptz, integer) from public;
+grant execute on function auth.purge_finished_jobs(timestamptz, integer),
+                          auth.purge_closed_desktop_connections(timestamptz, integer),
+                          auth.purge_sent_invite_mails(timestamptz, integer) to tenant_api;
+
+-- Unattributed security events (no organization, no tenant reads them): owned by
+-- tenant_audit like the rest of the audit machinery, whose purge policy they already
+-- have. Not audited: they are audit data themselves.
+create or replace function app.purge_security_events(p_before timestamptz, p_limit integer) returns integer
+  language sql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    with doomed as (
+      select e.id from public.unattributed_security_event e
+       where e.occurred_at < least(p_before, now() - interval '1 day')
+       order by e.occurred_at
+       limit least(greatest(p_limit, 1), 10000)
+      ), gone as (
+      delete from public.unattributed_security_event e using doomed where e.id = doomed.id returning 1
+    )
+    select count(*)::integer from gone
+  $$;
+
+grant create on schema app to tenant_audit;
+alter function app.purge_security_events(timestamptz, integer) owner to tenant_audit;
+revoke create on schema app from tenant_audit;
+revoke all on function app.purge_security_events(timestamptz, integer) from public;
+grant execute on function app.purge_security_events(timestamptz, integer) to tenant_api;

@@ -1,0 +1,307 @@
+"""Rate limits: a quota per credential on every route, per client address without one.
+
+Who is counted:
+
+* a request with ``Authorization: Bearer <x>``: that credential (a key derived from a
+  hash of ``x``, valid or not, checked before the database sees it). Its quota is its
+  organization's (``organization.rate_limit_requests`` / ``rate_limit_window_seconds``,
+  set by operators with ``tenant-api rate-limit``) or the default (RATE_LIMIT_REQUESTS
+  per RATE_LIMIT_WINDOW_SECONDS). The organization of a credential is learned from the
+  first request it makes, and its quota read in the background (a request never waits
+  for it: until then, the default applies);
+* a request without one (signup, login, the docs): its client address, with the
+  ``auth`` quota on the routes that check passwords (AUTH_RATE_PER_MINUTE) and the
+  ``anonymous`` quota elsewhere. The client address is the connection's peer, or behind
+  a proxy listed in TRUSTED_PROXIES the address that proxy forwarded.
+
+Routes with ``opt={"rate_limit": False}`` (health) are not counted.
+
+The count is a fixed window per key: in this process's memory, or, with REDIS_URL, in
+Redis (INCR + EXPIRE in one transaction) so that every worker and every instance share
+it. If Redis does not answer, requests are let through (and counted in the metrics):
+a broken limiter must not take the API down.
+
+Every counted response carries ``RateLimit-Policy: "<name>";q=<quota>;w=<window>`` and
+``RateLimit: "<name>";r=<remaining>;t=<seconds to reset>`` (the IETF httpapi
+ratelimit-headers draft); beyond the quota the answer is a 429 problem with
+``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tenant_api.errors import ProblemError
+from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS, RATE_LIMITED
+from tenant_api.settings import RateLimitSettings
+
+log = logging.getLogger("tenant_api.ratelimit")
+
+_LEARNED_MAX = 100_000  # credential -> organization entries kept (least recently used dropped)
+_POLICY_TTL = 60.0  # seconds an organization's quota is cached
+_QUOTA_OF = text("select requests, window_seconds from auth.rate_limit_of(:org)")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    name: str
+    limit: int
+    window: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    count: int  # requests in the current window, this one included
+    reset: float  # seconds until the window ends
+
+
+class Counter(Protocol):
+    async def hit(self, key: str, window: int) -> Hit: ...
+
+    async def close(self) -> None: ...
+
+
+def _window(now: float, window: int) -> tuple[int, float]:
+    index = int(now // window)
+    return index, (index + 1) * window - now
+
+
+class MemoryCounter:
+    """Fixed windows in this process's memory (one worker, or tests)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, int]] = {}  # key -> (window index, count)
+        self._next_prune = 0.0
+
+    async def hit(self, key: str, window: int) -> Hit:
+        now = time.time()
+        index, reset = _window(now, window)
+        seen_index, count = self._counts.get(key, (index, 0))
+        count = count + 1 if seen_index == index else 1
+        self._counts[key] = (index, count)
+        if now >= self._next_prune:
+            self._prune(now)
+        return Hit(count, reset)
+
+    def _prune(self, now: float) -> None:
+        # Entries of ended windows: forget them (a key's window is at most an hour).
+        self._next_prune = now + 60
+        stale = [k for k, (index, _) in self._counts.items() if (index + 2) * 3600 < now]
+        for key in stale:
+            del self._counts[key]
+        if len(self._counts) > 500_000:  # many keys in long windows: keep the newest half
+            for key in list(self._counts)[: len(self._counts) // 2]:
+                del self._counts[key]
+
+    async def close(self) -> None:
+        self._counts.clear()
+
+
+class RedisCounter:
+    """Fixed windows in Redis, shared by every worker and instance (redis-py asyncio)."""
+
+    def __init__(self, url: str, prefix: str = "tenant-api:rl:") -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._prefix = prefix
+
+    async def hit(self, key: str, window: int) -> Hit:
+        index, reset = _window(time.time(), window)
+        name = f"{self._prefix}{key}:{window}:{index}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.expire(name, window + 1)
+            count, _ = await pipe.execute()
+        return Hit(int(count), reset)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class RateLimiter:
+    def __init__(self, settings: RateLimitSettings, auth_per_minute: int, engine: AsyncEngine | None,
+                 counter: Counter | None = None) -> None:
+        self.settings = settings
+        self.default = Quota("credential", settings.requests, settings.window_seconds)
+        self.auth = Quota("auth", auth_per_minute, 60)
+        self.anonymous = Quota("anonymous", settings.anonymous_per_minute, 60)
+        self.counter: Counter = counter or (RedisCounter(settings.redis_url) if settings.redis_url else MemoryCounter())
+        self._engine = engine
+        self._org_of: OrderedDict[str, UUID] = OrderedDict()
+        self._quotas: dict[UUID, tuple[float, Quota]] = {}
+        self._loading: set[UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._store_failing_since: float | None = None
+
+    # -- who is counted, against which quota ----------------------------------------
+
+    def classify(self, scope: Scope, opt: dict[str, Any]) -> tuple[str, Quota | None, UUID | None]:
+        """(key, quota or None when the organization's must be looked up, organization)."""
+        for name, value in scope.get("headers") or ():
+            if name == b"authorization":
+                scheme, _, credential = value.partition(b" ")
+                if scheme.lower() == b"bearer" and credential.strip():
+                    key = "c:" + hashlib.sha256(credential.strip()).hexdigest()[:32]
+                    org = self._org_of.get(key)
+                    if org is not None:
+                        self._org_of.move_to_end(key)
+                    return key, None, org
+                break
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        quota = self.auth if opt.get("rate_limit") == "auth" else self.anonymous
+        return f"a:{quota.name}:{address}", quota, None
+
+    def quota_of(self, org: UUID | None) -> Quota:
+        """The organization's quota as last read (the default until it has been): the
+        request never waits for the database; a stale entry is re-read in the background."""
+        if org is None:
+            return self.default
+        cached = self._quotas.get(org)
+        if cached is None or cached[0] <= time.monotonic():
+            self._refresh(org)
+        return cached[1] if cached is not None else self.default
+
+    def _refresh(self, org: UUID) -> None:
+        if self._engine is None or org in self._loading:
+            return
+        self._loading.add(org)
+        task = asyncio.get_running_loop().create_task(self._load(org))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, org: UUID) -> None:
+        assert self._engine is not None
+        try:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(_QUOTA_OF, {"org": org})).first()
+                await conn.commit()
+        except Exception:  # the database is unavailable: keep what we had, retry later
+            log.warning("could not read the rate limit of organization %s", org, exc_info=True)
+            cached = self._quotas.get(org)
+            self._quotas[org] = (time.monotonic() + 5, cached[1] if cached else self.default)
+            return
+        finally:
+            self._loading.discard(org)
+        quota = self.default
+        if row is not None and row.requests:
+            quota = Quota("credential", int(row.requests), int(row.window_seconds))
+        if len(self._quotas) > 50_000:
+            self._quotas.clear()
+        self._quotas[org] = (time.monotonic() + _POLICY_TTL, quota)
+
+    def learn(self, key: str, org: UUID) -> None:
+        """Remember a credential's organization (from the request it just made), and
+        read that organization's quota if it is not known yet."""
+        if self._org_of.get(key) != org:
+            self._org_of[key] = org
+            if len(self._org_of) > _LEARNED_MAX:
+                self._org_of.popitem(last=False)
+        if org not in self._quotas:
+            self._refresh(org)
+
+    def forget_quota(self, org: UUID) -> None:
+        self._quotas.pop(org, None)
+
+    # -- counting ---------------------------------------------------------------------
+
+    async def hit(self, key: str, quota: Quota) -> Hit | None:
+        """Count a request; None when the store failed (the request is let through)."""
+        try:
+            hit = await self.counter.hit(key, quota.window)
+        except Exception:
+            RATE_LIMIT_STORE_ERRORS.inc()
+            now = time.monotonic()
+            if self._store_failing_since is None or now - self._store_failing_since > 30:
+                self._store_failing_since = now
+                log.warning("rate-limit store unavailable: requests are not limited meanwhile", exc_info=True)
+            return None
+        self._store_failing_since = None
+        return hit
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.counter.close()
+
+
+def headers_for(quota: Quota, hit: Hit) -> list[tuple[bytes, bytes]]:
+    remaining = max(quota.limit - hit.count, 0)
+    reset = max(math.ceil(hit.reset), 1)
+    return [
+        (b"ratelimit-policy", f'"{quota.name}";q={quota.limit};w={quota.window}'.encode()),
+        (b"ratelimit", f'"{quota.name}";r={remaining};t={reset}'.encode()),
+    ]
+
+
+class RateLimitMiddleware(ASGIMiddleware):
+    """Before the credential check (a flood of bad credentials is counted too) and after
+    the request id (a 429 carries one)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        handler = scope.get("route_handler")
+        opt = getattr(handler, "opt", None) or {}
+        if opt.get("rate_limit") is False:
+            await next_app(scope, receive, send)
+            return
+        key, quota, org = self.limiter.classify(scope, opt)
+        if quota is None:
+            quota = self.limiter.quota_of(org)
+        hit = await self.limiter.hit(key, quota)
+        if hit is None:
+            await next_app(scope, receive, send)
+            return
+        extra = headers_for(quota, hit)
+        if hit.count > quota.limit:
+            RATE_LIMITED.labels(quota.name).inc()
+            raise ProblemError(
+                429, f"rate limit exceeded: {quota.limit} requests per {quota.window}s ({quota.name}); "
+                f"retry in {max(math.ceil(hit.reset), 1)}s",
+                headers={"Retry-After": str(max(math.ceil(hit.reset), 1)),
+                         **{k.decode(): v.decode() for k, v in extra}})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*(message.get("headers") or []), *extra]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_with_headers)
+        except HTTPException as exc:
+            # Answered outside this middleware (the credential check's 401): the
+            # exception carries the headers to the response the app makes of it.
+            exc.headers = {**(exc.headers or {}), **{k.decode(): v.decode() for k, v in extra}}
+            raise
+        finally:
+            principal = (scope.get("state") or {}).get("principal")
+            if key.startswith("c:") and principal is not None and principal.organization_id is not None:
+                self.limiter.learn(key, principal.organization_id)
+
+
+async def close_limiter(limiter: RateLimiter) -> None:
+    try:
+        await asyncio.wait_for(limiter.close(), timeout=2)
+    except Exception:  # shutting down: nothing else to do with it
+        log.debug("closing the rate-limit store failed", exc_info=True)
