@@ -1,5 +1,5 @@
 -- Per-organization rate limits (organization.rate_limit_requests / _window_seconds,
--- revision 0015; tenant_api.ops.ratelimit). Two narrow definer functions, owned by
+-- revision 0011; tenant_api.ops.ratelimit). Two narrow definer functions, owned by
 -- tenant_auth, each entering the one organization's context it is asked about:
 --   auth.rate_limit_of(org)   the API's limiter reads one organization's quota (it
 --                             knows the organization from a request that credential

@@ -11,7 +11,7 @@
   scheduler's purge functions (policies/retention.sql) find a bounded batch without
   reading the live rows.
 
-Revision ID: 0015
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-01
 """
@@ -20,7 +20,7 @@ from alembic import op
 
 from tenant_api.db.policies import exec_script
 
-revision = "0015"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
