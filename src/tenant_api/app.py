@@ -21,7 +21,7 @@ from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db, provide_read
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
-from tenant_api.invites.controller import invite_answers_router
+from tenant_api.invites.controller import invite_answers_router, organization_invites_router
 from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.agents import agent_profile_router
@@ -37,7 +37,9 @@ from tenant_api.resources.members import organization_members_router, project_me
 from tenant_api.resources.jobs import job_logs_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
+from tenant_api.service_accounts.controller import service_accounts_router
 from tenant_api.tokens.controller import tokens_router
+from tenant_api.web.pages import web_router
 
 
 @get("/health", opt={"public": True}, operation_id="health", tags=["meta"], include_in_schema=False)
@@ -62,6 +64,9 @@ def routers(settings: Settings) -> list[Router | Any]:
         organization_members_router,
         project_members_router,
         invite_answers_router,
+        organization_invites_router,
+        service_accounts_router,
+        web_router,
         job_logs_router,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
@@ -103,7 +108,7 @@ def create_app(settings: Settings) -> Litestar:
     async def start_mailer() -> None:
         # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
         if settings.invites.mailer_enabled:
-            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret)
+            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret, settings.server.base_url)
             mailer_tasks.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
         else:
             logging.getLogger("tenant_api.mailer").info(
