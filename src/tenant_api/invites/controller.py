@@ -385,7 +385,7 @@ invites = Resource(
 
 
 async def provide_invite_service(db: AsyncSession, ctx: Principal) -> InviteBaseService:
-    return invites.service_class(db, ctx)
+    return invites.service_class()(db, ctx)
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_organization_invites", tags=["members"],

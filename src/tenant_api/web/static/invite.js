@@ -199,5 +199,7 @@
     }
   });
 
+  // Another invitation's link opened in this tab changes only the fragment: start over.
+  window.addEventListener("hashchange", () => location.reload());
   load();
 })();

@@ -2,6 +2,7 @@
 // server) and is posted to the API in the request body.
 "use strict";
 
+window.addEventListener("hashchange", () => location.reload());
 (function () {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
   history.replaceState(null, "", location.pathname);
