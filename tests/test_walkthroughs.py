@@ -90,8 +90,9 @@ def dev_live(settings) -> Iterator[tuple[Live, str]]:
             yield live, mails
 
 
-def test_the_walkthroughs_run_as_written(dev_live):
+def test_the_walkthroughs_run_as_written(dev_live, tmp_path):
     live, mails = dev_live
+    workdir = str(tmp_path)  # the reader's checkout; files the steps write land here
     # make run's demo owner (its password lives in .data/demo_password there).
     password = f"demo-{uuid.uuid4().hex}"
     email = f"owner.{uuid.uuid4().hex[:8]}@demo.example"
@@ -101,7 +102,7 @@ def test_the_walkthroughs_run_as_written(dev_live):
     doc_steps = steps()
     assert [kind for kind, _ in doc_steps].count("browser") == len(BROWSER_STEPS)
     env = {**os.environ, "API": live.url, "MAILS": mails, "DEMO_PASSWORD": password}
-    shell = Shell(env, cwd=str(DOC.parents[1]))
+    shell = Shell(env, cwd=workdir)
     try:
         # The only liberty taken: the demo owner's address (make run's is owner@demo.example).
         first = doc_steps[0][1].replace("owner@demo.example", email)

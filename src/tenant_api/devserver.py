@@ -103,7 +103,7 @@ def run_dev() -> None:
     if not settings.invites.smtp_url:
         # No mail server on a developer's machine: invite mails, accept link and secret
         # included, go to this terminal (tenant_api.invites.mailer). Never in `serve`.
-        settings = settings.with_invites(log_links=True)
+        settings = settings.with_invites(log_links=True, mail_dir=str(DATA_DIR / "mail"))
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))
     host, port = settings.server.host, settings.server.port
@@ -112,12 +112,14 @@ def run_dev() -> None:
             [
                 "",
                 "tenant-api is ready.",
-                f"  docs:      http://{host}:{port}/docs",
+                f"  docs:      {settings.server.base_url}/docs",
                 f"  login:     {DEMO_EMAIL} / {password}",
                 f"  API token: {token['token']}   (all owner scopes, expires {token['expires_at']})",
                 f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
-                "  invites:   " + ("sent through SMTP_URL" if settings.invites.smtp_url
-                                    else "mails (with their accept links) are printed here; set SMTP_URL to send"),
+                "  mail:      " + ("sent through SMTP_URL" if settings.invites.smtp_url
+                                    else f"printed here and kept in {DATA_DIR / 'mail'}/<address>.txt "
+                                         "(set SMTP_URL to send)"),
+                "  walkthroughs: docs/walkthroughs.md",
                 "  scheduler: running in the background (tenant-api scheduler in production)",
                 "",
             ]
