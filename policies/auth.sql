@@ -92,7 +92,7 @@ create or replace function auth.role_scopes(role text) returns text[]
       when 'auditor' then array[
         'org:read', 'members:read', 'agents:read', 'tasks:read', 'conversations:read',
         'desktops:read', 'calls:read', 'services:read', 'notifications:read',
-        'billing:read', 'tokens:read', 'audit:read']
+        'billing:read', 'tokens:read', 'audit:read', 'tokens:write']  -- tokens:write: their own tokens only
       else '{}'::text[]
     end
   $$;
@@ -268,7 +268,7 @@ create or replace function auth.login_lookup(p_email text)
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
-    select u.id, u.password_hash from public.user_account u where lower(u.email) = lower(p_email)
+    select u.id, u.password_hash from public.user_account u where lower(u.email) = lower(p_email) and u.kind = 'person'
   $$;
 
 -- Login, step 2 (after the password checked out): open a session in the requested
@@ -331,33 +331,7 @@ begin
 end
 $$;
 
--- Signup: a user, their organization (one per user), its owner membership, a default
--- workspace and project, in one transaction. A duplicate email raises unique_violation
--- on user_account_email_key, which the API turns into 409.
-create or replace function auth.signup(p_email text, p_password_hash text, p_display_name text, p_request_id text)
-  returns table (user_id uuid, organization_id uuid, workspace_id uuid, project_id uuid)
-  language plpgsql
-  security definer
-  set search_path = pg_catalog, pg_temp
-  as $$
-declare
-  saved text[];
-  uid uuid := uuidv7();
-  org uuid := uuidv7();
-  ws uuid := uuidv7();
-  prj uuid := uuidv7();
-begin
-  saved := auth.enter_context(org, uid, null, p_request_id);
-  insert into public.user_account (id, email, password_hash, display_name)
-  values (uid, p_email, p_password_hash, p_display_name);
-  insert into public.organization (id, name) values (org, p_display_name || '''s organization');
-  insert into public.organization_membership (organization_id, user_id, role) values (org, uid, 'owner');
-  insert into public.workspace (organization_id, id, name) values (org, ws, 'Default');
-  insert into public.project (organization_id, id, workspace_id, name) values (org, prj, ws, 'Default');
-  perform auth.leave_context(saved);
-  return query select uid, org, ws, prj;
-end
-$$;
+-- Signup lives in policies/verification.sql (it holds the address until verified).
 
 -- Ownership and the only grants: tenant_api may call these four, nothing else here.
 -- (CREATE on the schema is needed by the new owner for the moment of the ALTER only.)
@@ -365,7 +339,6 @@ grant create on schema auth to tenant_auth;
 alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
 alter function auth.login_lookup(text) owner to tenant_auth;
 alter function auth.create_session(uuid, uuid, interval, text, uuid[]) owner to tenant_auth;
-alter function auth.signup(text, text, text, text) owner to tenant_auth;
 alter function auth.sign_context() owner to tenant_auth;
 alter function auth.enter_context(uuid, uuid, uuid, text) owner to tenant_auth;
 alter function auth.leave_context(text[]) owner to tenant_auth;
@@ -376,6 +349,5 @@ grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]), au
 grant execute on function
   auth.begin_request(bytea, uuid, uuid, text),
   auth.login_lookup(text),
-  auth.create_session(uuid, uuid, interval, text, uuid[]),
-  auth.signup(text, text, text, text)
+  auth.create_session(uuid, uuid, interval, text, uuid[])
 to tenant_api;

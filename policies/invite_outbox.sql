@@ -10,7 +10,7 @@
 call app.tenant_table('public.invite_outbox', area => 'members', project_column => 'project_id',
   secret_columns => '{nonce}',
   noise_columns => '{attempts,next_attempt_at,last_error,updated_at}',
-  api_grants => 'select (organization_id, id, project_id, invite_id, recipient, subject, body, status,'
+  api_grants => 'select (organization_id, id, kind, project_id, invite_id, user_id, recipient, subject, body, status,'
                 ' attempts, next_attempt_at, last_error, sent_at, created_at, updated_at),'
                 ' insert, update (status)');
 
@@ -19,15 +19,21 @@ call app.tenant_table('public.invite_outbox', area => 'members', project_column 
 create policy auth_mailer_read on public.invite_outbox for select to tenant_auth using (true);
 create policy auth_mailer_write on public.invite_outbox for update to tenant_auth using (true) with check (true);
 grant select, update (status, attempts, next_attempt_at, last_error, sent_at) on public.invite_outbox to tenant_auth;
+-- Verification mails are written by auth.signup and auth.issue_verification
+-- (policies/verification.sql), in the organization the context names.
+create policy auth_verify_mail on public.invite_outbox for insert to tenant_auth
+  with check (kind = 'verify' and organization_id = (select app.current_organization_id()));
+grant insert on public.invite_outbox to tenant_auth;
 
 -- Claim up to p_limit due mails. Each claimed row gets attempts + 1 and a lease
 -- (next_attempt_at = now() + p_lease): if the mailer dies while sending, the row is
 -- due again when the lease ends, so a mail is sent at least once and never lost.
 -- SKIP LOCKED lets several mailers (one per API worker) claim side by side. Mail for
 -- an invite that can no longer be accepted is cancelled, not sent.
+drop function if exists auth.claim_invite_mail(integer, interval);
 create or replace function auth.claim_invite_mail(p_limit integer, p_lease interval)
   returns table (organization_id uuid, id uuid, invite_id uuid, recipient text, subject text, body text,
-                 nonce bytea, token_hash bytea, attempts integer)
+                 nonce bytea, token_hash bytea, attempts integer, kind text)
   language plpgsql
   security definer
   set search_path = pg_catalog, pg_temp
@@ -37,6 +43,10 @@ declare
   saved text[];
 begin
   saved := auth.enter_context(null, null, null, 'mailer');
+  -- token_hash: the hash of the secret the mail must carry (an invite's mail secret, or
+  -- the account's pending verification secret), so the mailer can check it re-derived
+  -- the right one. A verification mail for an account verified (or released) meanwhile
+  -- is cancelled like the mail of a closed invite.
   return query
     with due as (
       select o.organization_id as org, o.id as oid
@@ -45,20 +55,29 @@ begin
        order by o.next_attempt_at
        limit p_limit
          for update skip locked
+    ), state as (
+      select d.org, d.oid,
+             coalesce(case when o.kind = 'invite'
+                           then i.accepted_at is null and i.declined_at is null and i.revoked_at is null
+                                and i.expires_at > now()
+                           else u.email_verified_at is null and u.verify_token_hash is not null end, false) as live,
+             case when o.kind = 'invite' then i.mail_token_hash else u.verify_token_hash end as secret_hash
+        from due d
+        join public.invite_outbox o on o.organization_id = d.org and o.id = d.oid
+        left join public.project_invite i on i.organization_id = o.organization_id and i.id = o.invite_id
+        left join public.user_account u on u.id = o.user_id
     ), claimed as (
       update public.invite_outbox o
          set attempts = o.attempts + 1,
              next_attempt_at = now() + p_lease,
-             status = case when i.accepted_at is null and i.declined_at is null and i.revoked_at is null
-                                and i.expires_at > now() then 'pending' else 'cancelled' end
-        from due, public.project_invite i
-       where o.organization_id = due.org and o.id = due.oid
-         and i.organization_id = o.organization_id and i.id = o.invite_id
-      returning o.organization_id, o.id, o.invite_id, o.recipient, o.subject, o.body, o.nonce,
-                i.token_hash, o.attempts, o.status
+             status = case when s.live then 'pending' else 'cancelled' end
+        from state s
+       where o.organization_id = s.org and o.id = s.oid
+      returning o.organization_id, o.id, o.invite_id, o.recipient, o.subject, o.body, o.nonce, s.secret_hash,
+                o.attempts, o.status, o.kind
     )
-    select c.organization_id, c.id, c.invite_id, c.recipient, c.subject, c.body, c.nonce, c.token_hash,
-           c.attempts
+    select c.organization_id, c.id, c.invite_id, c.recipient, c.subject, c.body, c.nonce, c.secret_hash,
+           c.attempts, c.kind
       from claimed c
      where c.status = 'pending';
   perform auth.leave_context(saved);

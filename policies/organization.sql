@@ -13,3 +13,8 @@ grant insert on public.organization to tenant_auth;
 -- check the existence of, organizations.
 create policy audit_list on public.organization for select to tenant_audit using (true);
 grant select (id) on public.organization to tenant_audit;
+
+-- The invite page's preview and GET /v1/me/organizations name organizations before (or
+-- outside) any context of theirs: auth.invite_preview, auth.my_organizations.
+create policy auth_lookup on public.organization for select to tenant_auth using (true);
+grant select (id, name) on public.organization to tenant_auth;

@@ -19,17 +19,26 @@ call app.tenant_table('public.platform_token', area => 'tokens',
                 ' expires_at, revoked_at, last_used_at, created_at, updated_at, created_by_token_id),'
                 ' insert, update (name, prefix, token_hash, revoked_at)');
 
--- No escalation, enforced here and not only in the service: a new token is the
--- caller's own, carries only scopes the caller has, and stays inside the caller's
--- project restriction.
+-- No escalation, enforced here and not only in the service: a new token carries only
+-- scopes the caller has, and stays inside the caller's project restriction. It is the
+-- caller's own, or (an organization admin: members:write, unrestricted) a token of one
+-- of the organization's service accounts, within that account's scopes and projects.
 create policy no_escalation on public.platform_token as restrictive for insert to tenant_api
   with check (
-    user_id = (select app.current_user_id())
-    and kind = 'api'
+    kind = 'api'
     and scopes is not null
     and scopes <@ (select app.current_scopes())
     and ((select app.unrestricted())
          or (project_ids is not null and project_ids <@ (select app.current_project_ids())))
+    and (user_id = (select app.current_user_id())
+         or ((select app.has_scope('members:write')) and (select app.unrestricted())
+             and exists (select from public.service_account sa
+                          where sa.organization_id = platform_token.organization_id
+                            and sa.user_id = platform_token.user_id
+                            and (sa.scopes is null or platform_token.scopes <@ sa.scopes)
+                            and (sa.project_ids is null
+                                 or (platform_token.project_ids is not null
+                                     and platform_token.project_ids <@ sa.project_ids)))))
   );
 
 -- Any credential may revoke itself (logout), whatever its scopes.

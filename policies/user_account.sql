@@ -26,7 +26,8 @@ create policy update_self on public.user_account for update to tenant_api
   with check (id = (select app.current_user_id()));
 
 revoke all on public.user_account from tenant_api;
-grant select (id, email, display_name, created_at, updated_at), update (display_name)
+grant select (id, email, display_name, kind, email_verified_at, email_hold_until, created_at, updated_at),
+  update (display_name)
   on public.user_account to tenant_api;
 
 create policy auth_lookup on public.user_account for select to tenant_auth using (true);

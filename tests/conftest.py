@@ -65,6 +65,10 @@ class Database:
     name: str
 
 
+_ADMIN_URL: list[str] = []
+"""The test database's superuser URL, for helpers outside fixtures (signup's verification)."""
+
+
 @pytest.fixture(scope="session")
 def database(admin_url: str) -> Database:
     name = f"tenant_test_{uuid.uuid4().hex[:8]}"
@@ -73,7 +77,11 @@ def database(admin_url: str) -> Database:
     from urllib.parse import urlsplit, urlunsplit
 
     db_admin = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    _ADMIN_URL[:] = [db_admin]
     return Database(admin_url=db_admin, owner_url=result.owner_url, api_url=result.api_url, name=name)
+
+
+TEST_JWT_SECRET = "test-secret-" + "k" * 40
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +89,7 @@ def settings(database: Database) -> Settings:
     return (
         Settings()
         .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
-        .with_auth(jwt_secret="test-secret-" + "k" * 40, auth_rate_per_minute=100_000)
+        .with_auth(jwt_secret=TEST_JWT_SECRET, auth_rate_per_minute=100_000)
         # The suite makes thousands of requests per token; tests/test_ratelimit.py
         # builds apps with small quotas.
         .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000)
@@ -137,7 +145,23 @@ class Tenant:
         return {"Authorization": f"Bearer {self.session}"}
 
 
-async def signup(client: AsyncTestClient, name: str | None = None) -> Tenant:
+async def verification_secret(user_id: str) -> str:
+    """The secret of the user's latest verification mail, as the mail's link carries it
+    (re-derived from the outbox row like the mailer does): reading the user's mailbox."""
+    from tenant_api.invites import tokens
+
+    conn = await connect(_ADMIN_URL[0])
+    try:
+        nonce = await conn.fetchval("select nonce from invite_outbox where kind = 'verify' and user_id = $1"
+                                    " order by id desc limit 1", uuid.UUID(user_id))
+    finally:
+        await conn.close()
+    assert nonce is not None, "no verification mail"
+    return tokens.derive(tokens.verify_key(TEST_JWT_SECRET), nonce, tokens.VERIFY_PREFIX)
+
+
+async def signup(client: AsyncTestClient, name: str | None = None, verified: bool = True) -> Tenant:
+    """Sign up (and, unless ``verified`` is false, follow the verification mail's link)."""
     from tenant_api.auth.scopes import ROLE_SCOPES
 
     name = name or uuid.uuid4().hex[:10]
@@ -145,6 +169,9 @@ async def signup(client: AsyncTestClient, name: str | None = None) -> Tenant:
     r = await client.post("/v1/auth/signup", json={"email": email, "password": password, "display_name": name})
     assert r.status_code == 201, r.text
     body = r.json()
+    if verified:
+        r = await client.post("/v1/auth/verify", json={"token": await verification_secret(body["user"]["id"])})
+        assert r.status_code == 200, r.text
     r = await client.post("/v1/auth/login", json={"email": email, "password": password})
     assert r.status_code == 200, r.text
     session = r.json()["access_token"]

@@ -115,6 +115,9 @@ BODY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 PUBLIC_OPERATIONS: set[tuple[str, str]] = {
     ("POST", "/v1/auth/signup"),
     ("POST", "/v1/auth/login"),
+    ("POST", "/v1/auth/verify"),  # the verification mail's secret is the credential
+    ("POST", "/v1/invites/preview"),  # the invite page: the invite secret is the credential
+    ("POST", "/v1/invites/signup"),
 }
 
 # Path parameters of non-REGISTRY routes: path template -> {parameter: table}.
@@ -134,6 +137,11 @@ PATH_PARAMS: dict[str, dict[str, str]] = {
     "/v1/projects/{project_id}/members": {"project_id": "project"},
     "/v1/projects/{project_id}/members/{user_id}": {"project_id": "project", "user_id": "project_membership.user_id"},
     "/v1/jobs/{job_id}/logs": {"job_id": "job"},
+    # "<table>[<condition>]": the organization's own invites (project_id null), not a project's
+    "/v1/organization/invites/{invite_id}": {"invite_id": "project_invite[project_id is null]"},
+    "/v1/organization/invites/{invite_id}/resend": {"invite_id": "project_invite[project_id is null]"},
+    "/v1/service-accounts/{account_id}": {"account_id": "service_account"},
+    "/v1/service-accounts/{account_id}/tokens": {"account_id": "service_account"},
 }
 
 # Responses that never end (Server-Sent Events). The buffering test client would wait
@@ -156,6 +164,11 @@ UNDOCUMENTED_ROUTES: dict[str, str] = {
     # Operators' Prometheus scrape, not the API: a METRICS_TOKEN bearer, no tenant data.
     # tests/test_operations.py covers its refusals and series.
     "/metrics": "Prometheus metrics",
+    # Pages for browsers (tenant_api.web), public, reading nothing; tests/test_invite_page.py
+    # drives them in Chromium and checks their headers.
+    "/invites/accept": "the invite page",
+    "/verify-email": "the email verification page",
+    "/static/{name}": "the pages' script and style sheet",
 }
 
 # GET operations whose response holds no id at all by design, so "returns no id of
@@ -289,6 +302,19 @@ async def _project_membership(client: AsyncTestClient, tenant: Tenant, refs: dic
     _ok(await client.post("/v1/invites/accept", headers=invitee.hs, json={"invite_token": invite["invite_token"]}))
 
 
+async def _service_account(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
+    sa = _ok(await client.post("/v1/service-accounts", headers=tenant.h,
+                               json={"name": f"sa-{uuid.uuid4().hex[:6]}", "role": "member"}))
+    _ok(await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=tenant.h,
+                          json={"name": "t", "scopes": ["agents:read"]}))
+
+
+async def _organization_invite(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
+    # project_invite rows with project_id null: invites to the organization itself.
+    _ok(await client.post("/v1/organization/invites", headers=tenant.h,
+                          json={"email": f"org-{uuid.uuid4().hex[:8]}@example.com", "role": "auditor"}))
+
+
 async def _job_log(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     _ok(await client.post(f"/v1/jobs/{refs['job']}/logs", headers=tenant.h, json={"data": "started\n"}))
 
@@ -314,6 +340,8 @@ ROW_FACTORIES: dict[str, Factory] = {
     "robot_macro_execution": _robot_macro_execution,
     "desktop_connection": _desktop_connection,
     "project_membership": _project_membership,
+    "service_account": _service_account,
+    "project_invite (organization invites)": _organization_invite,  # not a table name: generic creation too
     "job_log": _job_log,
     "audit_seal": _audit_seal,  # last: seals the events of everything above
 }

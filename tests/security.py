@@ -86,6 +86,11 @@ async def row_ids(conn: asyncpg.Connection, table: str, org: str, limit: int = 5
             " where organization_id = $1) order by id limit $2", uuid.UUID(org), limit)
     elif table == "organization":
         rows = await conn.fetch("select id from organization where id = $1", uuid.UUID(org))
+    elif "[" in table:  # "<table>[<condition>]" (tests/factories.py PATH_PARAMS): those rows only
+        table, condition = table[:-1].split("[", 1)
+        rows = await conn.fetch(
+            f"select id from public.{q(table)} x where x.organization_id = $1 and ({condition}) order by x.id"
+            " limit $2", uuid.UUID(org), limit)
     elif "." in table:  # "<table>.<column>" (tests/factories.py PATH_PARAMS): that column, by row age
         table, column = table.split(".", 1)
         rows = await conn.fetch(

@@ -20,8 +20,9 @@ INDEX_ALLOW_LIST = {
     "platform_token_hash_key",
     # login (auth.create_session) finds a user's organizations from the user alone.
     "organization_membership_user_idx",
-    # auth.accept_invite finds an invite by the SHA-256 of its secret (global, unique).
+    # auth.accept_invite finds an invite by the SHA-256 of either secret (global, unique).
     "project_invite_token_hash_key",
+    "project_invite_mail_token_hash_key",
     # begin_request / login find a project-only member's projects from the user alone.
     "project_membership_user_idx",
     # the mailer claims due mail across organizations (a global queue by nature).
@@ -46,6 +47,10 @@ AUTH_API_FUNCTIONS = {
     "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
     # retention (the scheduler): delete finished rows older than a cutoff, at least a day old
     "purge_finished_jobs", "purge_closed_desktop_connections", "purge_sent_invite_mails",
+    # policies/verification.sql: the mailbox proven by a secret before any context
+    # (verify_email, invite_preview), the request's own user only (issue_verification,
+    # my_organizations), an admin's new service account identity (create_service_user)
+    "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
 }
 
 # Tables without organization_id that still must have RLS enabled and forced.

@@ -82,7 +82,9 @@ async def test_login_and_signup_functions_leave_no_context_behind(api_conn):
     """auth.signup / auth.create_session act in the new user's organization for their
     inserts only: the transaction that called them has no context afterwards."""
     async with api_conn.transaction():
-        row = await api_conn.fetchrow("select * from auth.signup($1, 'x', 'n', 'r')", f"{uuid.uuid4().hex}@e.com")
+        row = await api_conn.fetchrow(
+            "select * from auth.signup($1, 'x', 'n', 'r', interval '1 day', $2, $3, 's', 'b')",
+            f"{uuid.uuid4().hex}@e.com", b"h" * 32, b"n" * 32)
         assert await api_conn.fetchval("select count(*) from project") == 0
         session = await api_conn.fetchrow("select * from auth.create_session($1, null, interval '1 hour', 'r')",
                                           row["user_id"])

@@ -50,7 +50,9 @@ class Inbox:
         return "250 OK"
 
     def to(self, email: str) -> list[Message]:
-        return [m for rcpts, m in self.messages if email.lower() in rcpts]
+        """Invitation mails to ``email`` (sign-up's verification mails go to the same inbox)."""
+        return [m for rcpts, m in self.messages
+                if email.lower() in rcpts and m["Subject"] != "Confirm your email address"]
 
     async def wait_for(self, email: str, count: int = 1, timeout: float = 10.0) -> list[Message]:
         deadline = time.monotonic() + timeout
@@ -133,10 +135,13 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
     expires = dt.datetime.fromisoformat(created["expires_at"])
     assert dt.timedelta(days=6, hours=23) < expires - dt.datetime.now(dt.UTC) <= dt.timedelta(days=7)
 
-    # The mail arrives, with the accept link carrying the same secret.
+    # The mail arrives, with a link to the invite page carrying the mail's own secret
+    # (not the one the inviter saw: only the mail's proves the mailbox).
     [mail] = await inbox.wait_for(bob.email)
     assert mail["To"].lower() == bob.email.lower() and "Invitation to" in mail["Subject"]
-    assert LINK.search(body_of(mail)).group(1) == secret
+    mail_secret = LINK.search(body_of(mail)).group(1)
+    assert mail_secret != secret and tokens.invite_hash(mail_secret)
+    assert f"/invites/accept#invite_token={mail_secret}" in body_of(mail)
     # The mailer marks the mail sent right after the SMTP server took it: a moment later.
     for _ in range(100):
         r = await client.get(f"/v1/projects/{p1}/invites/{created['id']}", headers=alice.h)
@@ -209,10 +214,10 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
     assert [str(r["user_id"]) for r in seen["project_membership"]] == [bob.user_id]
 
     # The secret: in the creation response and the mail only.
-    hashes = [token_hash(secret).hex()]
+    hashes = [token_hash(secret).hex(), token_hash(mail_secret).hex()]
     audit = await admin_conn.fetchval("select string_agg(changes::text, ' ') from token_audit_log")
-    assert secret not in audit and not any(h in audit for h in hashes)
-    assert secret not in caplog.text
+    assert secret not in audit and mail_secret not in audit and not any(h in audit for h in hashes)
+    assert secret not in caplog.text and mail_secret not in caplog.text
     assert created["email"] in audit  # (the search above ran over the invite's rows)
 
 
@@ -423,7 +428,7 @@ async def test_every_invite_action_is_audited_without_the_secret(client, admin_c
         ("project_invite", "UPDATE"), ("invite_outbox", "UPDATE"), ("invite_outbox", "INSERT"),  # resend
         ("project_membership", "INSERT"), ("project_invite", "UPDATE"),  # accept, as Bob
     ], t
-    assert t[2][3] == {"token_hash", "expires_at", "send_count", "updated_at"}
+    assert t[2][3] == {"token_hash", "mail_token_hash", "expires_at", "send_count", "updated_at"}
     assert {x[2] for x in t[:5]} == {alice.token_id} and {x[2] for x in t[5:]} == {bob_token}
     assert "accepted_at" in t[6][3]
     assert [(x[0], x[1], "declined_at" in x[3]) for x in await trail(c["id"])][-1] == ("project_invite", "UPDATE", True)
@@ -469,7 +474,7 @@ async def test_failed_send_is_retried_with_backoff_and_never_loses_the_invite(cl
                              " and invite_id = $2", *key)
     await drain(mailer)
     [mail] = inbox.to(bob.email)
-    assert LINK.search(body_of(mail)).group(1) == created["invite_token"]
+    assert LINK.search(body_of(mail)).group(1) != created["invite_token"]
     done = await admin_conn.fetchrow(row, *key)
     assert done["status"] == "sent" and done["attempts"] == 2
     assert created["invite_token"] not in caplog.text
@@ -511,7 +516,10 @@ async def test_development_default_logs_the_link_and_a_changed_key_is_not_sent(c
     caplog.set_level(logging.INFO, logger="tenant_api.mailer")
     dev = make_mailer(log_links=True)
     await drain(dev)
-    assert f"invite_token={created['invite_token']}" in caplog.text
+    # The mail's own secret (not the inviter's), on the invite page of the default PUBLIC_URL.
+    logged = LINK.search(caplog.text).group(1)
+    assert logged != created["invite_token"] and created["invite_token"] not in caplog.text
+    assert f"http://127.0.0.1:8000/invites/accept#invite_token={logged}" in caplog.text
 
     # Mail queued under one JWT_SECRET, sent under another: the secret cannot be re-derived.
     other = await invite(client, alice.h, alice.project_id, carol.email)

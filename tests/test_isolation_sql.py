@@ -230,8 +230,14 @@ async def test_child_cannot_point_at_another_organizations_parent(world, module_
                     break
                 source[c] = read[0]
         else:
-            original = await some_row(module_admin, child, "organization_id", a.organization_id,
-                                      not_null=[c for c, _ in pairs if c in generated])
+            # A row whose foreign key columns are all set: one with a null among them (an
+            # organization invite's mail has no project) does not exercise the key.
+            try:
+                original = await some_row(module_admin, child, "organization_id", a.organization_id,
+                                          not_null=[c for c, _ in pairs])
+            except AssertionError:  # none has every one set (job.schedule_id): as before
+                original = await some_row(module_admin, child, "organization_id", a.organization_id,
+                                          not_null=[c for c, _ in pairs if c in generated])
             fk_columns = {c for other in fks if other["child"] == child for c in other["child_cols"]}
             base = {k: v for k, v in original.items() if k not in generated}
             if child in LIFECYCLES:  # inserted rows start in the initial status (see copy_of)

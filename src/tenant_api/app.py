@@ -21,7 +21,7 @@ from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx
 from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
-from tenant_api.invites.controller import invite_answers_router
+from tenant_api.invites.controller import invite_answers_router, organization_invites_router
 from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
 from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
 from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
@@ -41,7 +41,9 @@ from tenant_api.resources.members import organization_members_router, project_me
 from tenant_api.resources.jobs import job_logs_router
 from tenant_api.resources.org import organization_router
 from tenant_api.settings import Settings
+from tenant_api.service_accounts.controller import service_accounts_router
 from tenant_api.tokens.controller import tokens_router
+from tenant_api.web.pages import web_router
 
 
 # The docs pages load these bundles from a CDN: pinned versions, never @latest.
@@ -73,6 +75,9 @@ def routers(settings: Settings) -> list[Router | Any]:
         organization_members_router,
         project_members_router,
         invite_answers_router,
+        organization_invites_router,
+        service_accounts_router,
+        web_router,
         job_logs_router,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
@@ -114,7 +119,7 @@ def create_app(settings: Settings) -> Litestar:
     async def start_mailer() -> None:
         # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
         if settings.invites.mailer_enabled:
-            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret)
+            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret, settings.server.base_url)
             mailer_tasks.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
         else:
             logging.getLogger("tenant_api.mailer").info(

@@ -76,11 +76,13 @@ async def demo_token(settings: Settings, password: str) -> dict:
     from tenant_api.auth.scopes import ROLE_SCOPES
 
     async with AsyncTestClient(create_app(settings)) as client:
-        signup = await client.post("/v1/auth/signup",
-                                   json={"email": DEMO_EMAIL, "password": password, "display_name": "Demo Owner"})
-        if signup.status_code not in (201, 409):
-            raise SystemExit(f"demo signup failed: {signup.status_code} {signup.text}")
         login = await client.post("/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
+        if login.status_code == 401:  # first start (signing up again later could claim the address)
+            signup = await client.post("/v1/auth/signup",
+                                       json={"email": DEMO_EMAIL, "password": password, "display_name": "Demo Owner"})
+            if signup.status_code != 201:
+                raise SystemExit(f"demo signup failed: {signup.status_code} {signup.text}")
+            login = await client.post("/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
         if login.status_code != 200:
             raise SystemExit(f"demo login failed: {login.status_code} {login.text}")
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
@@ -111,7 +113,7 @@ def run_dev() -> None:
     if not settings.invites.smtp_url:
         # No mail server on a developer's machine: invite mails, accept link and secret
         # included, go to this terminal (tenant_api.invites.mailer). Never in `serve`.
-        settings = settings.with_invites(log_links=True)
+        settings = settings.with_invites(log_links=True, mail_dir=str(DATA_DIR / "mail"))
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))
     host, port = settings.server.host, settings.server.port
@@ -120,14 +122,16 @@ def run_dev() -> None:
             [
                 "",
                 "tenant-api is ready.",
-                f"  docs:      http://{host}:{port}/docs",
+                f"  docs:      {settings.server.base_url}/docs",
                 f"  login:     {DEMO_EMAIL} / {password}",
                 f"  API token: {token['token']}   (all owner scopes, expires {token['expires_at']})",
                 f"  try:       curl -H 'Authorization: Bearer {token['token']}' http://{host}:{port}/v1/me",
                 f"  metrics:   curl -H 'Authorization: Bearer {settings.observability.metrics_token}' "
                 f"http://{host}:{port}/metrics",
-                "  invites:   " + ("sent through SMTP_URL" if settings.invites.smtp_url
-                                    else "mails (with their accept links) are printed here; set SMTP_URL to send"),
+                "  mail:      " + ("sent through SMTP_URL" if settings.invites.smtp_url
+                                    else f"printed here and kept in {DATA_DIR / 'mail'}/<address>.txt "
+                                         "(set SMTP_URL to send)"),
+                "  walkthroughs: docs/walkthroughs.md",
                 "  scheduler: running in the background (tenant-api scheduler in production)",
                 "  stop:      Ctrl-C (stops the embedded PostgreSQL too; its data stays in .data/)",
                 "",

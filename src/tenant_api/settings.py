@@ -51,6 +51,9 @@ class AuthSettings:
     token_max_ttl_days: int = 365
     auth_rate_per_minute: int = 30
     """Signup/login attempts per client address per minute (tenant_api.ops.ratelimit)."""
+    email_hold_hours: float = 24.0
+    """How long an unverified account holds its email address (EMAIL_HOLD_HOURS): past
+    it, a new sign-up with the address claims it (policies/verification.sql)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,17 @@ class ServerSettings:
     shutdown_seconds: float = 10.0
     """A graceful shutdown's bound: streams and sockets are ended first (final event,
     close 1001), then in-flight requests get the rest of it. SHUTDOWN_TIMEOUT_SECONDS."""
+    public_url: str = ""
+    """Where browsers reach this API (PUBLIC_URL, e.g. https://api.example.com): every
+    link the API builds (invite and verification mails) starts with it. Empty: follows
+    HOST and PORT."""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104 -- reading, not binding
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -153,9 +167,6 @@ class InviteSettings:
     """Project invites and their mail (tenant_api.invites)."""
 
     ttl_days: int = 7
-    accept_url: str = "http://127.0.0.1:8000/invites/accept#invite_token={token}"
-    """The link in the mail; {token} is replaced by the invite secret. In the fragment by
-    default, so it never reaches a web server's access log. INVITE_ACCEPT_URL."""
     smtp_url: str = ""
     """smtp://[user:password@]host[:port] (plain), smtp+starttls://... or smtps://...
     Unset: the mailer does not run and invite mails wait in invite_outbox. SMTP_URL."""
@@ -164,6 +175,9 @@ class InviteSettings:
     """Deliver by logging the accept link, secret included, instead of sending mail. Set
     only by `tenant-api dev` (make run) when SMTP_URL is unset: a developer's own
     machine. Never read from the environment, so a deployment cannot turn it on."""
+    mail_dir: str = ""
+    """With log_links: also write each mail to <mail_dir>/<recipient>.txt (the latest
+    one), so the walkthroughs can read a link with a shell command. Set by `make run` only."""
     poll_seconds: float = 5.0
     max_attempts: int = 8
     backoff_seconds: float = 30.0
@@ -222,6 +236,7 @@ class Settings:
             jwt_secret=env.get("JWT_SECRET", ""),
             session_ttl_seconds=int(env.get("SESSION_TTL_SECONDS", str(12 * 3600))),
             auth_rate_per_minute=int(env.get("AUTH_RATE_PER_MINUTE", "30")),
+            email_hold_hours=float(env.get("EMAIL_HOLD_HOURS", "24")),
         )
         server = ServerSettings(
             host=env.get("HOST", "127.0.0.1"),
@@ -230,11 +245,11 @@ class Settings:
             debug=env.get("DEBUG", "") in {"1", "true"},
             trusted_proxies=tuple(p.strip() for p in env.get("TRUSTED_PROXIES", "").split(",") if p.strip()),
             shutdown_seconds=float(env.get("SHUTDOWN_TIMEOUT_SECONDS", "10")),
+            public_url=env.get("PUBLIC_URL", ""),
         )
         desktops = DesktopSettings(instance_id=env.get("DESKTOP_INSTANCE_ID", ""))
         invites = InviteSettings(
             ttl_days=int(env.get("INVITE_TTL_DAYS", "7")),
-            accept_url=env.get("INVITE_ACCEPT_URL", InviteSettings.accept_url),
             smtp_url=env.get("SMTP_URL", ""),
             mail_from=env.get("MAIL_FROM", InviteSettings.mail_from),
         )
@@ -274,6 +289,9 @@ class Settings:
 
     def with_auth(self, **changes: Any) -> Settings:
         return replace(self, auth=replace(self.auth, **changes))
+
+    def with_server(self, **changes: Any) -> Settings:
+        return replace(self, server=replace(self.server, **changes))
 
     def with_desktops(self, **changes: Any) -> Settings:
         return replace(self, desktops=replace(self.desktops, **changes))

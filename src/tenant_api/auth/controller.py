@@ -1,4 +1,5 @@
-"""/v1/auth (signup, login, logout) and /v1/me."""
+"""/v1/auth (signup, verify, login, logout), /v1/me, /v1/me/organizations and
+/v1/me/verification."""
 
 import datetime as dt
 import re
@@ -18,9 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.auth.scopes import Scope
 from tenant_api.auth.passwords import hash_password, verify_password
 from tenant_api.auth.request import provide_public_db
+from tenant_api.auth.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
+from tenant_api.auth.verification import SessionOut, open_session, verification_mail
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, UserAccount
-from tenant_api.errors import ProblemError, conflict, invalid
+from tenant_api.errors import ProblemError, conflict, invalid, not_found
+from tenant_api.invites import tokens
 from tenant_api.resources.base import Input
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
@@ -38,6 +42,9 @@ class UserRead(msgspec.Struct):
     id: UUID
     email: str
     display_name: str
+    email_verified: bool = False
+    email_hold_until: dt.datetime | None = None
+    """Unverified: the address is this account's until then; verify it before."""
 
 
 class SignupOut(msgspec.Struct):
@@ -45,6 +52,20 @@ class SignupOut(msgspec.Struct):
     organization_id: UUID
     workspace_id: UUID
     project_id: UUID
+    session: SessionOut
+    """A session in the new organization: signed up is signed in."""
+
+
+class VerifyIn(Input):
+    token: Annotated[str, Meta(min_length=1, max_length=200)]
+    """The secret of the verification mail's link (tver_...)."""
+
+
+class VerifyOut(msgspec.Struct):
+    user_id: UUID
+    email_verified: bool
+    session: SessionOut | None
+    """A session in the user's first organization (None if they can enter none)."""
 
 
 class LoginIn(Input):
@@ -67,15 +88,54 @@ class TokenInUse(msgspec.Struct):
     kind: str
     prefix: str
     expires_at: dt.datetime
+    scopes: list[str] | None = None
+    """As granted when the token was made (None: a session, the role's scopes)."""
+    project_ids: list[UUID] | None = None
+    """As granted (None: not restricted by the token itself)."""
 
 
 class MeOut(msgspec.Struct):
     user: UserRead
+    principal: str
+    """user, or service_account (an organization's own identity for integrations)."""
     organization_id: UUID
     role: str
+    """The user's role in the organization (project:<role> for a member of projects only).
+    What this credential may do is ``scopes`` and ``project_ids``, never more."""
     scopes: list[Scope]
+    """The credential's effective scopes now: its own, within what the role allows."""
     project_ids: list[UUID] | None
+    """The effective project restriction (None: every project)."""
+    narrowed: bool
+    """True when the credential carries less than the role: fewer scopes, or a project
+    restriction of the token's own. A narrowed owner's token is not an owner."""
     token: TokenInUse
+
+
+class ProjectPlace(msgspec.Struct):
+    id: UUID
+    name: str
+    role: str
+
+
+class OrganizationPlace(msgspec.Struct):
+    organization_id: UUID
+    name: str
+    role: str | None
+    """The organization role; None for a member of some projects only (see projects)."""
+    projects: list[ProjectPlace] | None
+    current: bool
+    """The organization of the credential in use."""
+
+
+class OrganizationPlaces(msgspec.Struct):
+    items: list[OrganizationPlace]
+
+
+class VerificationSent(msgspec.Struct):
+    status: str
+    email: str
+    email_hold_until: dt.datetime | None
 
 
 PUBLIC = {"public": True}
@@ -85,28 +145,57 @@ PASSWORD_ROUTE = {**PUBLIC, "rate_limit": "auth"}
 
 
 @post("/signup", opt={**PASSWORD_ROUTE, "problems": (409,)}, dependencies={"db": Provide(provide_public_db)},
-      operation_id="signup", tags=["auth"])
-async def signup(db: AsyncSession, data: SignupIn, request: Request) -> SignupOut:
+      operation_id="signup", tags=["auth"],
+      summary="Sign up: an account, its organization, a session; a verification mail is sent")
+async def signup(db: AsyncSession, data: SignupIn, request: Request, state: State) -> SignupOut:
     email = data.email.strip()
     if not _EMAIL.match(email):
         raise invalid("email", "not an email address")
     password_hash = await hash_password(data.password)
+    request_id = request.scope["state"].get("request_id")
+    hold = dt.timedelta(hours=state.settings.auth.email_hold_hours)
+    mail = verification_mail(state.settings.auth.jwt_secret, email,
+                             await db.scalar(text("select now() + :hold"), {"hold": hold}))
     try:
         row = (
             await db.execute(
-                text("select * from auth.signup(:email, :hash, :name, :rid)"),
-                {"email": email, "hash": password_hash, "name": data.display_name,
-                 "rid": request.scope["state"].get("request_id")},
+                text("select * from auth.signup(:email, :hash, :name, :rid, :hold, :vhash, :nonce, :subject, :body)"),
+                {"email": email, "hash": password_hash, "name": data.display_name, "rid": request_id,
+                 "hold": hold, "vhash": mail.secret_hash, "nonce": mail.nonce, "subject": mail.subject,
+                 "body": mail.body},
             )
         ).one()
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) == "23505":
-            raise conflict("an account with this email already exists") from None
+            raise conflict("an account with this email already exists: log in. (An account that never verified "
+                           "its address holds it only for a while after its sign-up; then signing up claims it.)"
+                           ) from None
         raise
+    session = await open_session(db, state, row.user_id, row.organization_id, request_id)
+    assert session is not None  # the owner of the organization just made
     return SignupOut(
-        user=UserRead(id=row.user_id, email=email, display_name=data.display_name),
+        user=UserRead(id=row.user_id, email=email, display_name=data.display_name, email_verified=False,
+                      email_hold_until=row.email_hold_until),
         organization_id=row.organization_id, workspace_id=row.workspace_id, project_id=row.project_id,
+        session=session,
     )
+
+
+@post("/verify", opt={**PASSWORD_ROUTE, "problems": (404,)}, dependencies={"db": Provide(provide_public_db)},
+      operation_id="verify_email",
+      tags=["auth"], status_code=200, summary="Verify the email address with the mailed secret; returns a session")
+async def verify_email(db: AsyncSession, data: VerifyIn, request: Request, state: State) -> VerifyOut:
+    try:
+        digest = tokens.invite_hash(data.token.strip(), tokens.VERIFY_PREFIX)
+    except tokens.MalformedInvite:
+        raise invalid("token", "not a verification token") from None
+    request_id = request.scope["state"].get("request_id")
+    row = (await db.execute(text("select * from auth.verify_email(:hash, :rid)"),
+                            {"hash": digest, "rid": request_id})).one()
+    if row.status != "ok":
+        raise not_found("verification (already used, replaced by a newer mail, or the address was claimed)")
+    session = await open_session(db, state, row.user_id, None, request_id)
+    return VerifyOut(user_id=row.user_id, email_verified=True, session=session)
 
 
 @post("/login", opt={**PASSWORD_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)},
@@ -143,22 +232,61 @@ async def logout(db: AsyncSession, ctx: Principal) -> None:
     )
 
 
-@get("/me", opt={"scope": None}, operation_id="me", tags=["auth"])
+@get("/me", opt={"scope": None}, operation_id="me", tags=["auth"],
+     summary="Who the credential acts as: user, role, and the credential's effective scopes and projects")
 async def me(db: AsyncSession, ctx: Principal) -> MeOut:
-    user = (await db.execute(
-        select(UserAccount.id, UserAccount.email, UserAccount.display_name).where(UserAccount.id == ctx.user_id)
-    )).one()
+    user = (await db.execute(select(UserAccount).where(UserAccount.id == ctx.user_id))).scalar_one()
+    token = (await db.execute(select(PlatformToken.scopes, PlatformToken.project_ids).where(
+        PlatformToken.organization_id == ctx.organization_id, PlatformToken.id == ctx.token_id))).one()
     assert ctx.organization_id and ctx.token_id and ctx.kind and ctx.role and ctx.expires_at
+    role_scopes = (PROJECT_ROLE_SCOPES.get(ctx.role.removeprefix("project:"), frozenset())
+                   if ctx.role.startswith("project:") else ROLE_SCOPES.get(ctx.role, frozenset()))
     return MeOut(
-        user=UserRead(id=user.id, email=user.email, display_name=user.display_name),
+        user=_user_read(user),
+        principal="service_account" if user.kind == "service" else "user",
         organization_id=ctx.organization_id,
         role=ctx.role,
         scopes=[Scope(s) for s in sorted(ctx.scopes)],
         project_ids=list(ctx.project_ids) if ctx.project_ids is not None else None,
-        token=TokenInUse(id=ctx.token_id, kind=ctx.kind, prefix=ctx.prefix or "", expires_at=ctx.expires_at),
+        narrowed=set(ctx.scopes) != expand(role_scopes) or token.project_ids is not None,
+        token=TokenInUse(id=ctx.token_id, kind=ctx.kind, prefix=ctx.prefix or "", expires_at=ctx.expires_at,
+                         scopes=token.scopes, project_ids=token.project_ids),
     )
 
 
+def _user_read(user: UserAccount) -> UserRead:
+    return UserRead(id=user.id, email=user.email, display_name=user.display_name,
+                    email_verified=user.email_verified_at is not None, email_hold_until=user.email_hold_until)
 
-auth_router = Router(path="/v1/auth", route_handlers=[signup, login, logout])
-me_router = Router(path="/v1", route_handlers=[me])
+
+@get("/me/organizations", opt={"scope": None}, operation_id="my_organizations", tags=["auth"],
+     summary="Where you can enter: your organizations, and the projects of project-only memberships")
+async def my_organizations(db: AsyncSession, ctx: Principal) -> OrganizationPlaces:
+    rows = (await db.execute(text("select * from auth.my_organizations(:uid)"), {"uid": ctx.user_id})).all()
+    return OrganizationPlaces(items=[
+        OrganizationPlace(organization_id=r.organization_id, name=r.organization_name, role=r.role,
+                          projects=[ProjectPlace(id=UUID(p["id"]), name=p["name"], role=p["role"])
+                                    for p in r.projects] if r.projects is not None else None,
+                          current=r.organization_id == ctx.organization_id)
+        for r in rows])
+
+
+@post("/me/verification", opt={"scope": None}, operation_id="resend_verification", tags=["auth"],
+      status_code=202, summary="Mail a new verification link (the previous one stops working)")
+async def resend_verification(db: AsyncSession, ctx: Principal, state: State) -> VerificationSent:
+    user = (await db.execute(select(UserAccount).where(UserAccount.id == ctx.user_id))).scalar_one()
+    if user.email_verified_at is not None:
+        raise conflict("the email address is already verified")
+    mail = verification_mail(state.settings.auth.jwt_secret, user.email, user.email_hold_until)
+    status = await db.scalar(text("select auth.issue_verification(:uid, :hash, :nonce, :subject, :body)"),
+                             {"uid": ctx.user_id, "hash": mail.secret_hash, "nonce": mail.nonce,
+                              "subject": mail.subject, "body": mail.body})
+    if status == "verified":
+        raise conflict("the email address is already verified")
+    if status != "ok":
+        raise conflict("this account no longer holds an email address to verify")
+    return VerificationSent(status="sent", email=user.email, email_hold_until=user.email_hold_until)
+
+
+auth_router = Router(path="/v1/auth", route_handlers=[signup, verify_email, login, logout])
+me_router = Router(path="/v1", route_handlers=[me, my_organizations, resend_verification])

@@ -27,7 +27,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "member": frozenset(
         ["org:read", "members:read", "billing:read", "tokens:write"] + [f"{a}:write" for a in _WORK]
     ),
-    "auditor": frozenset([f"{area}:read" for area in AREAS] + ["audit:read"]),
+    # tokens:write lets an auditor mint (and revoke, rotate) tokens of their own, within
+    # their own read scopes (no_escalation); other users' tokens need members:write.
+    "auditor": frozenset([f"{area}:read" for area in AREAS] + ["audit:read", "tokens:write"]),
 }
 ROLES = tuple(ROLE_SCOPES)
 

@@ -29,6 +29,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,8 +37,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tenant_api.auth.credentials import token_hash
+from tenant_api.auth.verification import LINK_LINE
 from tenant_api.invites import tokens
-from tenant_api.invites.controller import LINK_LINE
 from tenant_api.ops.metrics import MAILS
 from tenant_api.settings import InviteSettings
 
@@ -86,10 +87,14 @@ def backoff(attempts: int, base: float) -> float:
 
 
 class Mailer:
-    def __init__(self, sessionmaker: async_sessionmaker, settings: InviteSettings, jwt_secret: str) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker, settings: InviteSettings, jwt_secret: str,
+                 base_url: str = "http://127.0.0.1:8000") -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
-        self.key = tokens.link_key(jwt_secret)
+        self.base_url = base_url.rstrip("/")
+        """PUBLIC_URL (ServerSettings.base_url): every link starts with it."""
+        self.invite_key = tokens.mail_key(jwt_secret)
+        self.verify_key = tokens.verify_key(jwt_secret)
         self.smtp = SmtpTarget.parse(settings.smtp_url) if settings.smtp_url else None
 
     async def run_once(self, limit: int = 20) -> int:
@@ -118,16 +123,26 @@ class Mailer:
                          "retry_in": _interval(retry_in) if retry_in is not None else None})
         return len(rows)
 
+    def link(self, kind: str, nonce: bytes) -> tuple[str, str]:
+        """The mail's secret (re-derived from the row's nonce) and the link carrying it,
+        in the fragment: browsers never send a fragment to any server."""
+        if kind == "verify":
+            secret = tokens.derive(self.verify_key, nonce, tokens.VERIFY_PREFIX)
+            return secret, f"{self.base_url}/verify-email#token={secret}"
+        secret = tokens.derive(self.invite_key, nonce)
+        return secret, f"{self.base_url}/invites/accept#invite_token={secret}"
+
     async def _deliver(self, row: Any) -> None:
-        secret = tokens.derive(self.key, row.nonce)
-        if token_hash(secret) != row.token_hash:
-            raise PermanentFailure("the invite secret cannot be re-derived (was JWT_SECRET changed?): "
-                                   "resend the invite")
-        link = self.settings.accept_url.replace("{token}", secret)
+        secret, link = self.link(row.kind, row.nonce)
+        if row.token_hash is None or token_hash(secret) != row.token_hash:
+            raise PermanentFailure("the mail's secret cannot be re-derived (JWT_SECRET changed, or a newer mail "
+                                   "replaced it): resend it")
         body = "\n".join(link if line == LINK_LINE else line for line in row.body.split("\n"))
         if self.smtp is None:
-            log.info("invite mail (development: logged, not sent) to %s\nSubject: %s\n\n%s",
+            log.info("mail (development: logged, not sent) to %s\nSubject: %s\n\n%s",
                      row.recipient, row.subject, body)
+            if self.settings.mail_dir:
+                _write_dev_mail(self.settings.mail_dir, row.recipient, f"Subject: {row.subject}\n\n{body}\n")
             return
         message = EmailMessage()
         message["From"] = self.settings.mail_from
@@ -149,6 +164,16 @@ class Mailer:
                 claimed = 0
             if claimed == 0:
                 await asyncio.sleep(self.settings.poll_seconds)
+
+
+def _write_dev_mail(directory: str, recipient: str, text_: str) -> None:
+    """`make run` only: the latest mail to each address, readable by the walkthroughs."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "@.-_+" else "_" for c in recipient.lower())
+    target = path / f"{safe}.txt"
+    target.write_text(text_)
+    target.chmod(0o600)
 
 
 def _interval(seconds: float) -> dt.timedelta:

@@ -71,8 +71,9 @@ Membership = type[OrganizationMembership] | type[ProjectMembership]
 
 
 def _with_user(model: Membership, where: list[Any]) -> Select:
+    # Service accounts are managed under /v1/service-accounts, not here.
     return (select(model, UserAccount.email, UserAccount.display_name)
-            .join(UserAccount, UserAccount.id == model.user_id).where(*where))
+            .join(UserAccount, UserAccount.id == model.user_id).where(*where, UserAccount.kind == "person"))
 
 
 def _read(row: Any) -> MemberRead:

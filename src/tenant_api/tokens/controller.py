@@ -114,6 +114,12 @@ class TokenBaseService(TenantService[PlatformToken]):
 
     async def revoke(self, token_id: UUID) -> None:
         row = await self.get_visible(token_id)
+        # Visible is not revocable: an auditor (audit:read) sees everyone's tokens; only
+        # one's own, or (members:write, unrestricted) anyone's, may be revoked (the
+        # platform_token write policy says the same).
+        ctx = self.ctx
+        if row.user_id != ctx.user_id and not (ctx.has_scope("members:write") and ctx.project_ids is None):
+            raise ProblemError(403, "cannot revoke another user's token", extra={"missing_scope": "members:write"})
         if row.revoked_at is None:
             row.revoked_at = await self.repository.session.scalar(select(func.now()))
             await self.repository.session.flush()

@@ -7,6 +7,7 @@ from tenant_api.db.models.identity import (
     OrganizationMembership,
     PlatformToken,
     Project,
+    ServiceAccount,
     TokenAuditLog,
     UserAccount,
     Workspace,
@@ -29,6 +30,7 @@ from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMem
 from tenant_api.db.models.tasks import ComputerUseTask, Job, JobLog, JobSchedule, Task
 
 __all__ = [
+    "ServiceAccount",
     "Agent",
     "AuditSeal",
     "AgentConversation",

@@ -18,6 +18,11 @@ class UserAccount(Base, Timestamps):
     id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid7, server_default=text("uuidv7()"))
     email: Mapped[str]
     display_name: Mapped[str]
+    kind: Mapped[str] = mapped_column(server_default="person")
+    """person | service (a service account's identity: no password, no login)."""
+    email_verified_at: Mapped[dt.datetime | None]
+    email_hold_until: Mapped[dt.datetime | None]
+    """Unverified: the address is held until then (policies/verification.sql)."""
     # Not granted to the API role: never loaded by the ORM, read only by auth.login_lookup.
     password_hash: Mapped[str] = deferred(mapped_column())
 
@@ -66,6 +71,17 @@ class PlatformToken(TenantBase, Timestamps):
     revoked_at: Mapped[dt.datetime | None]
     last_used_at: Mapped[dt.datetime | None]
     created_by_token_id: Mapped[UUID | None]
+
+
+class ServiceAccount(TenantBase, Timestamps):
+    __tablename__ = "service_account"
+
+    user_id: Mapped[UUID]
+    name: Mapped[str]
+    description: Mapped[str] = mapped_column(server_default="")
+    scopes: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    project_ids: Mapped[list[UUID] | None] = mapped_column(ARRAY(PGUUID(as_uuid=True)))
+    created_by_user_id: Mapped[UUID | None]
 
 
 class TokenAuditLog(TenantBase):

@@ -13,8 +13,11 @@ from tenant_api.db.models.base import TenantBase, Timestamps
 class InviteOutbox(TenantBase, Timestamps):
     __tablename__ = "invite_outbox"
 
-    project_id: Mapped[UUID]
-    invite_id: Mapped[UUID]
+    kind: Mapped[str] = mapped_column(server_default="invite")
+    """invite | verify (an email verification mail: user_id set, no invite)."""
+    project_id: Mapped[UUID | None]
+    invite_id: Mapped[UUID | None]
+    user_id: Mapped[UUID | None]
     recipient: Mapped[str]
     subject: Mapped[str]
     body: Mapped[str]
@@ -33,11 +36,13 @@ class ProjectInvite(TenantBase, Timestamps):
         status: str
         delivery_status: str | None
 
-    project_id: Mapped[UUID]
+    project_id: Mapped[UUID | None]
+    """None: an invite to the organization itself (role admin, member or auditor)."""
     email: Mapped[str]
     role: Mapped[str]
     # Not granted to the API role: written, never read back.
     token_hash: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    mail_token_hash: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     expires_at: Mapped[dt.datetime]
     invited_by_user_id: Mapped[UUID | None]
     send_count: Mapped[int] = mapped_column(server_default="1")

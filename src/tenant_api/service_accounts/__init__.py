@@ -1,0 +1,1 @@
+"""Service accounts: an organization's own principals for integrations."""
