@@ -21,6 +21,9 @@ from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.request import CredentialMiddleware, RequestIdMiddleware, is_public, provide_ctx, provide_db, provide_read
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
+from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
+from tenant_api import logredact
+from tenant_api.readiness import ready
 from tenant_api.invites.controller import invite_answers_router
 from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
@@ -48,6 +51,7 @@ async def health() -> dict[str, str]:
 def routers(settings: Settings) -> list[Router | Any]:
     return [
         health,
+        ready,
         auth_router(settings.auth.auth_rate_per_minute),
         me_router,
         organization_router,
@@ -82,6 +86,7 @@ def _check_route_security(app: Litestar) -> None:
 def create_app(settings: Settings) -> Litestar:
     if not settings.database.url:
         raise ValueError("settings.database.url (DATABASE_URL) is required")
+    logredact.install()  # no query string in any log line of this process (docs/robustness.md)
     codec = SessionCodec(settings.auth.jwt_secret, settings.auth.jwt_issuer)
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
@@ -132,6 +137,10 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
         middleware=[RequestIdMiddleware(), *usage_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Bad input is refused before any recursion or the driver meets it (inputs.py).
+        request_class=BoundedRequest,
+        type_decoders=TYPE_DECODERS,
+        plugins=[InputSchemaPlugin()],
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
                      "usage": recorder}),

@@ -41,6 +41,7 @@ from tenant_api.audit import sealing
 from tenant_api.auth.request import open_context_session
 from tenant_api.db.context import Principal
 from tenant_api.errors import invalid
+from tenant_api.inputs import Timestamp
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT
 
 EXPORT_BATCH = 1000
@@ -264,8 +265,8 @@ async def list_events(
     kind: Literal["change", "request", "security"] | None = None,
     status: _STATUS_CLASS | None = Parameter(default=None, description="status class of requests, e.g. 4xx"),
     request_id: str | None = Parameter(default=None, max_length=64),
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
 ) -> Response:
     assert ctx.organization_id is not None
     filters = {"token_id": token_id, "user_id": user_id, "table": table, "action": action, "kind": kind,
@@ -303,8 +304,8 @@ async def usage(
     db: AsyncSession,
     ctx: Principal,
     bucket: Literal["hour", "day"] = "day",
-    since: dt.datetime | None = Parameter(default=None, description="default: until - 7 days"),
-    until: dt.datetime | None = Parameter(default=None, description="default: now"),
+    since: Timestamp | None = Parameter(default=None, description="default: until - 7 days"),
+    until: Timestamp | None = Parameter(default=None, description="default: now"),
     token_id: UUID | None = None,
 ) -> UsageReport:
     until = until or dt.datetime.now(dt.UTC)
@@ -325,8 +326,8 @@ async def usage(
 async def verify(
     db: AsyncSession,
     ctx: Principal,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
 ) -> VerifyReport:
     assert ctx.organization_id is not None
     report = await sealing.verify(db, ctx.organization_id, since, until)

@@ -31,6 +31,7 @@ from tenant_api.auth.credentials import (
     DISPLAY_PREFIX_LEN,
     TOKEN_PREFIX,
     InvalidCredential,
+    bearer_from_subprotocols,
     SessionCodec,
     expired_session,
     parse_bearer,
@@ -88,11 +89,9 @@ class CredentialMiddleware(ASGIMiddleware):
             headers = dict(scope.get("headers") or [])
             raw = headers.get(b"authorization")
             if raw is None and scope["type"] == "websocket":
-                # Browsers cannot set headers on WebSockets: accept ?access_token= there.
-                from urllib.parse import parse_qs
-
-                values = parse_qs(scope.get("query_string", b"").decode()).get("access_token")
-                raw = f"Bearer {values[0]}".encode() if values else None
+                # Browsers cannot set headers on WebSockets: the credential may come as a
+                # subprotocol (never in the URL, which logs keep).
+                raw = bearer_from_subprotocols(headers.get(b"sec-websocket-protocol"))
             try:
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:

@@ -35,7 +35,8 @@ from tenant_api.db.models import (
     OrganizationMembership,
     Project,
 )
-from tenant_api.errors import conflict, invalid, not_found
+from tenant_api.inputs import INT64_MAX
+from tenant_api.errors import conflict, database_unavailable, invalid, not_found
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Nest, Resource, TenantService, to_read
 from tenant_api.resources.conversation_hub import ConversationHub
 
@@ -258,8 +259,10 @@ async def list_messages(
     db: AsyncSession,
     ctx: Principal,
     conversation_id: UUID,
-    before: int | None = Parameter(default=None, ge=1, description="messages with seq < before, newest first"),
-    after: int | None = Parameter(default=None, ge=0, description="messages with seq > after, oldest first"),
+    before: int | None = Parameter(default=None, ge=1, le=INT64_MAX,
+                                   description="messages with seq < before, newest first"),
+    after: int | None = Parameter(default=None, ge=0, le=INT64_MAX,
+                                  description="messages with seq > after, oldest first"),
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
 ) -> MessagePage:
     """History by seq. Neither cursor: the newest messages. ``after``: oldest first from
@@ -344,8 +347,9 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                     rows = await _fetch_after(state, credential, request_id, conversation_id, cursor)
             except Exception as exc:  # noqa: BLE001 - end the stream cleanly; the client resumes
                 end = exc if isinstance(exc, _StreamEnd) else _StreamEnd(503, "stream interrupted; reconnect")
-                if not isinstance(exc, _StreamEnd):
-                    log.warning("stream fetch failed (request_id=%s)", request_id, exc_info=exc)
+                if not isinstance(exc, _StreamEnd):  # a database outage is no bug: no traceback
+                    log.warning("stream fetch failed (request_id=%s): %s", request_id, type(exc).__name__,
+                                exc_info=None if database_unavailable(exc) else exc)
                 yield ServerSentEventMessage(event="error",
                                              data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
                 return
@@ -371,9 +375,10 @@ async def stream_conversation(
     db: AsyncSession,
     ctx: Principal,
     conversation_id: UUID,
-    last_event_id: int | None = Parameter(header="Last-Event-ID", default=None, ge=0,
+    last_event_id: int | None = Parameter(header="Last-Event-ID", default=None, ge=0, le=INT64_MAX,
                                           description="resume after this seq (sent by EventSource on reconnect)"),
-    after: int | None = Parameter(default=None, ge=0, description="start after this seq (default: only new messages)"),
+    after: int | None = Parameter(default=None, ge=0, le=INT64_MAX,
+                                  description="start after this seq (default: only new messages)"),
 ) -> ServerSentEvent:
     """New messages as Server-Sent Events: ``event: message``, ``id: <seq>``, data = the
     message. Ends with ``event: error`` when the credential stops being valid or the

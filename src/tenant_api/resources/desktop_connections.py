@@ -1,7 +1,8 @@
 """Robot clients' WebSocket and the desktop_connection rows that track it.
 
 ``/v1/desktop-connections/ws?vm_id=<uuid>``: a robot client connects with a credential
-holding ``desktops:write`` (Authorization header, or ``?access_token=``). The handler
+holding ``desktops:write`` (Authorization header, or where headers cannot be set the
+subprotocols ``tenant-api.v1, bearer.<credential>``: never in the URL). The handler
 works like the HTTP path but in short transactions of its own, each begun as the
 socket's credential (so auth.begin_request re-checks it, RLS applies and the audit log
 attributes every write to the token): one to open the row, one per heartbeat write,
@@ -30,15 +31,19 @@ from litestar.datastructures import State
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tenant_api.auth.credentials import WEBSOCKET_SUBPROTOCOL
 from tenant_api.auth.request import open_context_session, refusal
 from tenant_api.db.context import Principal
+from tenant_api.errors import database_unavailable
 from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
+from tenant_api.inputs import MAX_JSON_DEPTH, JsonTooDeep, decode_json
 from tenant_api.resources.base import Resource
 from tenant_api.settings import DesktopSettings
 
 log = logging.getLogger("tenant_api.desktops")
 
 SCOPE = "desktops:write"
+_TRY_AGAIN = 1013  # RFC 6455 "Try Again Later": the database is unavailable
 ConnectionStatus = Literal["connected", "disconnected"]
 
 
@@ -158,7 +163,10 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
             await touch(socket, connection_id)
             last_touch = time.monotonic()
         try:
-            kind = msgspec.json.decode(message.get("text") or message.get("bytes") or b"null").get("type")
+            kind = decode_json(message.get("text") or message.get("bytes") or b"null").get("type")
+        except JsonTooDeep:
+            await socket.send_json({"type": "error", "detail": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"})
+            continue
         except (msgspec.DecodeError, AttributeError):
             kind = None
         if kind == "ping":
@@ -171,13 +179,21 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
 async def robot_connection(socket: WebSocket) -> None:
     """Refusals are sent after the handshake, as close codes a client can read: 4400
     bad vm_id, 4401 unknown/revoked/expired credential, 4403 missing scope, 4404 VM
-    not found (another organization's or project's included), 4409 VM terminated."""
+    not found (another organization's or project's included), 4409 VM terminated;
+    1013 (try again later) while the database is unavailable."""
     cfg: DesktopSettings = socket.app.state.settings.desktops
-    await socket.accept()
+    offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",")]
+    await socket.accept(subprotocols=WEBSOCKET_SUBPROTOCOL if WEBSOCKET_SUBPROTOCOL in offered else None)
     try:
         connection_id = await open_connection(socket, _vm_id(socket))
     except Refused as refused:
         await socket.close(code=refused.code, reason=refused.reason)
+        return
+    except Exception as exc:
+        if not database_unavailable(exc):
+            log.exception("desktop connection could not open")
+        with suppress(Exception):
+            await socket.close(code=_TRY_AGAIN if database_unavailable(exc) else 1011, reason="retry later")
         return
     reason = "server_error"
     try:
@@ -191,10 +207,20 @@ async def robot_connection(socket: WebSocket) -> None:
     except asyncio.CancelledError:
         reason = "server_shutdown"
         raise
-    except (WebSocketDisconnect, OSError):  # the client vanished while we were sending
-        reason = "client_lost"
-    except Exception:
-        log.exception("desktop connection %s failed", connection_id)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The row stays open until a later write (or the reaper) closes it; the
+            # client reconnects when told to.
+            reason = "database_unavailable"
+            log.warning("desktop connection %s: database unavailable, closing with %d", connection_id, _TRY_AGAIN)
+            with suppress(Exception):
+                await socket.close(code=_TRY_AGAIN, reason="database unavailable; reconnect")
+        elif isinstance(exc, (WebSocketDisconnect, OSError)):  # the client vanished while we were sending
+            reason = "client_lost"
+        else:
+            log.exception("desktop connection %s failed", connection_id)
+            with suppress(Exception):
+                await socket.close(code=1011, reason="server error")
     finally:
         # Shielded: a server shutdown cancels this task, the row must still be closed.
         await asyncio.shield(close_connection(socket, connection_id, reason))
