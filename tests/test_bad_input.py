@@ -98,7 +98,9 @@ async def test_integers_beyond_their_column_are_422(client, t):
 OUT_OF_RANGE = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
 
 
-@pytest.mark.parametrize("value", [*OUT_OF_RANGE, "2030-01-01T00:00:00", "not a time"])
+@pytest.mark.parametrize("value", [*OUT_OF_RANGE, "2030-01-01T00:00:00", "not a time",
+                                   # the driver's -infinity and infinity
+                                   "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"])
 async def test_times_outside_the_range_or_without_a_zone_are_422_naming_the_field(client, t, value):
     checks = [
         ("GET", "/v1/audit/events", {"params": {"since": value}}, "since"),
@@ -115,8 +117,8 @@ async def test_times_outside_the_range_or_without_a_zone_are_422_naming_the_fiel
 
 
 async def test_extreme_but_valid_times_work(client, t):
-    r = await client.get("/v1/audit/events", headers=t.h, params={"since": "0001-01-01T00:00:00Z",
-                                                                  "until": "9999-12-31T23:59:59.999999Z"})
+    r = await client.get("/v1/audit/events", headers=t.h, params={"since": "0001-01-01T00:00:01Z",
+                                                                  "until": "9999-12-31T23:59:59Z"})
     assert r.status_code == 200, r.text
     r = await client.get("/v1/audit/verify", headers=t.h, params={"since": "0001-01-01T00:00:00-14:00"})
     assert r.status_code == 200, r.text

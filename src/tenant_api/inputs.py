@@ -40,7 +40,8 @@ Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 # --- date-times --------------------------------------------------------------------------
 
 TIMESTAMP_DESCRIPTION = (
-    "RFC 3339 date-time with a time zone (Z or ±hh:mm), between 0001-01-01 and 9999-12-31 in UTC"
+    "RFC 3339 date-time with a time zone (Z or ±hh:mm), after 0001-01-01T00:00:00Z and before"
+    " 9999-12-31T23:59:59.999999Z"
 )
 
 
@@ -48,7 +49,18 @@ class Timestamp(dt.datetime):
     """A request's date-time: time zone required, UTC instant within years 1..9999.
 
     A subclass only so that Litestar and msgspec hand every such value to
-    ``decode_timestamp`` (registered in ``TYPE_DECODERS``); it behaves as a datetime."""
+    ``decode_timestamp`` (registered in ``TYPE_DECODERS``). msgspec accepts exact types
+    only, so a Timestamp never travels further than the parsed input: request bodies
+    (``resources.base.Input``) turn theirs into plain datetimes as they are built, query
+    parameters go through ``plain``."""
+
+
+def plain(value: dt.datetime | None) -> dt.datetime | None:
+    """The same instant as a plain datetime (what responses and msgspec.convert accept)."""
+    if value is None or type(value) is dt.datetime:
+        return value
+    return dt.datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                       value.microsecond, tzinfo=value.tzinfo, fold=value.fold)
 
 
 def decode_timestamp(_: type, value: Any) -> Timestamp:
@@ -65,9 +77,13 @@ def decode_timestamp(_: type, value: Any) -> Timestamp:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("must include a time zone (Z or ±hh:mm)")
     try:
-        parsed.astimezone(dt.UTC)
+        utc = parsed.astimezone(dt.UTC).replace(tzinfo=None)
     except OverflowError:
-        raise ValueError("outside the supported range (0001-01-01 to 9999-12-31 in UTC)") from None
+        utc = dt.datetime.min
+    # The driver stores datetime.min/max as -infinity/infinity and reads those back as
+    # naive datetimes: the range's two ends are excluded.
+    if not dt.datetime.min < utc < dt.datetime.max:
+        raise ValueError("outside the supported range (0001-01-01 to 9999-12-31 in UTC)")
     return Timestamp(parsed.year, parsed.month, parsed.day, parsed.hour, parsed.minute, parsed.second,
                      parsed.microsecond, tzinfo=parsed.tzinfo, fold=parsed.fold)
 

@@ -24,7 +24,13 @@ def redact(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (int, float, bytes)):
+        return value
+    text = str(value)  # a URL object (httpx.URL, yarl.URL): redacted as its text
+    redacted = redact(text)
+    return value if redacted == text else redacted
 
 
 class _Redacting:
