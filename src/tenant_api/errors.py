@@ -238,6 +238,16 @@ def client_value_error(exc: BaseException) -> bool:
     return False
 
 
+def log_failure(logger: logging.Logger, message: str, exc: BaseException, *args: Any) -> None:
+    """For background work (mailer, usage writer, scheduler, reaper): a database outage is
+    one warning line, anything else a traceback. An outage is expected and logs every
+    second while it lasts; a bug must be seen."""
+    if database_unavailable(exc):
+        logger.warning(message + ": database unavailable (%s)", *args, type(exc).__name__)
+    else:
+        logger.error(message, *args, exc_info=exc)
+
+
 def unavailable(request: Request) -> Response:
     return problem(request, 503, "the database is unavailable; retry later",
                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

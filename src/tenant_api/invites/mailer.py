@@ -36,6 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tenant_api.auth.credentials import token_hash
+from tenant_api.errors import log_failure
 from tenant_api.invites import tokens
 from tenant_api.invites.controller import LINK_LINE
 from tenant_api.settings import InviteSettings
@@ -142,8 +143,8 @@ class Mailer:
                 claimed = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 -- the database may be away for a moment
-                log.exception("invite mailer round failed")
+            except Exception as exc:  # noqa: BLE001 -- the database may be away for a moment
+                log_failure(log, "invite mailer round failed", exc)
                 claimed = 0
             if claimed == 0:
                 await asyncio.sleep(self.settings.poll_seconds)

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.auth.credentials import WEBSOCKET_SUBPROTOCOL
 from tenant_api.auth.request import open_context_session, refusal
 from tenant_api.db.context import Principal
-from tenant_api.errors import database_unavailable
+from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
 from tenant_api.inputs import MAX_JSON_DEPTH, JsonTooDeep, decode_json
 from tenant_api.resources.base import Resource
@@ -142,8 +142,8 @@ async def close_connection(socket: WebSocket, connection_id: UUID, reason: str) 
                 status="disconnected", disconnected_at=func.now(), close_reason=reason))
     except Refused:
         pass
-    except Exception:
-        log.exception("could not close desktop connection %s; the reaper will", connection_id)
+    except Exception as exc:
+        log_failure(log, "could not close desktop connection %s; the reaper will", exc, connection_id)
 
 
 async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings) -> str:
@@ -246,8 +246,8 @@ async def _reap_logged(state: State, instance: str | None = None) -> None:
     try:
         if closed := await reap(state, instance):
             log.info("desktop reaper closed %d connection(s)", closed)
-    except Exception:
-        log.exception("desktop reaper failed; retrying in %ss", state.settings.desktops.reap_interval_seconds)
+    except Exception as exc:
+        log_failure(log, "desktop reaper failed; retrying in %ss", exc, state.settings.desktops.reap_interval_seconds)
 
 
 async def _reap_forever(state: State) -> None:
