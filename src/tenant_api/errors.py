@@ -219,6 +219,10 @@ def database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(e, asyncpg.InterfaceError) and any(m in str(e) for m in _CLOSED_MESSAGES):
             return True
+        if isinstance(e, asyncpg.InternalClientError):
+            # "cannot switch to state 12; another operation is in progress": the server
+            # ended the session while a statement was on its way (57P01 during a restart).
+            return True
         if isinstance(e, (ConnectionError, socket.gaierror, TimeoutError)):
             return True
         if isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS:

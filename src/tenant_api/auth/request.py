@@ -37,6 +37,7 @@ from tenant_api.auth.credentials import (
     parse_bearer,
 )
 from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
+from tenant_api.errors import database_unavailable
 
 _REFUSED = {
     "unknown": "unknown credential",
@@ -211,6 +212,7 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
     pooled = await state.engine.raw_connection()
     conn = pooled.driver_connection
     transaction = conn.transaction()
+    broken = False
     try:
         await transaction.start()
         row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
@@ -218,13 +220,22 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
         admit(request, Principal.from_row(row))
         yield ReadTransaction(conn, request.scope["state"]["principal"])
         await transaction.commit()
+    except BaseException as exc:
+        broken = database_unavailable(exc)
+        raise
     finally:
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            if not broken and not conn.is_closed() and conn.is_in_transaction():
                 await transaction.rollback()
         except Exception:  # noqa: S110 - the connection is discarded below
             pass
-        if conn.is_closed() or conn.is_in_transaction():
+        if conn.is_closed() or broken:
+            # The server went away (restart, failover): every connection of this pool's
+            # generation is as dead as this one. Invalidate them all, as SQLAlchemy does
+            # for the ORM path, so each is replaced at its next checkout instead of
+            # failing one more request (issue 10).
+            state.engine.sync_engine.pool._invalidate(pooled)
+        elif conn.is_in_transaction():
             pooled.invalidate()  # never hand a connection in an unknown state to the next request
         await greenlet_spawn(pooled.close)
 

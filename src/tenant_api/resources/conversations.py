@@ -36,7 +36,7 @@ from tenant_api.db.models import (
     Project,
 )
 from tenant_api.inputs import INT64_MAX
-from tenant_api.errors import conflict, database_unavailable, invalid, not_found
+from tenant_api.errors import conflict, database_unavailable, invalid, log_failure, not_found
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Nest, Resource, TenantService, to_read
 from tenant_api.resources.conversation_hub import ConversationHub
 
@@ -289,6 +289,7 @@ async def list_messages(
 
 FETCH_BATCH = 200
 RETRY_MS = 2000  # tells EventSource how soon to reconnect after the stream ends
+UNLISTENED_POLL_SECONDS = 1.0
 
 
 class _StreamEnd(Exception):
@@ -338,8 +339,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
         while not hub.closed and anyio.current_time() < deadline:
             try:
                 await hub.listen()
-            except Exception:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
-                log.warning("cannot LISTEN; stream falls back to polling", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
+                log_failure(log, "cannot LISTEN; stream falls back to polling", exc)
             sub.wake.clear()
             try:
                 # Shielded: a client leaving mid-fetch must not leave a connection half-used.
@@ -359,7 +360,9 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 cursor = row.seq
             if len(rows) == FETCH_BATCH:
                 continue  # more are waiting
-            with anyio.move_on_after(hub.heartbeat) as waited:
+            # Without the LISTEN connection (the database restarted, it reconnects within
+            # seconds) nothing wakes us: poll every second meanwhile, not every heartbeat.
+            with anyio.move_on_after(hub.heartbeat if hub.listening else UNLISTENED_POLL_SECONDS) as waited:
                 await sub.wake.wait()
             if waited.cancelled_caught:
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
