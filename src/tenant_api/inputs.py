@@ -40,7 +40,7 @@ Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 # --- date-times --------------------------------------------------------------------------
 
 TIMESTAMP_DESCRIPTION = (
-    "RFC 3339 date-time with a time zone (Z or ±hh:mm), after 0001-01-01T00:00:00Z and before"
+    "RFC 3339 date-time with a timezone (Z or ±hh:mm), after 0001-01-01T00:00:00Z and before"
     " 9999-12-31T23:59:59.999999Z"
 )
 
@@ -75,7 +75,7 @@ def decode_timestamp(_: type, value: Any) -> Timestamp:
     else:
         raise TypeError("expected an RFC 3339 date-time string")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise ValueError("must include a time zone (Z or ±hh:mm)")
+        raise ValueError("must include a timezone (Z or ±hh:mm)")
     try:
         utc = parsed.astimezone(dt.UTC).replace(tzinfo=None)
     except OverflowError:
