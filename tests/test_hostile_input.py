@@ -27,10 +27,10 @@ import os
 import random
 import time
 import uuid
-from urllib.parse import quote_from_bytes
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import asyncpg
 import pytest
@@ -77,8 +77,10 @@ RAW_DEEP = [Raw(b"[" * DEEP + b"]" * DEEP), Raw(b'{"a":' * DEEP + b"1" + b"}" * 
 RAW_BAD_UTF8 = Raw(b'"\xff\xfe bad utf-8 \xc3\x28"')
 INTS = [2**31, -(2**31) - 1, 2**31 - 1, 2**63, -(2**63) - 1, 2**63 - 1, 2**64, 10**40, -1, 0, 1.5]
 TIMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00Z",
-         "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000001Z", "9999-12-31T23:59:59.999998Z", "2030-01-01T00:00:00", "2030-02-30T00:00:00Z", "24:61", "99999-01-01T00:00:00Z"]
-STRINGS = ["", "\x00", "a\x00b", "x" * MEGABYTE, "x" * 32_000, "\u202e\ud7ff\U0001f4a5", 12345, ["list"], {"an": "object"}]
+         "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000001Z", "9999-12-31T23:59:59.999998Z",
+         "2030-01-01T00:00:00", "2030-02-30T00:00:00Z", "24:61", "99999-01-01T00:00:00Z"]
+STRINGS = ["", "\x00", "a\x00b", "x" * MEGABYTE, "x" * 32_000, "\u202e\ud7ff\U0001f4a5", 12345, ["list"],
+           {"an": "object"}]
 NIL = "00000000-0000-0000-0000-000000000000"
 
 
@@ -174,7 +176,7 @@ def parameter_cases(doc: dict[str, Any], method: str, template: str, op: dict[st
 def own_value(own: str, template: str, name: str) -> str:
     """The value ``own`` (the template filled with our rows) has for path parameter ``name``."""
     t_parts, o_parts = template.split("/"), own.split("/")
-    for t_part, o_part in zip(t_parts, o_parts):
+    for t_part, o_part in zip(t_parts, o_parts, strict=True):
         if t_part == "{" + name + "}":
             return o_part
     raise AssertionError(f"{template}: no parameter {name}")

@@ -136,14 +136,16 @@ async def reader(http: httpx.AsyncClient, h: dict[str, str], seen: Seen, stop: a
 
 async def writer(http: httpx.AsyncClient, h: dict[str, str], project_id: str, seen: Seen, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        r = await http.post("/v1/agents", headers=h, json={"project_id": project_id, "name": f"a-{uuid.uuid4().hex[:8]}"})
+        body = {"project_id": project_id, "name": f"a-{uuid.uuid4().hex[:8]}"}
+        r = await http.post("/v1/agents", headers=h, json=body)
         seen.response("write", r)
         if r.status_code == 201:
             seen.writes.append((r.json()["id"], r.headers["x-request-id"]))
         await asyncio.sleep(0.02)
 
 
-async def poster(http: httpx.AsyncClient, h: dict[str, str], conversation: str, seen: Seen, stop: asyncio.Event) -> None:
+async def poster(http: httpx.AsyncClient, h: dict[str, str], conversation: str, seen: Seen,
+                 stop: asyncio.Event) -> None:
     while not stop.is_set():
         r = await http.post(f"/v1/conversations/{conversation}/messages", headers=h, json={"body": "hello"})
         seen.response("message", r)
@@ -259,7 +261,8 @@ async def test_postgres_restart_under_mixed_load(cluster: Cluster, smtp: tuple[I
             h, seen, stop, stream_stop = world["h"], Seen(), asyncio.Event(), asyncio.Event()
             tasks = [asyncio.create_task(t) for t in (
                 reader(http, h, seen, stop), reader(http, h, seen, stop), writer(http, h, world["project"], seen, stop),
-                poster(http, h, world["conversation"], seen, stop), streamer(http, h, world["conversation"], seen, stream_stop),
+                poster(http, h, world["conversation"], seen, stop),
+                streamer(http, h, world["conversation"], seen, stream_stop),
                 robot(api.url, world["token"], world["vm"], seen, stop), ready_poller(http, seen, stop))]
             await asyncio.sleep(1.5)
             down_at = time.monotonic()
@@ -286,7 +289,8 @@ async def test_postgres_restart_under_mixed_load(cluster: Cluster, smtp: tuple[I
 
             # After the restart: the mailer sends again.
             email = f"after-{uuid.uuid4().hex[:6]}@example.com"
-            r = await http.post(f"/v1/projects/{world['project']}/invites", headers=h, json={"email": email, "role": "viewer"})
+            r = await http.post(f"/v1/projects/{world['project']}/invites", headers=h,
+                                json={"email": email, "role": "viewer"})
             assert r.status_code == 201, r.text
             deadline = time.monotonic() + 20
             while email not in inbox.recipients:

@@ -146,7 +146,8 @@ async def test_schemathesis_finds_no_server_error(world, client, module_admin, s
         await asyncio.to_thread(run, operation)
 
     print(f"\nschemathesis: {stats['cases']} cases on {len(operations) - stats['skipped_operations']}/"
-          f"{len(operations)} operations in {time.monotonic() - started:.0f}s, status classes {dict(sorted(statuses.items()))}"
+          f"{len(operations)} operations in {time.monotonic() - started:.0f}s, "
+          f"status classes {dict(sorted(statuses.items()))}"
           f" (checks: {', '.join(CHECKS)})")
     assert not failures, f"{len(failures)} operations failed:\n" + "\n\n".join(failures[:20])
     assert stats["skipped_operations"] == 0, "SCHEMATHESIS_BUDGET_SECONDS ran out before every operation ran"

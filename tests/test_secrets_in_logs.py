@@ -93,7 +93,8 @@ async def test_no_secret_reaches_the_server_log(database, tmp_path: Path):
             # the robot's socket: the credential as a subprotocol, then the old way (in the URL)
             config = (await http.post("/v1/desktop-configs", headers=alice["h"],
                                       json={"project_id": project, "name": "c", "image": "i"})).json()
-            vm = (await http.post("/v1/desktop-vms", headers=alice["h"], json={"config_id": config["id"], "name": "v"})).json()
+            vm = (await http.post("/v1/desktop-vms", headers=alice["h"],
+                                  json={"config_id": config["id"], "name": "v"})).json()
             ws_url = api.url.replace("http://", "ws://") + f"/v1/desktop-connections/ws?vm_id={vm['id']}"
             async with websockets.connect(ws_url, subprotocols=["tenant-api.v1", f"bearer.{robot}"]) as ws:  # type: ignore[list-item]
                 assert json.loads(await ws.recv())["type"] == "connected"

@@ -15,7 +15,6 @@ from http import HTTPStatus
 from typing import Any
 
 import asyncpg
-
 from advanced_alchemy.exceptions import (
     DuplicateKeyError,
     ForeignKeyError,

@@ -44,6 +44,9 @@ TIMESTAMP_DESCRIPTION = (
     " 9999-12-31T23:59:59.999999Z"
 )
 
+TIMESTAMP_EXAMPLE = "2030-01-31T12:00:00Z"
+"""Also what marks a Timestamp in the OpenAPI document (tests/test_bad_input.py)."""
+
 
 class Timestamp(dt.datetime):
     """A request's date-time: time zone required, UTC instant within years 1..9999.
@@ -98,7 +101,8 @@ class InputSchemaPlugin(OpenAPISchemaPlugin):
         return field_definition.annotation is Timestamp
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
-        return Schema(type="string", format="date-time", description=TIMESTAMP_DESCRIPTION)  # type: ignore[arg-type]
+        return Schema(type="string", format="date-time", description=TIMESTAMP_DESCRIPTION,  # type: ignore[arg-type]
+                      examples=[TIMESTAMP_EXAMPLE])
 
 
 # --- JSON nesting ------------------------------------------------------------------------

@@ -352,7 +352,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                     log.warning("stream fetch failed (request_id=%s): %s", request_id, type(exc).__name__,
                                 exc_info=None if database_unavailable(exc) else exc)
                 yield ServerSentEventMessage(event="error",
-                                             data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
+                                             data=msgspec.json.encode({"status": end.status,
+                                                                       "detail": end.detail}).decode())
                 return
             for row in rows:
                 yield ServerSentEventMessage(id=row.seq, event="message",
