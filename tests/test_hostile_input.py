@@ -23,6 +23,7 @@ audit log's row count as it was (every tenant-table change writes an audit row).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -249,6 +250,16 @@ async def audit_rows(conn: asyncpg.Connection, orgs: list[uuid.UUID]) -> int:
 
 # --- the sweep --------------------------------------------------------------------------
 
+class TracebackCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[0] is not None:
+            self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 async def world(client, module_admin) -> World:
     return await build_world(client, module_admin, "hostile")
@@ -267,6 +278,8 @@ async def test_no_operation_answers_5xx_or_changes_anything_when_refusing(world,
     statuses: Counter[int] = Counter()
     ran, skipped, attacked, done = 0, 0, set(), set()
     started = time.monotonic()
+    tracebacks = TracebackCatcher()
+    logging.getLogger().addHandler(tracebacks)
 
     for method, template, op in ops:
         public = (method, template) in factories.PUBLIC_OPERATIONS
@@ -324,9 +337,12 @@ async def test_no_operation_answers_5xx_or_changes_anything_when_refusing(world,
             if diff:
                 failures.append(f"{method} {template}: every case refused, yet tables changed: {diff}")
 
+    logging.getLogger().removeHandler(tracebacks)
     elapsed = time.monotonic() - started
     with capsys.disabled():
         print(f"\nhostile input: {ran} requests on {len(attacked)}/{len(ops)} operations in {elapsed:.0f}s "
               f"(budget {BUDGET_SECONDS:.0f}s, {skipped} cases left out), statuses {dict(sorted(statuses.items()))}")
     assert not failures, f"{len(failures)} hostile inputs mishandled:\n" + "\n".join(failures[:60])
+    # Refused garbage is no bug: it must not fill the log with tracebacks.
+    assert not tracebacks.records, [f"{r.name}: {r.getMessage()}" for r in tracebacks.records[:10]]
     assert attacked == {(m, p) for m, p, _ in ops}, "operations never attacked (raise HOSTILE_BUDGET_SECONDS)"
