@@ -169,6 +169,8 @@ UNDOCUMENTED_ROUTES: dict[str, str] = {
     "/invites/accept": "the invite page",
     "/verify-email": "the email verification page",
     "/static/{name}": "the pages' script and style sheet",
+    # Public like /health; reads only alembic_version (tests/test_faults.py, test_restart.py).
+    "/ready": "readiness probe for orchestrators",
 }
 
 # GET operations whose response holds no id at all by design, so "returns no id of

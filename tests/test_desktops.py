@@ -328,13 +328,28 @@ async def test_connect_ping_and_clean_disconnect(client, admin_conn, t):
     assert audit[0]["request_id"] and audit[0]["request_id"] == audit[1]["request_id"]  # one socket, one request id
 
 
-async def test_connect_with_access_token_query_parameter(client, admin_conn, t):
+async def test_connect_with_the_credential_as_a_subprotocol(client, admin_conn, t):
+    """Browsers cannot set Authorization on a WebSocket: the credential travels as a
+    subprotocol, never in the URL (which handshake and access logs keep)."""
     vm = await make_vm(client, t)
     token = await make_token(client, t, ["desktops:write"])
-    with await client.websocket_connect(ws_url(vm["id"], access_token=token["token"])) as ws:
+    offered = ["tenant-api.v1", f"bearer.{token['token']}"]
+    with await client.websocket_connect(ws_url(vm["id"]), subprotocols=offered) as ws:
         assert ws.receive_json(timeout=5)["type"] == "connected"
+        assert ws.accepted_subprotocol == "tenant-api.v1"  # the credential is never echoed
     rows = await connection_rows(admin_conn, vm["id"])
     assert [str(r["token_id"]) for r in rows] == [token["id"]]
+
+    # A session JWT works the same way.
+    with await client.websocket_connect(ws_url(vm["id"]), subprotocols=["tenant-api.v1", f"bearer.{t.session}"]) as ws:
+        assert ws.receive_json(timeout=5)["type"] == "connected"
+
+
+async def test_a_credential_in_the_url_is_refused(client, t):
+    """?access_token= is gone: a URL credential is not read (4401 for want of one)."""
+    vm = await make_vm(client, t)
+    e = await refused(client, ws_url(vm["id"], access_token=t.token), {})
+    assert e.code == 4401
 
 
 async def test_refused_connections(client, admin_conn, t, other):

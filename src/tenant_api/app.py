@@ -26,6 +26,9 @@ from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metric
 from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
 from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
 from tenant_api.ops.shutdown import Drain, install_signal_handlers
+from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
+from tenant_api import logredact
+from tenant_api.readiness import ready
 from tenant_api.invites.mailer import Mailer
 from tenant_api.resources import REGISTRY
 from tenant_api.resources.agents import agent_profile_router
@@ -62,6 +65,7 @@ def routers(settings: Settings) -> list[Router | Any]:
         health,
         metrics_endpoint,
         auth_router,
+        ready,
         me_router,
         organization_router,
         tokens_router,
@@ -98,6 +102,7 @@ def _check_route_security(app: Litestar) -> None:
 def create_app(settings: Settings) -> Litestar:
     if not settings.database.url:
         raise ValueError("settings.database.url (DATABASE_URL) is required")
+    logredact.install()  # no query string in any log line of this process (docs/robustness.md)
     codec = SessionCodec(settings.auth.jwt_secret, settings.auth.jwt_issuer)
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
@@ -168,6 +173,10 @@ def create_app(settings: Settings) -> Litestar:
                     ObservabilityMiddleware(engine, access=settings.observability.access_log),
                     *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Bad input is refused before any recursion or the driver meets it (inputs.py).
+        request_class=BoundedRequest,
+        type_decoders=TYPE_DECODERS,
+        plugins=[InputSchemaPlugin()],
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
                      "usage": recorder, "rate_limiter": limiter, "drain": drain}),

@@ -7,12 +7,14 @@ the internals and whose log line carries the request id.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
 import asyncpg
-
 from advanced_alchemy.exceptions import (
     DuplicateKeyError,
     ForeignKeyError,
@@ -22,6 +24,8 @@ from advanced_alchemy.exceptions import (
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm.exc import StaleDataError
 
 from tenant_api.ops.request_id import ensure_request_id
 from tenant_api.problems import kind_for
@@ -119,6 +123,8 @@ def _key_columns(request: Request, constraint: str | None) -> str | None:
 # SQLSTATE -> (status, detail). Constraint names are ours and safe to show; values are not
 # included (they can hold data the caller did not send).
 def _database(request: Request, exc: Exception) -> Response:
+    if (classified := classify(request, exc)) is not None:
+        return classified
     # SQLAlchemy wraps the driver's error (exc.orig); the raw asyncpg read path raises
     # asyncpg's own, which carries sqlstate itself.
     orig = getattr(exc, "orig", exc)
@@ -164,11 +170,127 @@ def _not_found(request: Request, exc: NotFoundError) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
+    if (classified := classify(request, exc)) is not None:
+        return classified
     log.error("unhandled error (request_id=%s)", ensure_request_id(request.scope), exc_info=exc)
     return problem(request, 500, "internal error; quote the request_id when reporting it")
 
 
+# --- classifiers: faults and client-side refusals that are not bugs (docs/robustness.md) ---
+
+RETRY_AFTER_SECONDS = 5
+"""Sent with every 503: a restarting PostgreSQL is back within seconds."""
+
+# SQLSTATE classes and codes meaning "the database is not there right now".
+_UNAVAILABLE_CLASSES = ("08",)  # connection exceptions
+_UNAVAILABLE_STATES = {
+    "57P01",  # admin_shutdown: the server is stopping (fast shutdown, pg_ctl restart)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now: starting up or shutting down
+    "53300",  # too_many_connections
+    "57P05",  # idle_session_timeout: the server closed an idle connection
+}
+_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOENT,
+                   errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOTCONN}
+_CLOSED_MESSAGES = ("connection is closed", "connection was closed", "underlying connection is closed",
+                    "cannot call Connection.", "connection has been released back to the pool")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it wraps (SQLAlchemy's .orig, advanced-alchemy's cause) and
+    what it was raised from, each once."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen or len(seen) > 16:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached, is restarting, or no connection was free in time:
+    a fault to retry (503), never the client's mistake or a bug."""
+    for e in _chain(exc):
+        if isinstance(e, PoolTimeoutError):  # the pool had no free connection within pool_timeout
+            return True
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+        sqlstate = getattr(e, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith(_UNAVAILABLE_CLASSES) or sqlstate in _UNAVAILABLE_STATES):
+            return True
+        if isinstance(e, asyncpg.InterfaceError) and any(m in str(e) for m in _CLOSED_MESSAGES):
+            return True
+        if isinstance(e, asyncpg.InternalClientError):
+            # "cannot switch to state 12; another operation is in progress": the server
+            # ended the session while a statement was on its way (57P01 during a restart).
+            return True
+        if isinstance(e, (ConnectionError, socket.gaierror, TimeoutError)):
+            return True
+        if isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS:
+            return True
+    return False
+
+
+def client_value_error(exc: BaseException) -> bool:
+    """A value the driver refused before sending it (asyncpg's client-side DataError: an
+    integer beyond its column, a naive datetime for timestamptz), or arithmetic on input
+    beyond Python's range (OverflowError). The input's fault: 422."""
+    for e in _chain(exc):
+        if isinstance(e, asyncpg.InterfaceError) and isinstance(e, ValueError):  # asyncpg's client-side DataError
+            return True
+        if isinstance(e, OverflowError):
+            return True
+    return False
+
+
+def log_failure(logger: logging.Logger, message: str, exc: BaseException, *args: Any) -> None:
+    """For background work (mailer, usage writer, scheduler, reaper): a database outage is
+    one warning line, anything else a traceback. An outage is expected and logs every
+    second while it lasts; a bug must be seen."""
+    if database_unavailable(exc):
+        logger.warning(message + ": database unavailable (%s)", *args, type(exc).__name__)
+    else:
+        logger.error(message, *args, exc_info=exc)
+
+
+def unavailable(request: Request) -> Response:
+    return problem(request, 503, "the database is unavailable; retry later",
+                   headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def classify(request: Request, exc: BaseException) -> Response | None:
+    """A problem response for an exception that is a fault or the client's input, logged
+    in one line without a traceback (refused garbage must not flood the log); None for
+    everything else (a bug: 500 with a traceback)."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    if database_unavailable(exc):
+        log.warning("database unavailable (request_id=%s): %s", request_id, type(exc).__name__)
+        return unavailable(request)
+    if any(isinstance(e, StaleDataError) for e in _chain(exc)):
+        # An ORM UPDATE/DELETE of a row this credential can see but RLS lets it change
+        # nothing of (a project-restricted credential on an organization-wide row).
+        return problem(request, 403, "this credential may not make that change")
+    if client_value_error(exc):
+        log.info("refused a value the database driver cannot encode (request_id=%s): %s", request_id,
+                 type(exc).__name__)
+        return problem(request, 422, "a value is out of range for its field",
+                       {"errors": [{"field": "body", "message": "a value is out of range"}]})
+    return None
+
+
+def _classified(request: Request, exc: Exception) -> Response:
+    return classify(request, exc) or _unexpected(request, exc)
+
+
 EXCEPTION_HANDLERS = {
+    StaleDataError: _classified,
+    PoolTimeoutError: _classified,
+    OverflowError: _classified,
+    OSError: _classified,
+    asyncpg.InterfaceError: _classified,
     ValidationException: _validation,
     HTTPException: _http_exception,
     NotFoundError: _not_found,

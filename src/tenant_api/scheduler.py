@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.cron import CronError, next_run
 from tenant_api.db.engine import create_api_engine
+from tenant_api.errors import log_failure
 from tenant_api.ops.metrics import SCHEDULER_ERRORS, SCHEDULER_FIRES, SCHEDULER_LATENESS
 from tenant_api.ops.retention import purge_periodically
 from tenant_api.settings import DatabaseSettings, RetentionSettings
@@ -112,7 +113,7 @@ class Scheduler:
             except Exception as exc:  # the database restarting, a network blip: try again
                 self.errors.append(exc)
                 SCHEDULER_ERRORS.inc()
-                log.exception("scheduler tick failed; retrying in %.1fs", self.interval)
+                log_failure(log, "scheduler tick failed; retrying in %.1fs", exc, self.interval)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
             except TimeoutError:
@@ -133,8 +134,8 @@ async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, eve
     while not stop.is_set():
         try:
             await sealing.seal(database.url, block_size=block_size)
-        except Exception:  # the database restarting: the next round seals what is left
-            log.exception("audit sealing failed; retrying in %.0fs", every)
+        except Exception as exc:  # the database restarting: the next round seals what is left
+            log_failure(log, "audit sealing failed; retrying in %.0fs", exc, every)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
         except TimeoutError:

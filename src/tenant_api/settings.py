@@ -35,6 +35,9 @@ class DatabaseSettings:
     backend for every extra request; waiting for a pooled connection is far cheaper
     (bench/RESULTS.md)."""
     pool_timeout: float = 10.0
+    """Seconds a request waits for a free pooled connection before a 503. DATABASE_POOL_TIMEOUT."""
+    connect_timeout: float = 5.0
+    """Seconds to open a new connection before giving up (503). DATABASE_CONNECT_TIMEOUT."""
     pgbouncer: bool = False
     """Behind PgBouncer in transaction mode: no server-side prepared statement cache."""
     listen_url: str = ""
@@ -229,6 +232,8 @@ class Settings:
             owner_url=asyncpg_url(env["OWNER_DATABASE_URL"]) if env.get("OWNER_DATABASE_URL") else "",
             pool_size=int(env.get("DATABASE_POOL_SIZE", "20")),
             max_overflow=int(env.get("DATABASE_MAX_OVERFLOW", "0")),
+            pool_timeout=float(env.get("DATABASE_POOL_TIMEOUT", "10")),
+            connect_timeout=float(env.get("DATABASE_CONNECT_TIMEOUT", "5")),
             pgbouncer=env.get("DATABASE_PGBOUNCER", "") in {"1", "true", "yes"},
             listen_url=asyncpg_url(env["LISTEN_DATABASE_URL"]) if env.get("LISTEN_DATABASE_URL") else "",
         )
@@ -301,9 +306,6 @@ class Settings:
 
     def with_audit(self, **changes: Any) -> Settings:
         return replace(self, audit=replace(self.audit, **changes))
-
-    def with_server(self, **changes: Any) -> Settings:
-        return replace(self, server=replace(self.server, **changes))
 
     def with_rate_limit(self, **changes: Any) -> Settings:
         return replace(self, rate_limit=replace(self.rate_limit, **changes))

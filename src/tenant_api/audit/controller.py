@@ -41,6 +41,7 @@ from tenant_api.audit import sealing
 from tenant_api.auth.request import open_context_session
 from tenant_api.db.context import Principal
 from tenant_api.errors import invalid
+from tenant_api.inputs import Timestamp, plain
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT
 
 EXPORT_BATCH = 1000
@@ -274,12 +275,12 @@ async def list_events(
     kind: Literal["change", "request", "security"] | None = None,
     status: _STATUS_CLASS | None = Parameter(default=None, description="status class of requests, e.g. 4xx"),
     request_id: str | None = Parameter(default=None, max_length=64),
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
 ) -> Response:
     assert ctx.organization_id is not None
     filters = {"token_id": token_id, "user_id": user_id, "table": table, "action": action, "kind": kind,
-               "status": status, "request_id": request_id, "since": since, "until": until}
+               "status": status, "request_id": request_id, "since": plain(since), "until": plain(until)}
     media_type = request.accept.best_match(["application/json", CSV, NDJSON], default="application/json")
     if media_type in (CSV, NDJSON):
         horizon = (await db.execute(text("select pg_snapshot_xmin(pg_current_snapshot())"))).scalar_one()
@@ -313,12 +314,15 @@ async def usage(
     db: AsyncSession,
     ctx: Principal,
     bucket: Literal["hour", "day"] = "day",
-    since: dt.datetime | None = Parameter(default=None, description="default: until - 7 days"),
-    until: dt.datetime | None = Parameter(default=None, description="default: now"),
+    since: Timestamp | None = Parameter(default=None, description="default: until - 7 days"),
+    until: Timestamp | None = Parameter(default=None, description="default: now"),
     token_id: UUID | None = None,
 ) -> UsageReport:
-    until = until or dt.datetime.now(dt.UTC)
-    since = since or until - dt.timedelta(days=7)
+    until = plain(until) or dt.datetime.now(dt.UTC)
+    try:
+        since = plain(since) or until - dt.timedelta(days=7)
+    except OverflowError:
+        raise invalid("since", "required when until is within 7 days of the year 1") from None
     if since.tzinfo is None or until.tzinfo is None:
         raise invalid("since" if since.tzinfo is None else "until", "must include a time zone")
     if since >= until:
@@ -335,11 +339,11 @@ async def usage(
 async def verify(
     db: AsyncSession,
     ctx: Principal,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
 ) -> VerifyReport:
     assert ctx.organization_id is not None
-    report = await sealing.verify(db, ctx.organization_id, since, until)
+    report = await sealing.verify(db, ctx.organization_id, plain(since), plain(until))
     problems = [VerifyProblem(p.problem, p.event_id, p.seal_seq, p.detail) for p in report.problems]
     return VerifyReport(
         status=report.status,  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from tenant_api.auth.request import is_public
 from tenant_api.ops.metrics import USAGE_DROPPED, USAGE_WRITTEN
+from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.settings import DatabaseSettings
 
 log = logging.getLogger("tenant_api.usage")
@@ -135,11 +136,11 @@ class UsageRecorder:
             started = time.perf_counter()
             try:
                 await self._insert(batch)
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                log.exception("writing %d usage records failed", n)
+                log_failure(log, "writing %d usage records failed", exc, n)
                 await self._disconnect()
-                if failures >= 3:  # a batch the database keeps refusing: give it up
+                if failures >= 3 and not database_unavailable(exc):  # a batch the database keeps refusing
                     self.dropped += n
                     USAGE_DROPPED.inc(n)
                     self._settle(n)

@@ -70,6 +70,18 @@ def parse_api_token(token: str) -> Credential:
     return Credential(kind="api", token_hash=token_hash(token), prefix=display_prefix(token))
 
 
+def _claim_uuid(claims: dict[str, object], name: str) -> UUID:
+    """A claim that must hold a UUID string: anything else (a number, a list, an object)
+    is an invalid credential, never a crash in UUID()."""
+    value = claims.get(name)
+    if not isinstance(value, str):
+        raise InvalidCredential(f"invalid session token: {name} is not a string")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidCredential(f"invalid session token: {name} is not a UUID") from None
+
+
 class SessionCodec:
     """Issues and checks session JWTs. Only HS256 with our key is accepted: ``alg: none``,
     other algorithms, other keys, tampered or expired tokens are all InvalidCredential."""
@@ -103,12 +115,13 @@ class SessionCodec:
                 issuer=self._issuer,
                 options={"require": ["exp", "iat", "iss", "sub", "sid", "org"]},
             )
-            return Credential(kind="session", session_id=UUID(claims["sid"]), session_org=UUID(claims["org"]),
-                              prefix="session")
         except jwt.ExpiredSignatureError as exc:
             raise InvalidCredential("session expired") from exc
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise InvalidCredential("invalid session token") from exc
+        _claim_uuid(claims, "sub")
+        return Credential(kind="session", session_id=_claim_uuid(claims, "sid"),
+                          session_org=_claim_uuid(claims, "org"), prefix="session")
 
 
 def expired_session(codec: SessionCodec, token: str) -> tuple[UUID, UUID, UUID] | None:
@@ -118,9 +131,29 @@ def expired_session(codec: SessionCodec, token: str) -> tuple[UUID, UUID, UUID] 
     try:
         claims = jwt.decode(token, codec._secret, algorithms=[codec.algorithm], issuer=codec._issuer,
                             options={"verify_exp": False, "require": ["exp", "sub", "sid", "org"]})
-        return UUID(claims["sid"]), UUID(claims["org"]), UUID(claims["sub"])
-    except (jwt.InvalidTokenError, ValueError, TypeError):
+        return _claim_uuid(claims, "sid"), _claim_uuid(claims, "org"), _claim_uuid(claims, "sub")
+    except (jwt.InvalidTokenError, ValueError, TypeError, InvalidCredential):
         return None
+
+
+WEBSOCKET_SUBPROTOCOL = "tenant-api.v1"
+"""The subprotocol a WebSocket client offers beside its credential; the server selects it."""
+_BEARER_SUBPROTOCOL = "bearer."
+
+
+def bearer_from_subprotocols(header: bytes | None) -> bytes | None:
+    """``Sec-WebSocket-Protocol: tenant-api.v1, bearer.<credential>`` -> ``Bearer <credential>``.
+
+    Browsers cannot set Authorization on a WebSocket; a credential in the URL ends up in
+    access and handshake logs, so it travels in this header instead (never echoed back:
+    the server selects ``tenant-api.v1``)."""
+    if not header:
+        return None
+    for offered in header.decode("latin-1").split(","):
+        offered = offered.strip()
+        if offered.startswith(_BEARER_SUBPROTOCOL):
+            return b"Bearer " + offered[len(_BEARER_SUBPROTOCOL):].encode("latin-1")
+    return None
 
 
 def parse_bearer(header: str | None, codec: SessionCodec) -> Credential:

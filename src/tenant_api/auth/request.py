@@ -31,11 +31,13 @@ from tenant_api.auth.credentials import (
     DISPLAY_PREFIX_LEN,
     TOKEN_PREFIX,
     InvalidCredential,
+    bearer_from_subprotocols,
     SessionCodec,
     expired_session,
     parse_bearer,
 )
 from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
+from tenant_api.errors import database_unavailable
 
 _REFUSED = {
     "unknown": "unknown credential",
@@ -70,11 +72,9 @@ class CredentialMiddleware(ASGIMiddleware):
             headers = dict(scope.get("headers") or [])
             raw = headers.get(b"authorization")
             if raw is None and scope["type"] == "websocket":
-                # Browsers cannot set headers on WebSockets: accept ?access_token= there.
-                from urllib.parse import parse_qs
-
-                values = parse_qs(scope.get("query_string", b"").decode()).get("access_token")
-                raw = f"Bearer {values[0]}".encode() if values else None
+                # Browsers cannot set headers on WebSockets: the credential may come as a
+                # subprotocol (never in the URL, which logs keep).
+                raw = bearer_from_subprotocols(headers.get(b"sec-websocket-protocol"))
             try:
                 credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
             except InvalidCredential as exc:
@@ -194,6 +194,7 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
     pooled = await state.engine.raw_connection()
     conn = pooled.driver_connection
     transaction = conn.transaction()
+    broken = False
     try:
         await transaction.start()
         row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
@@ -201,13 +202,22 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
         admit(request, Principal.from_row(row))
         yield ReadTransaction(conn, request.scope["state"]["principal"])
         await transaction.commit()
+    except BaseException as exc:
+        broken = database_unavailable(exc)
+        raise
     finally:
         try:
-            if not conn.is_closed() and conn.is_in_transaction():
+            if not broken and not conn.is_closed() and conn.is_in_transaction():
                 await transaction.rollback()
         except Exception:  # noqa: S110 - the connection is discarded below
             pass
-        if conn.is_closed() or conn.is_in_transaction():
+        if conn.is_closed() or broken:
+            # The server went away (restart, failover): every connection of this pool's
+            # generation is as dead as this one. Invalidate them all, as SQLAlchemy does
+            # for the ORM path, so each is replaced at its next checkout instead of
+            # failing one more request (issue 10).
+            state.engine.sync_engine.pool._invalidate(pooled)
+        elif conn.is_in_transaction():
             pooled.invalidate()  # never hand a connection in an unknown state to the next request
         await greenlet_spawn(pooled.close)
 

@@ -14,6 +14,9 @@ def create_api_engine(settings: DatabaseSettings) -> AsyncEngine:
     connect_args: dict[str, object] = {
         # Fail fast rather than queue forever; statement_timeout guards the pool.
         "server_settings": {"application_name": "tenant-api", "statement_timeout": "30000"},
+        # A server that does not answer is a 503 within seconds, not a request hanging
+        # for asyncpg's default minute.
+        "timeout": settings.connect_timeout,
     }
     if settings.pgbouncer:
         # PgBouncer in transaction mode hands each transaction to any server

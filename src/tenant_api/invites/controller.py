@@ -463,7 +463,8 @@ def _membership(row: Any) -> MembershipOut:
                          membership_id=row.membership_id, role=row.role, email_verified=bool(row.verified))
 
 
-@post("/accept", opt={"scope": None, "problems": (404, 409, 410)}, operation_id="accept_invite", tags=["members"], status_code=201,
+@post("/accept", opt={"scope": None, "problems": (404, 409, 410)}, operation_id="accept_invite", tags=["members"],
+      status_code=201,
       summary="Accept an invite addressed to your email: become a member of its project or organization")
 async def accept_invite(db: AsyncSession, ctx: Principal, data: InviteAnswer) -> MembershipOut:
     return _membership(await _answer(db, ctx.user_id, data.invite_token, decline=False))

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tenant_api.auth.credentials import token_hash
 from tenant_api.auth.verification import LINK_LINE
+from tenant_api.errors import log_failure
 from tenant_api.invites import tokens
 from tenant_api.ops.metrics import MAILS
 from tenant_api.settings import InviteSettings
@@ -159,8 +160,8 @@ class Mailer:
                 claimed = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 -- the database may be away for a moment
-                log.exception("invite mailer round failed")
+            except Exception as exc:  # noqa: BLE001 -- the database may be away for a moment
+                log_failure(log, "invite mailer round failed", exc)
                 claimed = 0
             if claimed == 0:
                 await asyncio.sleep(self.settings.poll_seconds)

@@ -42,6 +42,7 @@ from tenant_api.auth.request import ReadTransaction
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase
 from tenant_api.errors import ProblemError, invalid, not_found
+from tenant_api.inputs import Timestamp, plain
 
 M = TypeVar("M", bound=TenantBase)
 
@@ -51,6 +52,13 @@ MAX_LIMIT = 200
 
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of request bodies: unknown fields are an error, not silently dropped."""
+
+    def __post_init__(self) -> None:
+        # Timestamp fields were validated by inputs.decode_timestamp; from here on they
+        # are plain datetimes (msgspec accepts exact types only).
+        for name in self.__struct_fields__:
+            if isinstance(value := getattr(self, name), Timestamp):
+                setattr(self, name, plain(value))
 
 
 def set_fields(data: msgspec.Struct) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import UserTrial
 from tenant_api.errors import ProblemError, invalid, not_found
+from tenant_api.inputs import Timestamp
 from tenant_api.resources.base import Input, service_for, set_fields
 
-TzDatetime = Annotated[dt.datetime, Meta(tz=True)]
 Plan = Annotated[str, Meta(min_length=1, max_length=100)]
 
 
@@ -40,10 +40,10 @@ class TrialIn(Input):
     """To create: plan and ends_at (started_at defaults to now). To update: any field."""
 
     plan: Plan | UnsetType = UNSET
-    started_at: TzDatetime | UnsetType = UNSET
-    ends_at: TzDatetime | UnsetType = UNSET
-    converted_at: TzDatetime | None | UnsetType = UNSET
-    cancelled_at: TzDatetime | None | UnsetType = UNSET
+    started_at: Timestamp | UnsetType = UNSET
+    ends_at: Timestamp | UnsetType = UNSET
+    converted_at: Timestamp | None | UnsetType = UNSET
+    cancelled_at: Timestamp | None | UnsetType = UNSET
 
 
 TrialService = service_for(UserTrial, "trial")

@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Agent, OrganizationMembership, Project, VideoCall
 from tenant_api.errors import conflict, invalid
+from tenant_api.inputs import Timestamp
 from tenant_api.resources.base import Input, Resource, TenantService, to_read
 
 Title = Annotated[str, Meta(max_length=200)]
-TzDatetime = Annotated[dt.datetime, Meta(tz=True)]
 
 
 class Participant(Input):
@@ -48,7 +48,7 @@ class VideoCallCreate(Input):
     project_id: UUID
     title: Title = ""
     participants: Participants = []
-    started_at: TzDatetime | None = None
+    started_at: Timestamp | None = None
     """Defaults to now; not in the future."""
 
 

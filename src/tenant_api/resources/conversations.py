@@ -35,7 +35,8 @@ from tenant_api.db.models import (
     OrganizationMembership,
     Project,
 )
-from tenant_api.errors import conflict, invalid, not_found
+from tenant_api.inputs import INT64_MAX
+from tenant_api.errors import conflict, database_unavailable, invalid, log_failure, not_found
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Nest, Resource, TenantService, to_read
 from tenant_api.resources.conversation_hub import ConversationHub
 
@@ -258,8 +259,10 @@ async def list_messages(
     db: AsyncSession,
     ctx: Principal,
     conversation_id: UUID,
-    before: int | None = Parameter(default=None, ge=1, description="messages with seq < before, newest first"),
-    after: int | None = Parameter(default=None, ge=0, description="messages with seq > after, oldest first"),
+    before: int | None = Parameter(default=None, ge=1, le=INT64_MAX,
+                                   description="messages with seq < before, newest first"),
+    after: int | None = Parameter(default=None, ge=0, le=INT64_MAX,
+                                  description="messages with seq > after, oldest first"),
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
 ) -> MessagePage:
     """History by seq. Neither cursor: the newest messages. ``after``: oldest first from
@@ -286,6 +289,7 @@ async def list_messages(
 
 FETCH_BATCH = 200
 RETRY_MS = 2000  # tells EventSource how soon to reconnect after the stream ends
+UNLISTENED_POLL_SECONDS = 1.0
 
 
 class _StreamEnd(Exception):
@@ -335,8 +339,8 @@ async def _message_events(state: State, credential: Credential, request_id: str 
         while not hub.closed and not hub.draining and anyio.current_time() < deadline:
             try:
                 await hub.listen()
-            except Exception:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
-                log.warning("cannot LISTEN; stream falls back to polling", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat poll keeps the stream correct meanwhile
+                log_failure(log, "cannot LISTEN; stream falls back to polling", exc)
             sub.wake.clear()
             try:
                 # Shielded: a client leaving mid-fetch must not leave a connection half-used.
@@ -344,10 +348,12 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                     rows = await _fetch_after(state, credential, request_id, conversation_id, cursor)
             except Exception as exc:  # noqa: BLE001 - end the stream cleanly; the client resumes
                 end = exc if isinstance(exc, _StreamEnd) else _StreamEnd(503, "stream interrupted; reconnect")
-                if not isinstance(exc, _StreamEnd):
-                    log.warning("stream fetch failed (request_id=%s)", request_id, exc_info=exc)
-                yield ServerSentEventMessage(
-                    event="error", data=msgspec.json.encode({"status": end.status, "detail": end.detail}).decode())
+                if not isinstance(exc, _StreamEnd):  # a database outage is no bug: no traceback
+                    log.warning("stream fetch failed (request_id=%s): %s", request_id, type(exc).__name__,
+                                exc_info=None if database_unavailable(exc) else exc)
+                yield ServerSentEventMessage(event="error",
+                                             data=msgspec.json.encode({"status": end.status,
+                                                                       "detail": end.detail}).decode())
                 return
             for row in rows:
                 yield ServerSentEventMessage(id=row.seq, event="message",
@@ -357,7 +363,9 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                 continue  # more are waiting
             if hub.draining:  # set while we fetched (its wake-up may have been cleared above)
                 break
-            with anyio.move_on_after(hub.heartbeat) as waited:
+            # Without the LISTEN connection (the database restarted, it reconnects within
+            # seconds) nothing wakes us: poll every second meanwhile, not every heartbeat.
+            with anyio.move_on_after(hub.heartbeat if hub.listening else UNLISTENED_POLL_SECONDS) as waited:
                 await sub.wake.wait()
             if waited.cancelled_caught:
                 yield ServerSentEventMessage(data=None, comment="keep-alive")
@@ -376,9 +384,10 @@ async def stream_conversation(
     db: AsyncSession,
     ctx: Principal,
     conversation_id: UUID,
-    last_event_id: int | None = Parameter(header="Last-Event-ID", default=None, ge=0,
+    last_event_id: int | None = Parameter(header="Last-Event-ID", default=None, ge=0, le=INT64_MAX,
                                           description="resume after this seq (sent by EventSource on reconnect)"),
-    after: int | None = Parameter(default=None, ge=0, description="start after this seq (default: only new messages)"),
+    after: int | None = Parameter(default=None, ge=0, le=INT64_MAX,
+                                  description="start after this seq (default: only new messages)"),
 ) -> ServerSentEvent:
     """New messages as Server-Sent Events: ``event: message``, ``id: <seq>``, data = the
     message. Ends with ``event: error`` when the credential stops being valid or the

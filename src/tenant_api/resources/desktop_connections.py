@@ -1,7 +1,8 @@
 """Robot clients' WebSocket and the desktop_connection rows that track it.
 
 ``/v1/desktop-connections/ws?vm_id=<uuid>``: a robot client connects with a credential
-holding ``desktops:write`` (Authorization header, or ``?access_token=``). The handler
+holding ``desktops:write`` (Authorization header, or where headers cannot be set the
+subprotocols ``tenant-api.v1, bearer.<credential>``: never in the URL). The handler
 works like the HTTP path but in short transactions of its own, each begun as the
 socket's credential (so auth.begin_request re-checks it, RLS applies and the audit log
 attributes every write to the token): one to open the row, one per heartbeat write,
@@ -30,15 +31,19 @@ from litestar.datastructures import State
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tenant_api.auth.credentials import WEBSOCKET_SUBPROTOCOL
 from tenant_api.auth.request import open_context_session, refusal
 from tenant_api.db.context import Principal
+from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
+from tenant_api.inputs import MAX_JSON_DEPTH, JsonTooDeep, decode_json
 from tenant_api.resources.base import Resource
 from tenant_api.settings import DesktopSettings
 
 log = logging.getLogger("tenant_api.desktops")
 
 SCOPE = "desktops:write"
+_TRY_AGAIN = 1013  # RFC 6455 "Try Again Later": the database is unavailable
 ConnectionStatus = Literal["connected", "disconnected"]
 
 
@@ -137,8 +142,8 @@ async def close_connection(socket: WebSocket, connection_id: UUID, reason: str) 
                 status="disconnected", disconnected_at=func.now(), close_reason=reason))
     except Refused:
         pass
-    except Exception:
-        log.exception("could not close desktop connection %s; the reaper will", connection_id)
+    except Exception as exc:
+        log_failure(log, "could not close desktop connection %s; the reaper will", exc, connection_id)
 
 
 async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings) -> str:
@@ -158,8 +163,10 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
             await touch(socket, connection_id)
             last_touch = time.monotonic()
         try:
-            raw: Any = message.get("text") or message.get("bytes") or b"null"
-            kind = msgspec.json.decode(raw).get("type")
+            kind = decode_json(message.get("text") or message.get("bytes") or b"null").get("type")
+        except JsonTooDeep:
+            await socket.send_json({"type": "error", "detail": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"})
+            continue
         except (msgspec.DecodeError, AttributeError):
             kind = None
         if kind == "ping":
@@ -203,13 +210,21 @@ async def robot_connection(socket: WebSocket) -> None:
     close codes a client can read: 4400 bad vm_id, 4401 unknown/revoked/expired
     credential, 4403 missing scope, 4404 VM not found (another organization's or
     project's included), 4409 VM terminated, 4408 idle for idle_timeout. A server
-    shutting down closes with 1001: reconnect."""
+    shutting down closes with 1001, and 1013 (try again later) means the database is
+    unavailable: reconnect."""
     cfg: DesktopSettings = socket.app.state.settings.desktops
-    await socket.accept()
+    offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",")]
+    await socket.accept(subprotocols=WEBSOCKET_SUBPROTOCOL if WEBSOCKET_SUBPROTOCOL in offered else None)
     try:
         connection_id = await open_connection(socket, _vm_id(socket))
     except Refused as refused:
         await socket.close(code=refused.code, reason=refused.reason)
+        return
+    except Exception as exc:
+        if not database_unavailable(exc):
+            log.exception("desktop connection could not open")
+        with suppress(Exception):
+            await socket.close(code=_TRY_AGAIN if database_unavailable(exc) else 1011, reason="retry later")
         return
     reason = "server_error"
     drain = socket.app.state.drain
@@ -234,10 +249,20 @@ async def robot_connection(socket: WebSocket) -> None:
             task.uncancel()
         with suppress(Exception):
             await socket.close(code=1001, reason="server shutting down; reconnect")
-    except (WebSocketDisconnect, OSError):  # the client vanished while we were sending
-        reason = "client_lost"
-    except Exception:
-        log.exception("desktop connection %s failed", connection_id)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The row stays open until a later write (or the reaper) closes it; the
+            # client reconnects when told to.
+            reason = "database_unavailable"
+            log.warning("desktop connection %s: database unavailable, closing with %d", connection_id, _TRY_AGAIN)
+            with suppress(Exception):
+                await socket.close(code=_TRY_AGAIN, reason="database unavailable; reconnect")
+        elif isinstance(exc, (WebSocketDisconnect, OSError)):  # the client vanished while we were sending
+            reason = "client_lost"
+        else:
+            log.exception("desktop connection %s failed", connection_id)
+            with suppress(Exception):
+                await socket.close(code=1011, reason="server error")
     finally:
         # Shielded: a server shutdown cancels this task, the row must still be closed.
         await asyncio.shield(close_connection(socket, connection_id, reason))
@@ -263,8 +288,8 @@ async def _reap_logged(state: State, instance: str | None = None) -> None:
     try:
         if closed := await reap(state, instance):
             log.info("desktop reaper closed %d connection(s)", closed)
-    except Exception:
-        log.exception("desktop reaper failed; retrying in %ss", state.settings.desktops.reap_interval_seconds)
+    except Exception as exc:
+        log_failure(log, "desktop reaper failed; retrying in %ss", exc, state.settings.desktops.reap_interval_seconds)
 
 
 async def _reap_forever(state: State) -> None:

@@ -25,6 +25,7 @@ from tenant_api.cron import CronError, next_run, parse, zone
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Job, JobLog, JobSchedule, Project
 from tenant_api.errors import invalid, not_found
+from tenant_api.inputs import INT64_MAX
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Resource, TenantService
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, RunStatus, json_size
@@ -235,7 +236,7 @@ async def list_job_logs(
     db: AsyncSession,
     ctx: Principal,
     job_id: UUID,
-    after: int = Parameter(default=0, ge=0, description="the seq of the last chunk already read"),
+    after: int = Parameter(default=0, ge=0, le=INT64_MAX, description="the seq of the last chunk already read"),
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
 ) -> LogPage:
     status = await db.scalar(select(Job.status).where(Job.organization_id == ctx.organization_id, Job.id == job_id))

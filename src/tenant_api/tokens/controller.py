@@ -20,6 +20,7 @@ from tenant_api.auth.credentials import display_prefix, new_api_token, token_has
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, Project
 from tenant_api.errors import ProblemError, conflict, invalid
+from tenant_api.inputs import Timestamp
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, TenantService, service_for, to_read
 
 
@@ -52,7 +53,7 @@ class TokenCreate(Input):
     name: Annotated[str, Meta(min_length=1, max_length=200)]
     scopes: Annotated[list[Scope], Meta(min_length=1, max_length=64)]
     project_ids: Annotated[list[UUID], Meta(max_length=1000)] | None = None
-    expires_at: dt.datetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class TokenBaseService(TenantService[PlatformToken]):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import BigInteger, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenant_api.db.models.base import TenantBase, Timestamps
@@ -16,7 +16,7 @@ class Conversation(TenantBase, Timestamps):
     kind: Mapped[str]
     name: Mapped[str | None]
     # Bumped by each posted message (UPDATE ... RETURNING), never written by the ORM.
-    last_seq: Mapped[int] = mapped_column(server_default=text("0"))
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class ConversationMember(TenantBase):
@@ -34,7 +34,7 @@ class ConversationMessage(TenantBase):
 
     project_id: Mapped[UUID]
     conversation_id: Mapped[UUID]
-    seq: Mapped[int]
+    seq: Mapped[int] = mapped_column(BigInteger)  # bigint: a cursor may be any int64
     sender_type: Mapped[str]
     sender_id: Mapped[UUID | None]
     body: Mapped[str]

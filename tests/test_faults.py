@@ -1,0 +1,90 @@
+"""Faults are a 503 with Retry-After, never a 500: the database unreachable, the pool out of
+connections; /ready tells an orchestrator, /health stays liveness. (A real restart
+under load: tests/test_restart.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tenant_api import readiness
+from tenant_api.app import create_app
+from tests.security import PROBLEM
+
+
+@pytest.fixture
+async def app_client(settings: Any) -> AsyncIterator[Any]:
+    """An app of the test's own settings, in the test's own loop (requests can overlap)."""
+    clients: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def make(s: Any) -> httpx.AsyncClient:
+        app = create_app(s)
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local")
+        clients.append((app, c))
+        return c
+
+    yield make
+    for app, c in clients:
+        await c.aclose()
+        await app.state.engine.dispose()
+
+
+def assert_503(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert int(r.headers["retry-after"]) > 0
+
+
+async def test_database_unreachable_is_503_and_not_ready(settings, app_client, t):
+    # The right credentials on a socket where no server listens.
+    url = settings.database.url.split("?")[0] + "?host=/nonexistent-socket-dir"
+    client = await app_client(settings.with_database(url=url, connect_timeout=1.0))
+    for method, path in [("GET", "/v1/agents"), ("GET", "/v1/me"), ("POST", "/v1/auth/login")]:
+        r = await client.request(method, path, headers=t.h,
+                                 json={"email": t.email, "password": t.password} if path.endswith("login") else None)
+        assert_503(r)
+    r = await client.get("/ready")
+    assert r.status_code == 503 and r.json()["reason"] == "database unreachable"
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_pool_out_of_connections_is_503(settings, app_client, t):
+    client = await app_client(settings.with_database(pool_size=1, pool_timeout=0.3))
+    assert (await client.get("/v1/agents", headers=t.h)).status_code == 200
+    engine = client._transport.app.state.engine  # type: ignore[attr-defined]
+    async with engine.connect():  # the only pooled connection, held
+        for path in ("/v1/agents", "/v1/me", "/v1/organization"):
+            assert_503(await client.get(path, headers=t.h))
+    assert (await client.get("/v1/agents", headers=t.h)).status_code == 200
+
+
+async def test_ready_when_migrated_and_not_when_behind(client, monkeypatch):
+    r = await client.get("/ready")
+    assert r.status_code == 200, r.text
+    head = readiness.code_revisions().head
+    assert r.json()["database_version"] == [head]
+    # A code head the database has not reached: migrations are behind.
+    behind = readiness.Revisions(head="9999", known=readiness.code_revisions().known | {"9999"})
+    monkeypatch.setattr(readiness, "code_revisions", lambda: behind)
+    r = await client.get("/ready")
+    assert r.status_code == 503 and r.json()["reason"] == "migrations behind" and r.headers["retry-after"]
+    # A revision the code does not know: a newer deploy migrated first; this code still serves.
+    ahead = readiness.Revisions(head="0000", known=frozenset({"0000"}))
+    monkeypatch.setattr(readiness, "code_revisions", lambda: ahead)
+    assert (await client.get("/ready")).status_code == 200
+
+
+async def test_concurrent_requests_beyond_the_pool_wait_or_get_503(settings, app_client, t):
+    """Out of connections is a fault to retry, never a 500, even under a burst."""
+    client = await app_client(settings.with_database(pool_size=2, pool_timeout=0.2))
+    responses = await asyncio.gather(*(client.post("/v1/workspaces", headers=t.h, json={"name": f"w{i}"})
+                                       for i in range(40)))
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {201, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert_503(r)
