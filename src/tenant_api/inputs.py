@@ -147,7 +147,7 @@ def decode_json(raw: bytes | str) -> Any:
     return msgspec.json.decode(raw)
 
 
-class BoundedRequest(Request):  # type: ignore[type-arg]
+class BoundedRequest(Request):
     """Litestar's Request, checking a JSON body's nesting before decoding it (every body
     route reads it through ``json()``, credential or not)."""
 

@@ -215,7 +215,7 @@ class InviteBaseService(TenantService[ProjectInvite]):
         if cursor:
             where.append(ProjectInvite.id > decode_cursor(cursor))
         if status:
-            where.append(ProjectInvite.status == status)  # type: ignore[attr-defined]
+            where.append(ProjectInvite.status == status)
         rows = (await self.repository.session.scalars(
             select(ProjectInvite).where(*where).order_by(ProjectInvite.id).limit(limit + 1))).all()
         next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
@@ -384,8 +384,14 @@ invites = Resource(
 # --- organization invites -----------------------------------------------------------
 
 
+# Built once (service_class() makes a new class per call), like the resource router's own.
+_invite_service_class = invites.service_class()
+
+
 async def provide_invite_service(db: AsyncSession, ctx: Principal) -> InviteBaseService:
-    return invites.service_class()(db, ctx)
+    service = _invite_service_class(db, ctx)
+    assert isinstance(service, InviteBaseService)  # invites.service is InviteBaseService
+    return service
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_organization_invites", tags=["members"],

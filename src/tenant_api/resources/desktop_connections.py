@@ -162,6 +162,8 @@ async def converse(socket: WebSocket, connection_id: UUID, cfg: DesktopSettings)
         if time.monotonic() - last_touch >= cfg.touch_interval_seconds:
             await touch(socket, connection_id)
             last_touch = time.monotonic()
+        if message["type"] != "websocket.receive":
+            continue
         try:
             kind = decode_json(message.get("text") or message.get("bytes") or b"null").get("type")
         except JsonTooDeep:

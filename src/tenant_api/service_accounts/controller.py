@@ -37,6 +37,7 @@ from tenant_api.auth.scopes import ROLE_SCOPES, expand, unknown
 from tenant_api.db.context import Principal
 from tenant_api.db.models import OrganizationMembership, PlatformToken, Project, ServiceAccount
 from tenant_api.errors import ProblemError, invalid, not_found
+from tenant_api.inputs import Timestamp
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, decode_cursor, encode_cursor, to_read
 from tenant_api.tokens.controller import TokenPage, TokenRead, TokenSecret
 
@@ -83,7 +84,7 @@ class ServiceTokenCreate(Input):
     scopes: Annotated[list[str], Meta(min_length=1, max_length=64)] | None = None
     """Default: every scope the service account may carry that the caller has."""
     project_ids: Annotated[list[UUID], Meta(min_length=1, max_length=1000)] | None = None
-    expires_at: dt.datetime | None = None
+    expires_at: Timestamp | None = None
 
 
 def _admin(ctx: Principal) -> None:
@@ -220,10 +221,9 @@ class ServiceAccounts:
         project_ids = sa.project_ids
         if data.project_ids is not None:
             project_ids = await self._projects("project_ids", data.project_ids, sa.project_ids)
-        now = await self.db.scalar(select(func.now()))
+        now: dt.datetime = (await self.db.execute(select(func.now()))).scalar_one()
+        # A Timestamp has a time zone (inputs.decode_timestamp); only its range is ours to check.
         expires_at = data.expires_at or now + dt.timedelta(days=default_days)
-        if expires_at.tzinfo is None:
-            raise invalid("expires_at", "must include a time zone")
         if not now < expires_at <= now + dt.timedelta(days=max_days):
             raise invalid("expires_at", f"must be in the future, at most {max_days} days from now")
         secret = new_api_token()
