@@ -15,7 +15,7 @@ from tenant_api import cli
 from tenant_api.app import create_app
 from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS
 from tests.conftest import bearer, make_token, signup
-from tests.security import as_request, attempt
+from tests.security import as_request, attempt, openapi, operations
 
 PROBLEM = "application/problem+json"
 
@@ -46,6 +46,33 @@ async def test_login_attempts_beyond_the_limit_get_429_problem(settings):
         body = r.json()
         assert body["status"] == 429 and body["type"] == "urn:tenant-api:problem:rate-limited"
         assert 1 <= int(r.headers["retry-after"]) <= 60 and remaining(r) == 0
+
+
+async def test_every_public_route_checking_a_secret_has_the_auth_quota(client, settings):
+    """Passwords and mailed secrets (verification, invites) are guessed without a
+    credential: each such route counts per address against the auth quota (one shared
+    count), and the document's public operations are exactly these."""
+    bodies = {
+        "/v1/auth/signup": {"email": "x@example.com", "password": "short", "display_name": "x"},
+        "/v1/auth/login": {"email": "nobody@example.com", "password": "wrong-password"},
+        "/v1/auth/verify": {"token": "tver_" + "0" * 38},
+        "/v1/invites/preview": {"invite_token": "tinv_" + "0" * 38},
+        "/v1/invites/signup": {"invite_token": "tinv_" + "0" * 38, "password": "long-enough-pw", "display_name": "x"},
+    }
+    public = {path for _, path, op in operations(openapi(client)) if op.get("security") == []}
+    assert public == set(bodies)
+    for path, body in bodies.items():
+        app = create_app(settings.with_auth(auth_rate_per_minute=2))
+        async with AsyncTestClient(app) as c:
+            statuses = []
+            for _ in range(3):
+                r = await c.post(path, json=body)
+                assert quota(r) == ("auth", 2, 60), (path, r.headers)
+                statuses.append(r.status_code)
+            assert statuses[:2] != [429, 429] and statuses[2] == 429, (path, statuses)
+            # one count for all of them: the address has used up its auth quota everywhere
+            other = next(p for p in bodies if p != path)
+            assert (await c.post(other, json=bodies[other])).status_code == 429, (path, other)
 
 
 async def test_every_route_counts_per_credential(client, settings):

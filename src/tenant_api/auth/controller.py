@@ -25,6 +25,7 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, UserAccount
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.invites import tokens
+from tenant_api.ops.ratelimit import SECRET_CHECKING_ROUTE
 from tenant_api.resources.base import Input
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
@@ -138,13 +139,7 @@ class VerificationSent(msgspec.Struct):
     email_hold_until: dt.datetime | None
 
 
-PUBLIC = {"public": True}
-# Signup and login check passwords: counted per client address with the "auth" quota
-# (AUTH_RATE_PER_MINUTE, tenant_api.ops.ratelimit), so guessing and mass signups get 429.
-PASSWORD_ROUTE = {**PUBLIC, "rate_limit": "auth"}
-
-
-@post("/signup", opt={**PASSWORD_ROUTE, "problems": (409,)}, dependencies={"db": Provide(provide_public_db)},
+@post("/signup", opt={**SECRET_CHECKING_ROUTE, "problems": (409,)}, dependencies={"db": Provide(provide_public_db)},
       operation_id="signup", tags=["auth"],
       summary="Sign up: an account, its organization, a session; a verification mail is sent")
 async def signup(db: AsyncSession, data: SignupIn, request: Request, state: State) -> SignupOut:
@@ -181,7 +176,7 @@ async def signup(db: AsyncSession, data: SignupIn, request: Request, state: Stat
     )
 
 
-@post("/verify", opt={**PASSWORD_ROUTE, "problems": (404,)}, dependencies={"db": Provide(provide_public_db)},
+@post("/verify", opt={**SECRET_CHECKING_ROUTE, "problems": (404,)}, dependencies={"db": Provide(provide_public_db)},
       operation_id="verify_email",
       tags=["auth"], status_code=200, summary="Verify the email address with the mailed secret; returns a session")
 async def verify_email(db: AsyncSession, data: VerifyIn, request: Request, state: State) -> VerifyOut:
@@ -198,7 +193,7 @@ async def verify_email(db: AsyncSession, data: VerifyIn, request: Request, state
     return VerifyOut(user_id=row.user_id, email_verified=True, session=session)
 
 
-@post("/login", opt={**PASSWORD_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)},
+@post("/login", opt={**SECRET_CHECKING_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)},
       operation_id="login", tags=["auth"], status_code=200)
 async def login(db: AsyncSession, data: LoginIn, state: State, request: Request) -> LoginOut:
     found = (await db.execute(text("select * from auth.login_lookup(:email)"), {"email": data.email.strip()})).first()

@@ -47,6 +47,7 @@ from tenant_api.db.models import (
 )
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.invites import tokens
+from tenant_api.ops.ratelimit import SECRET_CHECKING_ROUTE
 from tenant_api.resources.base import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -483,9 +484,6 @@ async def decline_invite(db: AsyncSession, ctx: Principal, data: InviteAnswer) -
     await _answer(db, ctx.user_id, data.invite_token, decline=True)
 
 
-PUBLIC = {"public": True}
-
-
 async def _preview(db: AsyncSession, token: str) -> Any:
     row = (await db.execute(text("select * from auth.invite_preview(:hash)"), {"hash": _digest(token)})).first()
     if row is None:
@@ -493,7 +491,8 @@ async def _preview(db: AsyncSession, token: str) -> Any:
     return row
 
 
-@post("/preview", opt=PUBLIC, dependencies={"db": Provide(provide_public_db)}, operation_id="preview_invite",
+@post("/preview", opt={**SECRET_CHECKING_ROUTE, "problems": (404,)}, dependencies={"db": Provide(provide_public_db)},
+      operation_id="preview_invite",
       tags=["members"], status_code=200,
       summary="What an invite secret is for (the invite page): organization, project, role, inviter, state")
 async def preview_invite(db: AsyncSession, data: InviteAnswer) -> InvitePreview:
@@ -503,7 +502,8 @@ async def preview_invite(db: AsyncSession, data: InviteAnswer) -> InvitePreview:
                          invited_by=r.invited_by, expires_at=r.expires_at, from_mail=r.via_mail, account=r.account)
 
 
-@post("/signup", opt=PUBLIC, dependencies={"db": Provide(provide_public_db)}, operation_id="signup_with_invite",
+@post("/signup", opt={**SECRET_CHECKING_ROUTE, "problems": (403, 404, 409, 410)},
+      dependencies={"db": Provide(provide_public_db)}, operation_id="signup_with_invite",
       tags=["members"], status_code=201,
       summary="Sign up with the invite mail's secret and accept in one step: a verified account and a session")
 async def signup_with_invite(db: AsyncSession, data: InviteSignup, request: Request, state: State) -> InviteSignupOut:

@@ -10,11 +10,12 @@ Who is counted:
   first request it makes, and its quota read in the background (a request never waits
   for it: until then, the default applies);
 * a request without one (signup, login, the docs): its client address, with the
-  ``auth`` quota on the routes that check passwords (AUTH_RATE_PER_MINUTE) and the
-  ``anonymous`` quota elsewhere. The client address is the connection's peer, or behind
-  a proxy listed in TRUSTED_PROXIES the address that proxy forwarded.
+  ``auth`` quota on the routes that check passwords or secrets (AUTH_RATE_PER_MINUTE,
+  ``SECRET_CHECKING_ROUTE``) and the ``anonymous`` quota elsewhere. The client address
+  is the connection's peer, or behind a proxy listed in TRUSTED_PROXIES the address that
+  proxy forwarded.
 
-Routes with ``opt={"rate_limit": False}`` (health) are not counted.
+Routes with ``opt={"rate_limit": False}`` (health, ready, metrics) are not counted.
 
 The count is a fixed window per key: in this process's memory, or, with REDIS_URL, in
 Redis (INCR + EXPIRE in one transaction) so that every worker and every instance share
@@ -51,6 +52,11 @@ from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS, RATE_LIMITED
 from tenant_api.settings import RateLimitSettings
 
 log = logging.getLogger("tenant_api.ratelimit")
+
+SECRET_CHECKING_ROUTE: dict[str, Any] = {"public": True, "rate_limit": "auth"}
+"""``opt`` of the public routes that check a password or a secret (signup, login, email
+verification, invite preview and sign-up): counted per client address with the ``auth``
+quota (AUTH_RATE_PER_MINUTE), so guessing and mass signups get 429."""
 
 _LEARNED_MAX = 100_000  # credential -> organization entries kept (least recently used dropped)
 _POLICY_TTL = 60.0  # seconds an organization's quota is cached
