@@ -78,6 +78,25 @@ async def test_ready_when_migrated_and_not_when_behind(client, monkeypatch):
     assert (await client.get("/ready")).status_code == 200
 
 
+async def test_ready_is_never_rate_limited_and_not_ready_while_draining(settings):
+    """Probes poll /ready from one address; on SIGTERM (ops.shutdown) the balancer must
+    hear "not ready" while the process drains, /health still alive."""
+    app = create_app(settings.with_rate_limit(anonymous_per_minute=2))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local") as c:
+            for _ in range(5):
+                r = await c.get("/ready")
+                assert r.status_code == 200, r.text
+                assert "ratelimit" not in r.headers
+            app.state.drain.draining = True
+            r = await c.get("/ready")
+            assert r.status_code == 503 and r.json()["reason"] == "shutting down", r.text
+            assert int(r.headers["retry-after"]) > 0
+            assert (await c.get("/health")).status_code == 200
+    finally:
+        await app.state.engine.dispose()
+
+
 async def test_concurrent_requests_beyond_the_pool_wait_or_get_503(settings, app_client, t):
     """Out of connections is a fault to retry, never a 500, even under a burst."""
     client = await app_client(settings.with_database(pool_size=2, pool_timeout=0.2))

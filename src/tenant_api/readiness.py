@@ -6,6 +6,7 @@ revision ("migrations are behind": a deploy ran the code before `tenant-api migr
 is not ready; a revision this code does not know is a newer deploy's migration, applied
 before its code rolls out, and the old code keeps serving (expand/contract migrations).
 The API role reads ``alembic_version`` through one column grant (policies/readiness.sql).
+A process draining for shutdown (tenant_api.ops.shutdown) is not ready either.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def _not_ready(reason: str, **extra: object) -> Response:
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-@get("/ready", opt={"public": True}, operation_id="ready", tags=["meta"], include_in_schema=False)
+# Not counted against any quota: probes poll it from one address (like /health, /metrics).
+@get("/ready", opt={"public": True, "rate_limit": False}, operation_id="ready", tags=["meta"],
+     include_in_schema=False)
 async def ready(state: State) -> Response:
+    drain = state.get("drain")
+    if drain is not None and drain.draining:  # SIGTERM: let the balancer stop sending traffic
+        return _not_ready("shutting down")
     revisions = code_revisions()
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.engine.connect() as conn:
