@@ -16,7 +16,11 @@ import pytest
 import websockets
 
 from tenant_api.auth.scopes import ROLE_SCOPES
+from tenant_api.invites import tokens
+from tests.conftest import connect
 from tests.live_server import api_server
+
+JWT_SECRET = "log-test-" + "j" * 40
 
 
 class Secrets:
@@ -29,11 +33,33 @@ class Secrets:
         return value
 
 
-async def signup(http: httpx.AsyncClient, secrets: Secrets, name: str) -> dict[str, Any]:
+async def outbox_secret(admin_url: str, key: bytes, prefix: str, **where: uuid.UUID) -> str:
+    """The secret a mail of the outbox carries, re-derived as the mailer does (reading the
+    mailbox: this server has no SMTP_URL, so its mails wait in the outbox)."""
+    (column, value), = where.items()
+    conn = await connect(admin_url)
+    try:
+        nonce = await conn.fetchval(f"select nonce from invite_outbox where {column} = $1 order by id desc limit 1",
+                                    value)
+    finally:
+        await conn.close()
+    assert nonce is not None, f"no mail for {column} {value}"
+    return tokens.derive(key, nonce, prefix)
+
+
+async def signup(http: httpx.AsyncClient, secrets: Secrets, name: str, admin_url: str) -> dict[str, Any]:
     email = f"{name}-{uuid.uuid4().hex[:6]}@example.com"
     password = secrets.add(f"{name} password", f"pw-{uuid.uuid4().hex}")
     r = await http.post("/v1/auth/signup", json={"email": email, "password": password, "display_name": name})
     assert r.status_code == 201, r.text
+    secrets.add(f"{name} signup session", r.json()["session"]["access_token"])
+    # the verification mail's secret (invites need a verified address)
+    verify = secrets.add(f"{name} verification secret", await outbox_secret(
+        admin_url, tokens.verify_key(JWT_SECRET), tokens.VERIFY_PREFIX, user_id=uuid.UUID(r.json()["user"]["id"])))
+    r = await http.post("/v1/auth/verify", json={"token": verify})
+    assert r.status_code == 200, r.text
+    if r.json()["session"]:
+        secrets.add(f"{name} verification session", r.json()["session"]["access_token"])
     r = await http.post("/v1/auth/login", json={"email": email, "password": password})
     session = secrets.add(f"{name} session", r.json()["access_token"])
     hs = {"Authorization": f"Bearer {session}"}
@@ -45,12 +71,12 @@ async def signup(http: httpx.AsyncClient, secrets: Secrets, name: str) -> dict[s
 
 async def test_no_secret_reaches_the_server_log(database, tmp_path: Path):
     secrets = Secrets()
-    env = {"DATABASE_URL": database.api_url, "JWT_SECRET": "log-test-" + "j" * 40}
+    env = {"DATABASE_URL": database.api_url, "JWT_SECRET": JWT_SECRET}
     log = tmp_path / "api.log"
     with api_server(log, env) as api:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
-            alice = await signup(http, secrets, "alice")
-            bob = await signup(http, secrets, "bob")
+            alice = await signup(http, secrets, "alice", database.admin_url)
+            bob = await signup(http, secrets, "bob", database.admin_url)
             project = (await http.get("/v1/projects", headers=alice["h"])).json()["items"][0]["id"]
 
             # failed logins carry passwords too
@@ -82,6 +108,31 @@ async def test_no_secret_reaches_the_server_log(database, tmp_path: Path):
                     r = await http.post(f"/v1/invites/decline?invite_token={invite}", headers=bob["hs"],
                                         json={"invite_token": invite})
                     assert r.status_code in (204, 409, 410), r.text
+
+            # an organization invite answered with the mail's secret: preview, then sign up
+            r = await http.post("/v1/organization/invites", headers=alice["h"],
+                                json={"email": f"carol-{uuid.uuid4().hex[:6]}@example.com", "role": "member"})
+            assert r.status_code == 201, r.text
+            secrets.add("organization invite", r.json()["invite_token"])
+            mailed = secrets.add("organization invite mail secret", await outbox_secret(
+                database.admin_url, tokens.mail_key(JWT_SECRET), tokens.INVITE_PREFIX,
+                invite_id=uuid.UUID(r.json()["id"])))
+            r = await http.post(f"/v1/invites/preview?invite_token={mailed}", json={"invite_token": mailed})
+            assert r.status_code == 200, r.text
+            carol_password = secrets.add("carol password", f"pw-{uuid.uuid4().hex}")
+            r = await http.post("/v1/invites/signup", json={"invite_token": mailed, "password": carol_password,
+                                                            "display_name": "carol"})
+            assert r.status_code == 201, r.text
+            secrets.add("carol session", r.json()["session"]["access_token"])
+
+            # a service account's token
+            r = await http.post("/v1/service-accounts", headers=alice["h"], json={"name": "ci", "role": "member"})
+            assert r.status_code == 201, r.text
+            r = await http.post(f"/v1/service-accounts/{r.json()['id']}/tokens", headers=alice["h"],
+                                json={"name": "deploy"})
+            assert r.status_code == 201, r.text
+            service_token = secrets.add("service account token", r.json()["token"])
+            assert (await http.get("/v1/me", headers={"Authorization": f"Bearer {service_token}"})).status_code == 200
 
             # a service's secret environment value
             value = secrets.add("service secret", f"svc-{uuid.uuid4().hex}")
