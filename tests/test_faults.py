@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tenant_api import readiness
 from tenant_api.app import create_app
@@ -43,10 +44,14 @@ async def test_database_unreachable_is_503_and_not_ready(settings, app_client, t
     # The right credentials on a socket where no server listens.
     url = settings.database.url.split("?")[0] + "?host=/nonexistent-socket-dir"
     client = await app_client(settings.with_database(url=url, connect_timeout=1.0))
+    labels = {"method": "GET", "route": "/v1/agents", "status": "503"}
+    answered_503 = REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) or 0
     for method, path in [("GET", "/v1/agents"), ("GET", "/v1/me"), ("POST", "/v1/auth/login")]:
         r = await client.request(method, path, headers=t.h,
                                  json={"email": t.email, "password": t.password} if path.endswith("login") else None)
         assert_503(r)
+    # the metrics count what the client got (a 503, not a 500)
+    assert REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) == answered_503 + 1
     r = await client.get("/ready")
     assert r.status_code == 503 and r.json()["reason"] == "database unreachable"
     assert (await client.get("/health")).status_code == 200
