@@ -156,6 +156,9 @@ def test_the_wheel_carries_migrations_and_policies_and_migrates(admin_url, tmp_p
     revisions = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
     assert {f"tenant_api/migrations/versions/{r}" for r in revisions} <= names
     assert "tenant_api/migrations/env.py" in names
+    # the pages the mails link to (tenant_api.web), read through importlib.resources
+    static = {p.name for p in (ROOT / "src" / "tenant_api" / "web" / "static").iterdir()}
+    assert static and {f"tenant_api/web/static/{n}" for n in static} <= names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
 
     venv = tmp_path / "venv"
