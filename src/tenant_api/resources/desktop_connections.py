@@ -206,8 +206,10 @@ SOCKET_DOC = {
 async def robot_connection(socket: WebSocket) -> None:
     """A robot client's connection to its desktop VM (README: Desktop connections).
 
-    Authenticate with `Authorization: Bearer <credential>` (desktops:write). After the
-    handshake the server sends `connected`; the client sends `ping` at least every
+    Authenticate with `Authorization: Bearer <credential>` (desktops:write) or, where a
+    client cannot set headers (browsers), with the subprotocols
+    `Sec-WebSocket-Protocol: tenant-api.v1, bearer.<credential>` (the server selects
+    tenant-api.v1); never in the URL. After the handshake the server sends `connected`; the client sends `ping` at least every
     `ping_interval` seconds and gets `pong`. Refusals are sent after the handshake, as
     close codes a client can read: 4400 bad vm_id, 4401 unknown/revoked/expired
     credential, 4403 missing scope, 4404 VM not found (another organization's or
