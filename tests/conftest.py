@@ -81,6 +81,8 @@ def settings(database: Database) -> Settings:
         Settings()
         .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
         .with_auth(jwt_secret="test-secret-" + "k" * 40, auth_rate_per_minute=100_000)
+        # webhook receivers in the tests listen on loopback
+        .with_webhooks(allow_private_targets=True)
     )
 
 

@@ -6,7 +6,11 @@
   tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL)
   tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
   tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
-  tenant-api scheduler         turn due job schedules into jobs (DATABASE_URL; run one or more)
+  tenant-api scheduler         turn due job schedules into jobs; also returns lost runner
+                               leases to the queue and delivers webhooks (DATABASE_URL,
+                               JWT_SECRET; run one or more)
+  tenant-api runner --url URL  the reference runner: claims command jobs and runs them
+                               (RUNNER_TOKEN: an API token with tasks:write; --help)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
   tenant-api audit seal        seal every final, unsealed audit event (DATABASE_URL or
@@ -66,7 +70,7 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     if not settings.database.url:
         sys.exit("DATABASE_URL (the API role) is required")
-    scheduler.main(settings.database, interval=args.interval, batch=args.batch)
+    scheduler.main(settings.database, interval=args.interval, batch=args.batch, settings=settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -149,6 +153,12 @@ def cmd_audit_purge(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runner"]:  # its own options (tenant_api.runs.runner)
+        from tenant_api.runs import runner
+
+        runner.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="tenant-api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--password", required=True)
     p.set_defaults(fn=cmd_create_user)
     sub.add_parser("openapi").set_defaults(fn=cmd_openapi)
+    sub.add_parser("runner", help="the reference runner (tenant-api runner --help)")
     audit = sub.add_parser("audit").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("seal")
     p.add_argument("--org", type=uuid.UUID, default=None, help="one organization (default: all)")

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.cron import CronError, next_run
 from tenant_api.db.engine import create_api_engine
-from tenant_api.settings import DatabaseSettings
+from tenant_api.settings import DatabaseSettings, Settings
 
 log = logging.getLogger("tenant_api.scheduler")
 
@@ -136,24 +136,29 @@ async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, eve
 
 
 async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 100,
-                stop: asyncio.Event | None = None, seal_every: float = 60.0) -> None:
-    """Run a scheduler (and the audit sealer) until ``stop`` is set (or SIGINT/SIGTERM,
-    when run as a process)."""
+                stop: asyncio.Event | None = None, seal_every: float = 60.0,
+                settings: Settings | None = None) -> None:
+    """Run a scheduler (and the audit sealer, and the other background duties:
+    tenant_api.background) until ``stop`` is set (or SIGINT/SIGTERM, when run as a process)."""
+    from tenant_api import background
+
     engine = scheduler_engine(database)
     stop = stop or asyncio.Event()
-    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs)",
-             interval, batch, seal_every)
+    settings = (settings or Settings()).with_database(**vars(database))
+    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs;"
+             " run leases, webhook deliveries, idempotency keys)", interval, batch, seal_every)
     try:
         await asyncio.gather(
             Scheduler(engine, batch=batch, interval=interval).run(stop),
             seal_periodically(database, stop, seal_every),
+            background.run(settings, stop),
         )
     finally:
         await engine.dispose()
         log.info("scheduler stopped")
 
 
-def main(database: DatabaseSettings, interval: float, batch: int) -> None:
+def main(database: DatabaseSettings, interval: float, batch: int, settings: Settings | None = None) -> None:
     """The ``tenant-api scheduler`` process. SIGINT/SIGTERM: it finishes the transaction
     in progress and exits. (A kill -9 mid-transaction is rolled back by PostgreSQL and
     the same runs are made by the next tick of any scheduler.)"""
@@ -164,12 +169,13 @@ def main(database: DatabaseSettings, interval: float, batch: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(database, interval, batch, stop)
+        await serve(database, interval, batch, stop, settings=settings)
 
     asyncio.run(_run())
 
 
-def start_in_thread(database: DatabaseSettings, interval: float = 1.0) -> tuple[threading.Thread, Callable[[], None]]:
+def start_in_thread(database: DatabaseSettings, interval: float = 1.0,
+                    settings: Settings | None = None) -> tuple[threading.Thread, Callable[[], None]]:
     """For ``tenant-api dev``: a scheduler in a daemon thread with its own event loop.
     Returns the thread and a function that stops it."""
     loop = asyncio.new_event_loop()
@@ -177,7 +183,7 @@ def start_in_thread(database: DatabaseSettings, interval: float = 1.0) -> tuple[
 
     def target() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(serve(database, interval, stop=stop))
+        loop.run_until_complete(serve(database, interval, stop=stop, settings=settings))
         loop.close()
 
     thread = threading.Thread(target=target, name="tenant-api-scheduler", daemon=True)

@@ -35,6 +35,7 @@ from tenant_api.auth.credentials import (
     expired_session,
     parse_bearer,
 )
+from tenant_api import idempotency
 from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
 
 _REFUSED = {
@@ -182,16 +183,23 @@ async def open_request_session(request: Request, state: State) -> tuple[AsyncSes
 
 
 async def provide_db(request: Request, state: State) -> AsyncGenerator[AsyncSession, None]:
-    """One request, one transaction, one platform_token. We own the commit."""
+    """One request, one transaction, one platform_token. We own the commit -- unless the
+    request carries an Idempotency-Key: then the response is stored in this transaction
+    and the middleware commits both (tenant_api.idempotency)."""
     session, _ = await open_request_session(request, state)
+    handed_over = False
     try:
+        await idempotency.bind(request, session)
         yield session
-        await session.commit()
+        handed_over = idempotency.defer_commit(request, session)
+        if not handed_over:
+            await session.commit()
     except BaseException:
         await session.rollback()
         raise
     finally:
-        await session.close()
+        if not handed_over:
+            await session.close()
 
 
 @dataclass(frozen=True, slots=True)
