@@ -149,7 +149,8 @@ async def test_secrets_in_kept_responses_are_not_readable_at_rest(client, admin_
     r = await client.post("/v1/tokens", headers=keyed(t.hs, key), json={"name": "at rest", "scopes": ["agents:read"]})
     assert r.status_code == 201
     secret = r.json()["token"]
-    row = await admin_conn.fetchrow("select * from idempotency_key where token_id = $1", U(r.json()["created_by_token_id"]))
+    row = await admin_conn.fetchrow("select * from idempotency_key where token_id = $1",
+                                    U(r.json()["created_by_token_id"]))
     assert row is not None and row["status_code"] == 201 and row["path"] == "/v1/tokens"
     dump = " ".join(str(v) for v in row.values()).encode() + b"".join(v for v in row.values() if isinstance(v, bytes))
     for needle in (secret.encode(), secret[5:20].encode(), key.encode(), hashlib.sha256(key.encode()).digest(),
@@ -170,7 +171,8 @@ async def test_secrets_in_kept_responses_are_not_readable_at_rest(client, admin_
 async def test_keys_are_invisible_to_other_credentials(client, api_conn):
     t = await signup(client)
     other = await make_token(client, t, ["tokens:write", "agents:write"])
-    await client.post("/v1/agents", headers=keyed(t.h, uuid.uuid4().hex), json={"project_id": t.project_id, "name": "k"})
+    await client.post("/v1/agents", headers=keyed(t.h, uuid.uuid4().hex),
+                      json={"project_id": t.project_id, "name": "k"})
     async with as_request(api_conn, t.token):
         assert await api_conn.fetchval("select count(*) from idempotency_key") >= 1
     async with as_request(api_conn, other["token"]):

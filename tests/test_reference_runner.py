@@ -73,7 +73,8 @@ async def new_job(client, t, ref: str, *args: str, **extra) -> dict:
 async def test_runs_a_real_command_end_to_end(client, live):
     t = await signup(client)
     runner = await make_token(client, t, ["tasks:write"], project_ids=[t.project_id])
-    ok = await new_job(client, t, sys.executable, "-c", "import sys; print('hello'); print('to stderr', file=sys.stderr)")
+    ok = await new_job(client, t, sys.executable, "-c",
+                       "import sys; print('hello'); print('to stderr', file=sys.stderr)")
     bad = await new_job(client, t, "sh", "-c", "echo working; exit 3")
     missing = await new_job(client, t, "/nonexistent/command-" + uuid.uuid4().hex[:6])
     process = start_runner(live, runner["token"], "--lease", "10")

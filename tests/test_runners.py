@@ -155,7 +155,8 @@ async def test_only_the_holder_writes_and_finishes_once(client, http, admin_conn
     # Heartbeats extend the lease and carry progress; a wrong secret (even another runner
     # of the same organization with the same scopes) is refused.
     r = await http.post(f"{base}/heartbeat", headers=runner,
-                        json={"claim_secret": secret, "lease_seconds": 120, "progress": {"percent": 40, "message": "half"}})
+                        json={"claim_secret": secret, "lease_seconds": 120,
+                              "progress": {"percent": 40, "message": "half"}})
     assert r.status_code == 200 and r.json()["progress"] == {"percent": 40, "message": "half"}
     assert r.json()["lease_expires_at"] > c["lease_expires_at"]
     for who, sec in ((other, secret[:-1] + ("A" if secret[-1] != "A" else "B")), (runner, "nonsense")):
@@ -192,7 +193,8 @@ async def test_exit_code_and_error_decide_the_outcome(client, http, exit_code, e
     job = await new_job(client, t)
     c = await claim(http, runner)
     body = {k: v for k, v in (("exit_code", exit_code), ("error", error)) if v is not None}
-    r = await http.post(f"/v1/jobs/{job['id']}/finish", headers=runner, json={"claim_secret": c["claim_secret"], **body})
+    r = await http.post(f"/v1/jobs/{job['id']}/finish", headers=runner,
+                        json={"claim_secret": c["claim_secret"], **body})
     assert r.status_code == 200 and r.json()["status"] == status, r.text
     assert r.json()["lease_expires_at"] is None and r.json()["finished_at"] is not None
 
@@ -338,9 +340,10 @@ async def test_computer_use_tasks_and_executions_are_claimed_the_same_way(client
                                 json={"project_id": t.project_id, "name": "c", "image": "ubuntu"})).json()
     vm = (await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config["id"], "name": "vm"})).json()
     await client.post(f"/v1/desktop-vms/{vm['id']}/start", headers=t.h)
-    other_vm = (await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config["id"], "name": "vm2"})).json()
-    cut = (await client.post("/v1/computer-use-tasks", headers=t.h,
-                             json={"project_id": t.project_id, "instruction": "open", "desktop_vm_id": vm["id"]})).json()
+    other_vm = (await client.post("/v1/desktop-vms", headers=t.h,
+                                  json={"config_id": config["id"], "name": "vm2"})).json()
+    cut = (await client.post("/v1/computer-use-tasks", headers=t.h, json={
+        "project_id": t.project_id, "instruction": "open", "desktop_vm_id": vm["id"]})).json()
     macro = (await client.post("/v1/robot-macros", headers=t.h,
                                json={"project_id": t.project_id, "name": "m", "vm_id": vm["id"]})).json()
     execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=t.h,

@@ -232,8 +232,8 @@ async def new_cut(client, t, **extra):
 
 
 async def test_computer_use_task_lifecycle_and_result(client, t):
-    config = await client.post("/v1/desktop-configs", headers=t.h,
-                               json={"project_id": t.project_id, "name": f"c-{uuid.uuid4().hex[:6]}", "image": "ubuntu"})
+    config = await client.post("/v1/desktop-configs", headers=t.h, json={
+        "project_id": t.project_id, "name": f"c-{uuid.uuid4().hex[:6]}", "image": "ubuntu"})
     assert config.status_code == 201, config.text
     vm_row = await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config.json()["id"], "name": "vm"})
     assert vm_row.status_code == 201, vm_row.text

@@ -220,7 +220,7 @@ async def test_two_workers_never_send_a_delivery_twice(client, receiver, setting
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        for w, e in zip(workers, engines):
+        for w, e in zip(workers, engines, strict=True):
             await w.aclose()
             await e.dispose()
     ids = [g.headers["webhook-id"] for g in receiver.at(p, ok_only=False)]

@@ -51,7 +51,7 @@ async def purge_idempotency_keys(settings: Settings, stop: asyncio.Event, every:
                 log.exception("idempotency key purge failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=every)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         await engine.dispose()

@@ -36,8 +36,8 @@ import hmac
 import json
 import logging
 import os
-from http import HTTPStatus
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from uuid import UUID
 
@@ -45,8 +45,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from litestar import Request, Response
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -226,7 +227,7 @@ async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message: Any = await receive()
         if message["type"] == "http.disconnect":
             raise ProblemError(400, "client disconnected")
         chunk = message.get("body", b"")
@@ -238,7 +239,7 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def _problem_messages(status: int, detail: str, start: Message) -> tuple[Message, Message]:
+def _problem_messages(status: int, detail: str, start: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     body = json.dumps({"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
                        "detail": detail}).encode()
     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
@@ -252,38 +253,39 @@ class IdempotencyMiddleware(ASGIMiddleware):
     Idempotency-Key is handled here; anything else passes through untouched. Public
     routes (signup, login) have no credential to keep a key for, and ignore it."""
 
-    scopes = ("http",)
+    scopes = (ScopeType.HTTP,)
 
     def __init__(self, keys: ServerKeys) -> None:
         self.keys = keys
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        http: Any = scope  # an HTTP scope (scopes above)
         raw = None
-        if scope["method"] == "POST" and scope.get("state", {}).get("credential") is not None:
-            raw = next((v for k, v in scope.get("headers", []) if k == b"idempotency-key"), None)
+        if http["method"] == "POST" and http.get("state", {}).get("credential") is not None:
+            raw = next((v for k, v in http.get("headers", []) if k == b"idempotency-key"), None)
         if raw is None:
             await next_app(scope, receive, send)
             return
         key = _valid_key(raw)
         body = await _read_body(receive)
-        content_type = next((v for k, v in scope.get("headers", []) if k == b"content-type"), b"")
-        state = PendingRequest(key=key, keys=self.keys, path=scope["path"], method=scope["method"],
-                               fingerprint=fingerprint(scope["method"], scope["path"], scope.get("query_string", b""),
+        content_type = next((v for k, v in http.get("headers", []) if k == b"content-type"), b"")
+        state = PendingRequest(key=key, keys=self.keys, path=http["path"], method=http["method"],
+                               fingerprint=fingerprint(http["method"], http["path"], http.get("query_string", b""),
                                                        content_type, body))
-        scope["state"][_STATE] = state
+        http["state"][_STATE] = state
         delivered = False
 
-        async def replayed_receive() -> Message:
+        async def replayed_receive() -> Any:
             nonlocal delivered
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        start: Message | None = None
+        start: dict[str, Any] | None = None
         chunks: list[bytes] = []
 
-        async def buffering_send(message: Message) -> None:
+        async def buffering_send(message: Any) -> None:
             nonlocal start
             if not state.deferred:
                 await send(message)
@@ -298,14 +300,15 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 return
             assert start is not None
             for settled in await self._settle(state, start, b"".join(chunks)):
-                await send(settled)
+                await send(settled)  # type: ignore[arg-type]
 
         try:
             await next_app(scope, replayed_receive, buffering_send)
         finally:
             await state.release()
 
-    async def _settle(self, state: PendingRequest, start: Message, body: bytes) -> tuple[Message, Message]:
+    async def _settle(self, state: PendingRequest, start: dict[str, Any],
+                      body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         """Store a 2xx response with the change, commit, and only then answer."""
         session = state.session
         assert session is not None

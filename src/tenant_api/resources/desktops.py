@@ -10,7 +10,7 @@ from uuid import UUID
 import msgspec
 from litestar import Router, post
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
@@ -22,8 +22,8 @@ from tenant_api.db.models import (
     RobotMacroExecution,
 )
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, release_claim
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]

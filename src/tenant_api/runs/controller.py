@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
 import anyio
@@ -283,12 +283,13 @@ def kind_router(routes: KindRoutes) -> Router:
                          "current claim only (409 otherwise: finished, cancelled, re-claimed, lease expired).")
 
     async def finish(db: AsyncSession, ctx: Principal, item_id: UUID, data: FinishBody) -> Read:  # type: ignore[valid-type]
+        body = cast(JobFinish, data)
         extra: dict[str, Any] = {}
-        if kind.result_column is not None and getattr(data, kind.result_column) is not UNSET:
-            value = getattr(data, kind.result_column)
+        if kind.result_column is not None and getattr(body, kind.result_column) is not UNSET:
+            value = getattr(body, kind.result_column)
             extra = {"result": json_size(kind.result_column, value) if value is not None else None,
                      "result_given": True}
-        row = await protocol.finish(db, ctx, kind, item_id, data.claim_secret, data.exit_code, data.error, **extra)
+        row = await protocol.finish(db, ctx, kind, item_id, body.claim_secret, body.exit_code, body.error, **extra)
         return to_read(Read, row)
 
     finish.__doc__ = (f"Finish a running {kind.label}, once: exit_code 0 succeeds it, any other exit code or an "

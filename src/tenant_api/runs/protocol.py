@@ -30,7 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import _ALPHABET, _checksum
 from tenant_api.db.context import Principal
-from tenant_api.db.models import ComputerUseTask, DesktopVirtualMachine, Job, JobLog, Project, RobotMacro, RobotMacroExecution
+from tenant_api.db.models import (
+    ComputerUseTask,
+    DesktopVirtualMachine,
+    Job,
+    JobLog,
+    Project,
+    RobotMacro,
+    RobotMacroExecution,
+)
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
 
 CLAIM_PREFIX = "trun_"

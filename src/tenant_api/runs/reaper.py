@@ -38,5 +38,5 @@ async def reap_periodically(engine: AsyncEngine, stop: asyncio.Event, every: flo
             log.exception("lease reaper failed; retrying in %.1fs", every)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

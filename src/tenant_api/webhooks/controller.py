@@ -9,7 +9,7 @@ expires, leaves or loses org:write pauses the webhook (docs/webhooks.md).
 """
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 from uuid import UUID
 
 import msgspec
@@ -272,7 +272,7 @@ class WebhookBaseService(TenantService[Webhook]):
         return to_read(DeliveryRead, row)
 
 
-WebhookService = service_for(Webhook, "webhook", {}, WebhookBaseService)
+WebhookService = cast(type[WebhookBaseService], service_for(Webhook, "webhook", {}, WebhookBaseService))
 
 
 async def provide_webhooks(db: AsyncSession, ctx: Principal, state: State) -> WebhookBaseService:

@@ -108,7 +108,7 @@ class Deliverer:
             if claimed == 0:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.poll_seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _deliver(self, row: Any) -> None:
