@@ -269,3 +269,31 @@ async def test_a_failed_commit_answers_with_a_problem_not_the_response(client, s
     assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
     names = [a["name"] for a in (await client.get("/v1/agents?limit=200", headers=t.h)).json()["items"]]
     assert "never" not in names
+
+
+def test_every_authenticated_post_binds_its_transaction(client):
+    """The key is tied to the transaction that makes the change where that transaction
+    begins (auth.request.provide_db; a claim's attempts bind themselves). A POST route
+    that opened its transactions some other way would silently ignore the key: none may."""
+    import inspect
+
+    from tenant_api.auth.request import is_public
+
+    unbound, checked = [], 0
+    for route in client.app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if "POST" not in handler.http_methods or is_public(handler):
+                continue
+            provided = handler.resolve_dependencies()
+            needed, stack = set(), list(handler.parsed_fn_signature.parameters)
+            while stack:
+                name = stack.pop()
+                if name in needed:
+                    continue
+                needed.add(name)
+                if name in provided:
+                    stack += list(inspect.signature(provided[name].dependency).parameters)
+            checked += 1
+            if not needed & {"db", "first"}:
+                unbound.append(f"POST {route.path}")
+    assert checked >= 20 and not unbound, (checked, unbound)

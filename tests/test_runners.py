@@ -138,6 +138,30 @@ async def test_a_waiting_claim_is_woken_by_a_new_job(client, live, http):
     assert hub.listening and hub.notifications >= 1
 
 
+async def test_a_waiting_claim_ends_when_its_runner_hangs_up(client, live):
+    """A runner that stops (its connection closes) leaves no claim waiting on the server:
+    nothing is claimed for nobody."""
+    t = await signup(client)
+    runner, _ = await runner_token(client, t)
+    hub = live.app.state.run_queue
+    key = (U(t.organization_id), "job")
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
+        waiting = asyncio.create_task(c.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 25}))
+        deadline = time.monotonic() + 5
+        while key not in hub._waiters:  # noqa: SLF001
+            assert time.monotonic() < deadline, "the claim never waited"
+            await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    deadline = time.monotonic() + 5
+    while key in hub._waiters:  # noqa: SLF001
+        assert time.monotonic() < deadline, "the server kept waiting for a runner that left"
+        await asyncio.sleep(0.05)
+    job = await new_job(client, t)
+    await asyncio.sleep(0.3)
+    assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "queued"
+
+
 # --- the holder's rights -------------------------------------------------------------------
 
 async def test_only_the_holder_writes_and_finishes_once(client, http, admin_conn):

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
-import anyio
 import msgspec
 from litestar import Request, Response, Router, post
 from litestar.datastructures import State
@@ -199,6 +198,7 @@ async def _claim(request: Request, state: State, routes: KindRoutes, data: Claim
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(data.wait_seconds, settings.max_wait_seconds)
     waiter = None
+    gone: asyncio.Task[Any] | None = None  # the client hung up (a runner stopping)
     try:
         while True:
             if waiter is not None:
@@ -236,16 +236,30 @@ async def _claim(request: Request, state: State, routes: KindRoutes, data: Claim
                 # Subscribe, then claim once more at once: an item queued between the attempt
                 # above and the subscription is not missed.
                 waiter = hub.subscribe(ctx.organization_id, kind.name)
+                gone = asyncio.create_task(_hung_up(request))
                 try:
                     await hub.listen()
                 except Exception:  # noqa: BLE001 -- the periodic re-check keeps the claim working
                     log.warning("cannot LISTEN for queued work; waiting claims poll instead", exc_info=True)
                 continue
-            with anyio.move_on_after(min(remaining, RECHECK_SECONDS)):
-                await waiter.wake.wait()
+            woken = asyncio.create_task(waiter.wake.wait())
+            await asyncio.wait([woken, gone], timeout=min(remaining, RECHECK_SECONDS),  # type: ignore[list-item]
+                               return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if gone is not None and gone.done():
+                return Response(content=None, status_code=204)  # nobody is listening: claim nothing
     finally:
         if waiter is not None:
             hub.unsubscribe(waiter)
+        if gone is not None:
+            gone.cancel()
+
+
+async def _hung_up(request: Request) -> None:
+    """Returns once the client has gone: after the body, the server's next ASGI message is
+    the disconnect (it waits for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _claim_response(routes: KindRoutes, got: tuple[Any, str] | None, lease: int) -> Response[Any]:
