@@ -21,8 +21,10 @@ drop trigger if exists audit on public.webhook_delivery;
 --      needs: the url and the secret nonces (the secret is derived in Python).
 --   2. auth.webhook_delivery_context(organization, delivery): becomes the webhook's
 --      owning credential (auth.begin_request, so revocation, expiry, membership and the
---      current role count as on any request) with only its :read scopes, for the worker
---      to read the event under RLS. A credential that is refused, or may no longer own
+--      current role count as on any request), narrowed to what reading the event needs
+--      (org:read and the event's area's :read, each only if the owner has it), for the
+--      worker to read the event under RLS. (The API role could call it for any delivery:
+--      it then reads, as that owner, the organization's org:read data and that area.) A credential that is refused, or may no longer own
 --      webhooks (org:write, unrestricted), pauses the webhook instead: 'paused', and no
 --      context at all.
 --   3. auth.finish_webhook_delivery(...): records the attempt and settles the delivery:
@@ -87,9 +89,10 @@ declare
   reason text;
   saved text[];
 begin
-  select w.id as webhook_id, w.owner_token_id, w.enabled into d
+  select w.id as webhook_id, w.owner_token_id, w.enabled, e.area into d
     from public.webhook_delivery x
     join public.webhook w on w.organization_id = x.organization_id and w.id = x.webhook_id
+    join public.webhook_event e on e.organization_id = x.organization_id and e.id = x.event_id
    where x.organization_id = p_org and x.id = p_delivery;
   if not found or not d.enabled then
     return 'gone';
@@ -113,8 +116,10 @@ begin
     perform auth.leave_context('{}'::text[]);  -- no context at all, not even the owner's
     return 'paused';
   end if;
-  -- Read only, as the owner: the worker reads the event and nothing else.
-  perform set_config('app.scopes', array(select s from unnest(r.scopes) s where s like '%:read' order by s)::text, true);
+  -- As the owner, with no more than reading the event needs (org:read and its area's
+  -- :read, if the owner has them): the worker reads the event and nothing else.
+  perform set_config('app.scopes', array(select s from unnest(r.scopes) s
+                                          where s in ('org:read', d.area || ':read') order by s)::text, true);
   perform auth.sign_context();
   return 'ok';
 end

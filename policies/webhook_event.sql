@@ -18,7 +18,9 @@ call app.tenant_table('public.webhook_event', area => 'org', project_column => '
 drop trigger if exists audit on public.webhook_event;
 
 create policy outbox_insert on public.webhook_event for insert to tenant_auth with check (true);
-grant insert on public.webhook_event to tenant_auth;
+-- (the delivery worker's auth.webhook_delivery_context reads an event's area)
+create policy worker_area on public.webhook_event for select to tenant_auth using (true);
+grant insert, select (organization_id, id, area) on public.webhook_event to tenant_auth;
 grant usage on sequence public.webhook_event_seq to tenant_auth;
 
 -- Does a webhook (its event_types and project filter) want an event? Types are exact

@@ -58,7 +58,7 @@ AUTH_API_FUNCTIONS = {
     "claim_due_schedules", "fire_schedule",  # the scheduler's queue spans organizations
     "requeue_expired_runs",  # runs whose lease expired, across organizations (requeue or fail only)
     # the webhook worker's queue spans organizations; it reads an event as the webhook's
-    # owning credential (read scopes only), or pauses the webhook
+    # owning credential (narrowed to org:read and the event area's :read), or pauses the webhook
     "claim_webhook_deliveries", "webhook_delivery_context", "finish_webhook_delivery",
     "purge_idempotency_keys",  # deletes expired idempotency keys, nothing else
 }

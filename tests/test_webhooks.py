@@ -495,8 +495,12 @@ async def test_redelivery(client, receiver, worker):
     p = path()
     hook = await new_webhook(client, t.h, receiver.url(p), ["task.*"])
     await client.post("/v1/tasks", headers=t.h, json={"project_id": t.project_id, "summary": "again"})
-    await eventually(lambda: receiver.at(p), what="the event")
-    delivery = (await client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=t.h)).json()["items"][0]
+
+    async def delivered():
+        items = (await client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=t.h)).json()["items"]
+        return items and items[0]["status"] == "delivered" and items[0]
+
+    delivery = await eventually(delivered, what="the delivery settled")
     url = f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/redeliver"
     r = await client.post(url, headers=t.h)
     assert r.status_code == 202 and r.json()["status"] == "pending" and r.json()["redelivered_at"]
