@@ -134,9 +134,9 @@ async def test_a_killed_runner_s_job_is_requeued_and_run_again(client, live, set
     job = await new_job(client, t, "sh", "-c",
                         f"if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; echo $$ > {pid_file};"
                         " echo first; exec sleep 60")
-    stop_duties = asyncio.Event()
-    duties = asyncio.create_task(scheduler.serve(settings.database, interval=0.5, stop=stop_duties, seal_every=3600,
-                                                 settings=settings.with_runners(reap_interval_seconds=0.2)))
+    # The scheduler process's duties in a thread of their own (as `make run` runs them).
+    _, stop_duties = scheduler.start_in_thread(settings.database, interval=0.5,
+                                               settings=settings.with_runners(reap_interval_seconds=0.2))
     first = start_runner(live, runner["token"], "--lease", "2", "--once")
     try:
         await wait_for(client, t, job["id"], "running")
@@ -160,8 +160,7 @@ async def test_a_killed_runner_s_job_is_requeued_and_run_again(client, live, set
             stop(second)
     finally:
         stop(first)
-        stop_duties.set()
-        await duties
+        stop_duties()
     trail = await admin_conn.fetch(
         "select changes -> 'status' ->> 'new' as status, token_id::text, request_id from token_audit_log"
         " where table_name = 'job' and row_id = $1 and action = 'UPDATE' order by id", U(job["id"]))
@@ -180,9 +179,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
         "target": {"kind": "command", "ref": "sh", "args": ["-c", "echo tick from the schedule"]}})
     assert r.status_code == 201, r.text
     schedule = r.json()
-    stop_duties = asyncio.Event()
-    duties = asyncio.create_task(scheduler.serve(settings.database, interval=0.3, stop=stop_duties, seal_every=3600,
-                                                 settings=settings))
+    _, stop_duties = scheduler.start_in_thread(settings.database, interval=0.3, settings=settings)
     process = start_runner(live, runner["token"], "--label", "demo", "--project", t.project_id)
     try:
         deadline = time.monotonic() + 30
@@ -199,8 +196,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
     finally:
         await client.patch(f"/v1/job-schedules/{schedule['id']}", headers=t.h, json={"enabled": False})
         stop(process)
-        stop_duties.set()
-        await duties
+        stop_duties()
 
 
 def test_runner_needs_a_token():

@@ -114,18 +114,52 @@ def signing_key(settings) -> bytes:
     return signing.server_key(settings.webhooks.signing_key, settings.auth.jwt_secret)
 
 
+class WorkerThread:
+    """A delivery worker, as the scheduler process runs it, in a thread with its own event
+    loop: the test's loop is blocked while the test client handles a request, and a worker
+    holding a row lock in that loop would then hold it until the request times out."""
+
+    def __init__(self, settings, webhook_settings=None) -> None:
+        self.settings = settings
+        self.webhook_settings = webhook_settings or fast(settings)
+        self.loop = asyncio.new_event_loop()
+        self.stop: asyncio.Event | None = None
+        self.delivered = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+        self.loop.close()
+
+    async def _serve(self) -> None:
+        self.stop = asyncio.Event()
+        engine = create_api_engine(self.settings.database)
+        deliverer = Deliverer(engine, self.webhook_settings, signing_key(self.settings))
+        self.started.set()
+        try:
+            await deliverer.run(self.stop)
+        finally:
+            self.delivered = deliverer.delivered
+            await deliverer.aclose()
+            await engine.dispose()
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        self.started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.stop is not None
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(20)
+
+
 @pytest.fixture
-async def worker(settings):
-    """The delivery worker, as the scheduler process runs it, in this test's event loop."""
-    engine = create_api_engine(settings.database)
-    deliverer = Deliverer(engine, fast(settings), signing_key(settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(deliverer.run(stop))
-    yield deliverer
-    stop.set()
-    await task
-    await deliverer.aclose()
-    await engine.dispose()
+def worker(settings):
+    with WorkerThread(settings) as w:
+        yield w
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
@@ -210,19 +244,15 @@ async def test_two_workers_never_send_a_delivery_twice(client, receiver, setting
     await new_webhook(client, t.h, receiver.url(p), ["task.*"])
     for i in range(12):
         await client.post("/v1/tasks", headers=t.h, json={"project_id": t.project_id, "summary": f"t{i}"})
-    engines = [create_api_engine(settings.database) for _ in range(2)]
-    workers = [Deliverer(e, dataclasses.replace(fast(settings), concurrency=2), signing_key(settings)) for e in engines]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    workers = [WorkerThread(settings, dataclasses.replace(fast(settings), concurrency=2)) for _ in range(2)]
+    for w in workers:
+        w.__enter__()
     try:
         await eventually(lambda: len(receiver.at(p)) >= 12, what="twelve deliveries")
         await asyncio.sleep(0.5)
     finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-        for w, e in zip(workers, engines, strict=True):
-            await w.aclose()
-            await e.dispose()
+        for w in workers:
+            w.__exit__()
     ids = [g.headers["webhook-id"] for g in receiver.at(p, ok_only=False)]
     assert len(ids) == len(set(ids)) == 12
     assert all(w.delivered > 0 for w in workers)  # both took part
