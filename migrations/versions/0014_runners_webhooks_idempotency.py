@@ -362,6 +362,12 @@ def downgrade() -> None:
     exec_script(
         op.get_bind(),
         """
+        drop policy if exists lease_reaper_select on job;
+        drop policy if exists lease_reaper_update on job;
+        drop policy if exists lease_reaper_select on computer_use_task;
+        drop policy if exists lease_reaper_update on computer_use_task;
+        drop policy if exists lease_reaper_select on robot_macro_execution;
+        drop policy if exists lease_reaper_update on robot_macro_execution;
         drop function if exists auth.claim_webhook_deliveries(integer, interval, uuid);
         drop function if exists auth.webhook_delivery_context(uuid, uuid);
         drop function if exists auth.finish_webhook_delivery(uuid, uuid, text, integer, text, integer, interval, text);

@@ -311,13 +311,14 @@ def kind_router(routes: KindRoutes) -> Router:
 
     handlers = [
         post("/claim", opt={"scope": kind.scope}, operation_id=f"claim_{tag}", summary=f"Claim a {kind.label}",
-             tags=["runners"], status_code=200, dependencies={"first": Provide(provide_first_attempt)},
+             description=claim.__doc__, tags=["runners"], status_code=200, dependencies={"first": Provide(provide_first_attempt)},
              responses={204: ResponseSpec(data_container=None, description="nothing to claim within wait_seconds")},
              )(claim),
         post("/{item_id:uuid}/heartbeat", opt={"scope": kind.scope}, operation_id=f"heartbeat_{tag}",
-             summary=f"Renew a {kind.label}'s lease", tags=["runners"], status_code=200)(heartbeat),
+             summary=f"Renew a {kind.label}'s lease", description=heartbeat.__doc__, tags=["runners"],
+             status_code=200)(heartbeat),
         post("/{item_id:uuid}/finish", opt={"scope": kind.scope}, operation_id=f"finish_{tag}",
-             summary=f"Finish a {kind.label}", tags=["runners"], status_code=200)(finish),
+             summary=f"Finish a {kind.label}", description=finish.__doc__, tags=["runners"], status_code=200)(finish),
     ]
     return Router(path=routes.path, route_handlers=handlers)
 
