@@ -122,7 +122,8 @@ def upgrade() -> None:
           add constraint computer_use_task_outcome_check
             check ((exit_code is null and error is null) or status in ('succeeded', 'failed', 'cancelled'));
         alter table robot_macro_execution
-          add constraint robot_macro_execution_lease_check check ((status = 'running') = (lease_expires_at is not null)),
+          add constraint robot_macro_execution_lease_check
+            check ((status = 'running') = (lease_expires_at is not null)),
           add constraint robot_macro_execution_claim_check
             check ((status = 'running') = (claim_secret_hash is not null)),
           add constraint robot_macro_execution_attempt_check check (attempt between 0 and max_attempts),
@@ -331,8 +332,8 @@ def upgrade() -> None:
         -- The delivery worker claims due deliveries of every organization (a global queue).
         create index webhook_delivery_due_idx on webhook_delivery (next_attempt_at) where status = 'pending';
         -- ... and holds one back while an earlier one for the same object is pending.
-        create index webhook_delivery_order_idx on webhook_delivery (organization_id, webhook_id, ordering_key, event_seq)
-            where status = 'pending';
+        create index webhook_delivery_order_idx
+            on webhook_delivery (organization_id, webhook_id, ordering_key, event_seq) where status = 'pending';
         create index webhook_delivery_list_idx on webhook_delivery (organization_id, webhook_id, id);
 
         create table webhook_attempt (

@@ -27,6 +27,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
+from tenant_api import idempotency
 from tenant_api.auth.credentials import (
     DISPLAY_PREFIX_LEN,
     TOKEN_PREFIX,
@@ -35,7 +36,6 @@ from tenant_api.auth.credentials import (
     expired_session,
     parse_bearer,
 )
-from tenant_api import idempotency
 from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
 
 _REFUSED = {

@@ -311,7 +311,8 @@ def kind_router(routes: KindRoutes) -> Router:
 
     handlers = [
         post("/claim", opt={"scope": kind.scope}, operation_id=f"claim_{tag}", summary=f"Claim a {kind.label}",
-             description=claim.__doc__, tags=["runners"], status_code=200, dependencies={"first": Provide(provide_first_attempt)},
+             description=claim.__doc__, tags=["runners"], status_code=200,
+             dependencies={"first": Provide(provide_first_attempt)},
              responses={204: ResponseSpec(data_container=None, description="nothing to claim within wait_seconds")},
              )(claim),
         post("/{item_id:uuid}/heartbeat", opt={"scope": kind.scope}, operation_id=f"heartbeat_{tag}",
