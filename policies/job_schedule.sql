@@ -16,6 +16,6 @@ create policy scheduler_read on public.job_schedule for select to tenant_auth
 create policy scheduler_advance on public.job_schedule for update to tenant_auth
   using (enabled)
   with check (enabled and organization_id = (select app.current_organization_id()));
-grant select (organization_id, id, project_id, cron, timezone, enabled, target, next_run_at),
+grant select (organization_id, id, project_id, cron, timezone, enabled, target, next_run_at, labels, max_attempts),
       update (next_run_at, last_run_at)
   on public.job_schedule to tenant_auth;

@@ -61,6 +61,8 @@ declare
   saved text[];
   v_project uuid;
   v_target jsonb;
+  v_labels text[];
+  v_max_attempts integer;
   v_job uuid;
 begin
   -- A next run at or before now would make the schedule due again at once.
@@ -74,7 +76,7 @@ begin
      set next_run_at = p_next_run_at, last_run_at = now()
    where s.organization_id = p_org and s.id = p_schedule
      and s.enabled and s.next_run_at = p_due_at and s.next_run_at <= now()
-  returning s.project_id, s.target into v_project, v_target;
+  returning s.project_id, s.target, s.labels, s.max_attempts into v_project, v_target, v_labels, v_max_attempts;
 
   if found then
     v_job := uuidv7();
@@ -82,8 +84,9 @@ begin
     -- hand: the run happened, so advance without a second one.
     -- (Not ON CONFLICT: that would need SELECT on job, which tenant_auth does not have.)
     begin
-      insert into public.job (organization_id, id, project_id, schedule_id, target, status, scheduled_for)
-      values (p_org, v_job, v_project, p_schedule, v_target, 'queued', p_due_at);
+      insert into public.job (organization_id, id, project_id, schedule_id, target, status, scheduled_for,
+                              labels, max_attempts)
+      values (p_org, v_job, v_project, p_schedule, v_target, 'queued', p_due_at, v_labels, v_max_attempts);
     exception when unique_violation then
       v_job := null;
     end;

@@ -93,6 +93,8 @@ def settings(database: Database) -> Settings:
         # The suite makes thousands of requests per token; tests/test_ratelimit.py
         # builds apps with small quotas.
         .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000)
+        # webhook receivers in the tests listen on loopback
+        .with_webhooks(allow_private_targets=True)
     )
 
 

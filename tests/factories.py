@@ -68,6 +68,9 @@ UUID_FIELDS: dict[str, str] = {
     "schedule_id": "job_schedule",
     "job_id": "job",
     "desktop_vm_id": "desktop_virtual_machine",
+    # runner claims' filters
+    "vm_ids": "desktop_virtual_machine",
+    "desktop_vm_ids": "desktop_virtual_machine",
 }
 
 # String fields that need a particular shape; value(unique) -> str.
@@ -77,6 +80,8 @@ STRING_VALUES: dict[str, Callable[[str], str]] = {
     "avatar_url": lambda u: f"https://example.com/avatars/{u}.png",  # agent profiles, templates' defaults
     "target": lambda u: f"{u}@example.com",  # email rules: forward (the first action) needs an address
     "ip_address": lambda u: "192.0.2.10",  # desktop VMs (TEST-NET-1)
+    # webhooks: the discard port on loopback (the suite allows private targets); nothing listens
+    "url": lambda u: f"http://127.0.0.1:9/hooks/{u}",
 }
 
 # (METHOD, path template) -> fields to set instead of generated values.
@@ -93,21 +98,36 @@ BODY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/services/{item_id}"): {"env": _ENV},
     # the oldest VM runs (ROW_FACTORIES start it for an execution): keep it running
     ("PATCH", "/v1/desktop-vms/{item_id}"): {"status": "running"},
-    # output is free JSON (no schema to generate from); status stays running
-    ("PATCH", "/v1/robot-macros/{macro_id}/executions/{item_id}"): {"output": {"step": 1}},
+    # output is free JSON (no schema to generate from)
+    ("POST", "/v1/robot-macro-executions/{item_id}/finish"): {"output": {"step": 1}},
+    # webhooks subscribe to known event types
+    ("POST", "/v1/webhooks"): {"event_types": ["*"]},
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"event_types": ["job.*", "task.done"]},
     # a trial is not both converted and cancelled, and ends after it starts
     ("PUT", "/v1/trial"): {"ends_at": "2099-01-01T00:00:00+00:00", "converted_at": None, "cancelled_at": None},
     # a yearly cron, so no scheduler fires these rows during a run; targets are objects
     ("POST", "/v1/job-schedules"): {"cron": "0 0 1 1 *", "timezone": "UTC", "target": _TARGET},
     ("PATCH", "/v1/job-schedules/{item_id}"): {"cron": "0 0 1 1 *", "timezone": "UTC", "target": _TARGET},
     # a manual run: project + target (not from a schedule); a PATCH may only cancel
-    ("POST", "/v1/jobs"): {"schedule_id": None, "target": _TARGET},
-    ("PATCH", "/v1/jobs/{item_id}"): {"status": "cancelled", "exit_code": None},
+    ("POST", "/v1/jobs"): {"schedule_id": None, "target": _TARGET, "labels": []},
+    ("PATCH", "/v1/jobs/{item_id}"): {"status": "cancelled"},
     # tasks and computer-use tasks start in their initial state
     ("POST", "/v1/tasks"): {"status": "todo"},
     ("PATCH", "/v1/tasks/{item_id}"): {"status": "todo"},
     ("POST", "/v1/computer-use-tasks"): {"status": "queued"},
-    ("PATCH", "/v1/computer-use-tasks/{item_id}"): {"status": "queued"},
+    ("PATCH", "/v1/computer-use-tasks/{item_id}"): {"status": "cancelled"},
+}
+
+# Columns a new row of the table starts with (besides its lifecycle's initial status): the
+# raw-SQL isolation tests insert copies of existing rows, which must look freshly made
+# (a copy of a claimed job would carry its lease and claim, which a queued row cannot).
+_UNCLAIMED = {"attempt": 0, "lease_expires_at": None, "claim_secret_hash": None, "claimed_by_token_id": None,
+              "claimed_at": None, "heartbeat_at": None, "progress": None, "error": None, "exit_code": None,
+              "started_at": None, "finished_at": None}
+PRISTINE: dict[str, dict[str, Any]] = {
+    "job": _UNCLAIMED,
+    "computer_use_task": _UNCLAIMED,
+    "robot_macro_execution": _UNCLAIMED,
 }
 
 # Operations reachable without a credential. Every other operation in the OpenAPI
@@ -142,6 +162,14 @@ PATH_PARAMS: dict[str, dict[str, str]] = {
     "/v1/organization/invites/{invite_id}/resend": {"invite_id": "project_invite[project_id is null]"},
     "/v1/service-accounts/{account_id}": {"account_id": "service_account"},
     "/v1/service-accounts/{account_id}/tokens": {"account_id": "service_account"},
+    "/v1/robot-macro-executions/{item_id}/heartbeat": {"item_id": "robot_macro_execution"},
+    "/v1/robot-macro-executions/{item_id}/finish": {"item_id": "robot_macro_execution"},
+    "/v1/webhooks/{webhook_id}": {"webhook_id": "webhook"},
+    "/v1/webhooks/{webhook_id}/rotate-secret": {"webhook_id": "webhook"},
+    "/v1/webhooks/{webhook_id}/deliveries": {"webhook_id": "webhook"},
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}": {"webhook_id": "webhook", "delivery_id": "webhook_delivery"},
+    "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": {"webhook_id": "webhook",
+                                                                     "delivery_id": "webhook_delivery"},
 }
 
 # Responses that never end (Server-Sent Events). The buffering test client would wait
@@ -318,7 +346,35 @@ async def _organization_invite(client: AsyncTestClient, tenant: Tenant, refs: di
 
 
 async def _job_log(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
-    _ok(await client.post(f"/v1/jobs/{refs['job']}/logs", headers=tenant.h, json={"data": "started\n"}))
+    # Only a job's running attempt writes its log: claim the oldest queued job (left running).
+    claim = _ok(await client.post("/v1/jobs/claim", headers=tenant.h, json={"project_ids": [tenant.project_id]}), 200)
+    _ok(await client.post(f"/v1/jobs/{claim['job']['id']}/logs", headers=tenant.h,
+                          json={"claim_secret": claim["claim_secret"], "data": "started\n"}))
+
+
+async def _idempotency_key(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
+    _ok(await client.post("/v1/agents", headers={**tenant.h, "Idempotency-Key": uuid.uuid4().hex},
+                          json={"project_id": tenant.project_id, "name": f"idem-{uuid.uuid4().hex[:8]}"}))
+
+
+async def _webhook(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
+    # One webhook (subscribed to everything), then a change it hears about: an event and
+    # its delivery. The delivery worker then tries it once (nothing listens on the discard
+    # port): an attempt in the delivery log.
+    from tenant_api.db.engine import create_api_engine
+    from tenant_api.webhooks.delivery import Deliverer
+
+    _ok(await client.post("/v1/webhooks", headers=tenant.h,
+                          json={"url": f"http://127.0.0.1:9/hooks/{uuid.uuid4().hex[:8]}", "event_types": ["*"]}))
+    _ok(await client.post("/v1/tasks", headers=tenant.h, json={"project_id": tenant.project_id, "summary": "hook"}))
+    settings = client.app.state.settings
+    engine = create_api_engine(settings.database)
+    deliverer = Deliverer(engine, settings.webhooks, client.app.state.webhook_key)
+    try:
+        assert await deliverer.run_once(organization_id=uuid.UUID(tenant.organization_id)), "nothing to deliver"
+    finally:
+        await deliverer.aclose()
+        await engine.dispose()
 
 
 async def _audit_seal(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
@@ -345,5 +401,7 @@ ROW_FACTORIES: dict[str, Factory] = {
     "service_account": _service_account,
     "project_invite (organization invites)": _organization_invite,  # not a table name: generic creation too
     "job_log": _job_log,
+    "webhook": _webhook,  # and webhook_event, webhook_delivery, webhook_attempt
+    "idempotency_key": _idempotency_key,
     "audit_seal": _audit_seal,  # last: seals the events of everything above
 }

@@ -1,11 +1,14 @@
-"""A real server for the browser and walkthrough tests: uvicorn on a free port, the API
-with its mailer sending to a local SMTP server (aiosmtpd), and headless Chromium
-(Debian's chromium and chromium-driver, installed by .ci/run) driven by selenium."""
+"""Real servers for tests that need one: an app under uvicorn on a loopback port in a
+thread of its own (clients talk to it over TCP, really concurrently: serve); the API with
+its mailer sending to a local SMTP server (aiosmtpd) for the browser and walkthrough
+tests (live_server); headless Chromium (Debian's chromium and chromium-driver, installed by
+.ci/run) driven by selenium (chromium)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from litestar import Litestar
 
 from tenant_api.app import create_app
 from tenant_api.settings import Settings
@@ -111,3 +115,22 @@ def chromium() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextmanager
+def serve(app: Litestar) -> Iterator[str]:
+    """Run ``app``; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

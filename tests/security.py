@@ -198,6 +198,8 @@ def gen_value(doc: dict[str, Any], name: str, schema: dict[str, Any], refs: dict
     s = flatten(doc, schema)
     if "enum" in s:
         return s["enum"][0]
+    if "const" in s:  # a one-value Literal
+        return s["const"]
     t, fmt = schema_type(s), s.get("format")
     if t == "string" and fmt == "uuid":
         table = factories.UUID_FIELDS.get(name)
@@ -244,7 +246,8 @@ def string_fields(doc: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str
         is_array = schema_type(s) == "array"
         if is_array:
             s = flatten(doc, s.get("items", {}))
-        if schema_type(s) == "string" and "enum" not in s and s.get("format") not in {"uuid", "date-time", "date"}:
+        if (schema_type(s) == "string" and "enum" not in s and "const" not in s
+                and s.get("format") not in {"uuid", "date-time", "date"}):
             out.append((name, is_array))
     return out
 

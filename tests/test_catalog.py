@@ -29,11 +29,24 @@ INDEX_ALLOW_LIST = {
     "invite_outbox_due_idx",
     # the scheduler claims due schedules across organizations (FOR UPDATE SKIP LOCKED).
     "job_schedule_due_idx",
+    # the lease reaper finds runs whose lease expired across organizations (a global queue).
+    "job_lease_idx", "computer_use_task_lease_idx", "robot_macro_execution_lease_idx",
+    # the webhook worker claims due deliveries across organizations (a global queue).
+    "webhook_delivery_due_idx",
+    # expired idempotency keys are purged across organizations.
+    "idempotency_key_expiry_idx",
 }
 
 # Audit tables do not audit themselves: the log, the usage records (one per request) and
 # the seals over the log are written only by the audit machinery, never by the API role.
-NOT_AUDITED = {"token_audit_log", "token_usage", "audit_seal"}
+AUDIT_TABLES = {"token_audit_log", "token_usage", "audit_seal"}
+# Bookkeeping whose every row restates what the trail already holds, at a volume that
+# would drown it: the webhook outbox (each event copies a change audited on its own
+# table; deliveries and attempts are the worker's log, and a redelivery is a request,
+# kept as its usage record) and idempotency keys (each restates a request kept as its
+# usage record and as the change it made). The API role cannot write events or attempts.
+BOOKKEEPING = {"webhook_event", "webhook_delivery", "webhook_attempt", "idempotency_key"}
+NOT_AUDITED = AUDIT_TABLES | BOOKKEEPING
 
 # The definer functions the API role may call in schema auth (before a context exists).
 # Every door around RLS the API role may open. Adding one is a security decision: list it
@@ -51,6 +64,11 @@ AUTH_API_FUNCTIONS = {
     # (verify_email, invite_preview), the request's own user only (issue_verification,
     # my_organizations), an admin's new service account identity (create_service_user)
     "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
+    "requeue_expired_runs",  # runs whose lease expired, across organizations (requeue or fail only)
+    # the webhook worker's queue spans organizations; it reads an event as the webhook's
+    # owning credential (narrowed to org:read and the event area's :read), or pauses the webhook
+    "claim_webhook_deliveries", "webhook_delivery_context", "finish_webhook_delivery",
+    "purge_idempotency_keys",  # deletes expired idempotency keys, nothing else
 }
 
 # Tables without organization_id that still must have RLS enabled and forced.
@@ -211,6 +229,15 @@ async def test_api_role_cannot_read_secret_columns(admin_conn, api_conn, table, 
     assert await admin_conn.fetchval("select has_column_privilege($1, $2, 'id', 'SELECT')", API, f"public.{table}")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api_conn.fetch(f"select {column} from public.{table}")
+
+
+def test_background_duties_list_their_database_doors():
+    """tenant_api.background.DUTIES names, per background duty, the definer functions it
+    uses: together, every door the API role may open besides the request path's own."""
+    from tenant_api.background import DUTIES
+
+    request_path = {"begin_request", "login_lookup", "create_session", "signup", "accept_invite"}
+    assert {f for functions in DUTIES.values() for f in functions} == AUTH_API_FUNCTIONS - request_path
 
 
 async def test_api_role_executes_only_the_auth_entry_points(admin_conn):

@@ -239,14 +239,26 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
     r = await client.post(base, headers=t.h, json={})  # defaults to the macro's VM
     assert r.status_code == 201, r.text
     first = r.json()
-    assert (first["status"], first["vm_id"], first["finished_at"], first["duration_ms"]) == (
-        "running", vm["id"], None, None)
+    assert (first["status"], first["vm_id"], first["started_at"], first["finished_at"], first["duration_ms"]) == (
+        "queued", vm["id"], None, None, None)
 
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"output": {"progress": 1}})
-    assert r.status_code == 200 and r.json()["status"] == "running" and r.json()["output"] == {"progress": 1}
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"output": "x" * 70000})
+    # The VM's robot claims it, reports progress, finishes it (the protocol: tests/test_runners.py);
+    # a PATCH only cancels.
+    for body in ({"status": "running"}, {"status": "succeeded"}, {"output": "x"}):
+        r = await client.patch(f"{base}/{first['id']}", headers=t.h, json=body)
+        assert r.status_code == 422, (body, r.text)
+    r = await client.post("/v1/robot-macro-executions/claim", headers=t.h, json={"vm_ids": [vm["id"]]})
+    assert r.status_code == 200, r.text
+    claim = r.json()
+    assert claim["execution"]["id"] == first["id"] and claim["execution"]["status"] == "running"
+    secret = claim["claim_secret"]
+    r = await client.post(f"/v1/robot-macro-executions/{first['id']}/heartbeat", headers=t.h,
+                          json={"claim_secret": secret, "progress": {"percent": 50, "message": "step 1"}})
+    assert r.status_code == 200 and r.json()["progress"] == {"percent": 50, "message": "step 1"}
+    finish = f"/v1/robot-macro-executions/{first['id']}/finish"
+    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "exit_code": 0, "output": "x" * 70000})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "output"
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"status": "succeeded", "output": "done"})
+    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "exit_code": 0, "output": "done"})
     assert r.status_code == 200, r.text
     done = r.json()
     assert done["status"] == "succeeded" and done["output"] == "done" and done["finished_at"] is not None
@@ -254,10 +266,10 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
         "select started_at, finished_at from robot_macro_execution where id = $1", U(first["id"]))
     assert done["duration_ms"] == round((finished - started).total_seconds() * 1000)
 
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"status": "failed"})
-    assert r.status_code == 409 and "succeeded" in r.json()["detail"] and "failed" in r.json()["detail"]
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"output": "rewritten"})
-    assert r.status_code == 409
+    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"status": "cancelled"})
+    assert r.status_code == 409 and "succeeded" in r.json()["detail"] and "cancelled" in r.json()["detail"]
+    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "error": "again"})
+    assert r.status_code == 409  # finished once
     r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"duration_ms": 5})
     assert r.status_code == 422  # derived, never written
 
@@ -272,7 +284,7 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
     page = r.json()
     r = await client.get(base, headers=t.h, params={"limit": 2, "cursor": page["next_cursor"]})
     assert [e["id"] for e in page["items"] + r.json()["items"]] == [third["id"], second["id"], first["id"]]
-    r = await client.get(base, headers=t.h, params={"status": "running"})
+    r = await client.get(base, headers=t.h, params={"status": "queued"})
     assert [e["id"] for e in r.json()["items"]] == [third["id"]]
 
     other = await make_macro(client, t)
@@ -527,9 +539,11 @@ async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t,
         ("GET", f"/v1/robot-macros/{b_macro['id']}/executions", None),
         ("POST", f"/v1/robot-macros/{b_macro['id']}/executions", {}),
         ("GET", f"/v1/robot-macros/{b_macro['id']}/executions/{b_exec['id']}", None),
-        ("PATCH", f"/v1/robot-macros/{b_macro['id']}/executions/{b_exec['id']}", {"status": "failed"}),
+        ("PATCH", f"/v1/robot-macros/{b_macro['id']}/executions/{b_exec['id']}", {"status": "cancelled"}),
         ("GET", f"/v1/robot-macros/{a_macro['id']}/executions/{b_exec['id']}", None),
-        ("PATCH", f"/v1/robot-macros/{a_macro['id']}/executions/{b_exec['id']}", {"status": "failed"}),
+        ("PATCH", f"/v1/robot-macros/{a_macro['id']}/executions/{b_exec['id']}", {"status": "cancelled"}),
+        ("POST", f"/v1/robot-macro-executions/{b_exec['id']}/heartbeat", {"claim_secret": "x"}),
+        ("POST", f"/v1/robot-macro-executions/{b_exec['id']}/finish", {"claim_secret": "x", "exit_code": 0}),
         ("GET", f"/v1/desktop-connections/{b_conn}", None),
     ]
     for method, path, body in calls:
@@ -556,7 +570,7 @@ async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t,
     assert await admin_conn.fetchval("select status from desktop_virtual_machine where id = $1",
                                      U(b_vm["id"])) == "running"
     assert await admin_conn.fetchval("select status from robot_macro_execution where id = $1",
-                                     U(b_exec["id"])) == "running"
+                                     U(b_exec["id"])) == "queued"
     assert await admin_conn.fetchval("select name from desktop_configs where id = $1",
                                      U(b_config["id"])) == b_config["name"]
 

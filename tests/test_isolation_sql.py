@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests import factories
 from tests.security import (
     World,
     as_request,
@@ -64,6 +65,7 @@ async def copy_of(admin: asyncpg.Connection, table: str, column: str, org: str, 
         row.pop(name, None)
     if table in LIFECYCLES:
         row["status"] = LIFECYCLES[table].initial
+    row.update(factories.PRISTINE.get(table, {}))
     if column != "id":
         row["id"] = str(uuid.uuid4())
     row.update(changes)
@@ -189,11 +191,13 @@ def fresh_value(kind: str, value: Any) -> Any:
 
 
 async def user_bound_columns(admin: asyncpg.Connection, table: str) -> set[str]:
-    """Columns the table's INSERT policies tie to the caller's user (``user_id = app.current_user_id()``)."""
+    """Columns the table's INSERT policies tie to the caller's user or token (``user_id =
+    app.current_user_id()``, ``token_id = app.current_token_id()``)."""
     checks = await admin.fetch(
         "select coalesce(with_check, '') as c from pg_policies where schemaname = 'public' and tablename = $1"
         " and cmd in ('INSERT', 'ALL')", table)
-    call = r"(\w+) = \(?\s*(?:SELECT\s+)?(?:app\.)?current_user_id\(\)"  # user_id = (SELECT app.current_user_id() ...)
+    # user_id = (SELECT app.current_user_id() ...), and rows tied to the caller's token
+    call = r"(\w+) = \(?\s*(?:SELECT\s+)?(?:app\.)?current_(?:user|token)_id\(\)"
     return {m for r in checks for m in re.findall(call, r["c"], re.IGNORECASE)}
 
 
@@ -242,6 +246,7 @@ async def test_child_cannot_point_at_another_organizations_parent(world, module_
             base = {k: v for k, v in original.items() if k not in generated}
             if child in LIFECYCLES:  # inserted rows start in the initial status (see copy_of)
                 base["status"] = LIFECYCLES[child].initial
+            base.update(factories.PRISTINE.get(child, {}))
 
             async def insert(row: dict[str, Any]) -> tuple[str | None, asyncpg.PostgresError | None]:
                 row = {**row, "id": str(uuid.uuid4())}

@@ -10,9 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tenant_api.cron import CronError, next_run, parse
-from tenant_api.resources.jobs import JOB_LIFECYCLE
 from tests.conftest import bearer, make_token
-from tests.test_tasks import check_machine, move
+from tests.test_tasks import move
 
 UTC = dt.UTC
 CMD = {"kind": "command", "ref": "backup", "args": ["--full"]}
@@ -30,6 +29,17 @@ async def new_job(client, t, **extra):
     r = await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "target": CMD, **extra})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+async def claim_job(client, t, job_id: str, headers=None) -> dict:
+    """Claim the tenant's queued jobs until ``job_id`` is the one claimed (older queued jobs
+    of the shared tenant are claimed along the way and left running)."""
+    for _ in range(1000):
+        r = await client.post("/v1/jobs/claim", headers=headers or t.h, json={"project_ids": [t.project_id]})
+        assert r.status_code == 200, r.text
+        if r.json()["job"]["id"] == job_id:
+            return r.json()
+    raise AssertionError("job never claimed")
 
 
 def at(text: str) -> dt.datetime:
@@ -197,25 +207,29 @@ async def test_manual_runs(client, t):
 
 
 async def test_job_state_machine_and_timestamps(client, t):
-    await check_machine(client, t, "/v1/jobs", lambda: new_job(client, t), JOB_LIFECYCLE)
-
+    """A PATCH only cancels; running and finishing are the runner protocol's (the whole
+    protocol: tests/test_runners.py). Two clients PATCHing a job to running, a success
+    without an exit code: both refused."""
     job = await new_job(client, t)
-    r = await client.patch(f"/v1/jobs/{job['id']}", headers=t.h, json={"exit_code": 0})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "exit_code" and "queued" in r.json()["detail"]
-    r = await move(client, t, "/v1/jobs", job["id"], "running")
-    running = r.json()
-    assert running["started_at"] is not None and running["finished_at"] is None
-    r = await client.patch(f"/v1/jobs/{job['id']}", headers=t.h, json={"status": "failed", "exit_code": 3})
+    for body in ({"status": "running"}, {"status": "succeeded"}, {"exit_code": 0}):
+        r = await client.patch(f"/v1/jobs/{job['id']}", headers=t.h, json=body)
+        assert r.status_code == 422, (body, r.text)
+    claim = await claim_job(client, t, job["id"])
+    running = claim["job"]
+    assert running["status"] == "running" and running["started_at"] is not None and running["finished_at"] is None
+    r = await client.post(f"/v1/jobs/{job['id']}/finish", headers=t.h,
+                          json={"claim_secret": claim["claim_secret"], "exit_code": 3})
     assert r.status_code == 200, r.text
     failed = r.json()
-    assert failed["exit_code"] == 3 and failed["started_at"] == running["started_at"]
+    assert (failed["status"], failed["exit_code"], failed["started_at"]) == ("failed", 3, running["started_at"])
     assert at(failed["finished_at"]) >= at(failed["started_at"])
-    r = await move(client, t, "/v1/jobs", job["id"], "running")
-    assert r.status_code == 409 and r.json()["detail"] == "cannot move job from failed to running"
+    r = await move(client, t, "/v1/jobs", job["id"], "cancelled")
+    assert r.status_code == 409 and r.json()["detail"] == "cannot move job from failed to cancelled"
 
     cancelled = await new_job(client, t)
     r = (await move(client, t, "/v1/jobs", cancelled["id"], "cancelled")).json()
-    assert r["started_at"] is None and r["finished_at"] is not None
+    assert r["status"] == "cancelled" and r["started_at"] is None and r["finished_at"] is not None
+    assert (await move(client, t, "/v1/jobs", cancelled["id"], "cancelled")).status_code == 200  # staying put
 
 
 # --- logs -----------------------------------------------------------------------------
@@ -225,10 +239,12 @@ async def test_log_tailing_with_concurrent_appends(client, concurrent_client, t,
     url = f"/v1/jobs/{job['id']}/logs"
     r = await client.get(url, headers=t.h)
     assert r.status_code == 200 and r.json() == {"items": [], "next_after": 0, "job_status": "queued"}
+    secret = (await claim_job(client, t, job["id"]))["claim_secret"]
 
     # 40 appends at once (really concurrent: the app runs in this event loop)
     texts = [f"line {i}\n" for i in range(40)]
-    results = await asyncio.gather(*(concurrent_client.post(url, headers=t.h, json={"data": x}) for x in texts))
+    results = await asyncio.gather(*(concurrent_client.post(url, headers=t.h, json={"claim_secret": secret, "data": x})
+                                     for x in texts))
     assert all(r.status_code == 201 for r in results), [r.text for r in results if r.status_code != 201]
     seq_of = {r.json()["data"]: r.json()["seq"] for r in results}
     assert sorted(seq_of.values()) == list(range(1, 41))  # gapless, no duplicates
@@ -249,16 +265,17 @@ async def test_log_tailing_with_concurrent_appends(client, concurrent_client, t,
     assert {c["data"]: c["seq"] for c in seen} == seq_of
 
     # appending while tailing: the reader picks up exactly the new chunks
-    r = await client.post(url, headers=t.h, json={"data": "tail"})
-    assert r.json()["seq"] == 41
+    r = await client.post(url, headers=t.h, json={"claim_secret": secret, "data": "tail"})
+    assert r.json()["seq"] == 41 and r.json()["attempt"] == 1
     r = await client.get(f"{url}?after={after}", headers=t.h)
     assert [(c["seq"], c["data"]) for c in r.json()["items"]] == [(41, "tail")]
 
-    # the job's own audit trail is not flooded by appends (log_seq is noise) ...
+    # the job's own audit trail is not flooded by appends (log_seq is noise): its one
+    # UPDATE is the claim ...
     updates = await admin_conn.fetchval(
         "select count(*) from token_audit_log where table_name = 'job' and row_id = $1 and action = 'UPDATE'",
         uuid.UUID(job["id"]))
-    assert updates == 0
+    assert updates == 1
     # ... each chunk is audited as its own insert, attributed, without the text
     rows = await admin_conn.fetch(
         "select token_id::text, changes from token_audit_log where table_name = 'job_log' and action = 'INSERT'"
@@ -271,14 +288,17 @@ async def test_log_tailing_with_concurrent_appends(client, concurrent_client, t,
 async def test_log_limits(client, t):
     job = await new_job(client, t)
     url = f"/v1/jobs/{job['id']}/logs"
-    r = await client.post(url, headers=t.h, json={"data": "é" * 32769})  # 65538 bytes
+    secret = (await claim_job(client, t, job["id"]))["claim_secret"]
+    r = await client.post(url, headers=t.h, json={"claim_secret": secret, "data": "é" * 32769})  # 65538 bytes
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "data"
-    r = await client.post(url, headers=t.h, json={"data": "x" * 65536})
+    r = await client.post(url, headers=t.h, json={"claim_secret": secret, "data": "x" * 65536})
     assert r.status_code == 201
-    r = await client.post(url, headers=t.h, json={"data": ""})
+    r = await client.post(url, headers=t.h, json={"claim_secret": secret, "data": ""})
     assert r.status_code == 422
-    r = await client.post(url, headers=t.h, json={"data": "x", "seq": 7})
+    r = await client.post(url, headers=t.h, json={"claim_secret": secret, "data": "x", "seq": 7})
     assert r.status_code == 422
+    r = await client.post(url, headers=t.h, json={"data": "x"})
+    assert r.status_code == 422 and "claim_secret" in r.json()["detail"]
     r = await client.get(f"{url}?after=-1", headers=t.h)
     assert r.status_code == 422
     r = await client.get(f"{url}?limit=0", headers=t.h)
@@ -296,7 +316,8 @@ async def test_log_limits(client, t):
 async def test_other_organization_is_404_everywhere(client, t, stranger):
     s = await new_schedule(client, t)
     job = await new_job(client, t, schedule_id=s["id"])
-    await client.post(f"/v1/jobs/{job['id']}/logs", headers=t.h, json={"data": "secret output"})
+    secret = (await claim_job(client, t, job["id"]))["claim_secret"]
+    await client.post(f"/v1/jobs/{job['id']}/logs", headers=t.h, json={"claim_secret": secret, "data": "secret output"})
     for url in (f"/v1/job-schedules/{s['id']}", f"/v1/jobs/{job['id']}"):
         assert (await client.get(url, headers=stranger.h)).status_code == 404
         r = await client.patch(url, headers=stranger.h, json={"enabled": False} if "schedules" in url
@@ -306,10 +327,16 @@ async def test_other_organization_is_404_everywhere(client, t, stranger):
     logs = f"/v1/jobs/{job['id']}/logs"
     r = await client.get(logs, headers=stranger.h)
     assert r.status_code == 404 and "secret" not in r.text
-    assert (await client.post(logs, headers=stranger.h, json={"data": "injected"})).status_code == 404
+    assert (await client.post(logs, headers=stranger.h, json={"claim_secret": secret, "data": "injected"})
+            ).status_code == 404
+    for action in ("heartbeat", "finish"):
+        r = await client.post(f"/v1/jobs/{job['id']}/{action}", headers=stranger.h,
+                              json={"claim_secret": secret, "exit_code": 0} if action == "finish"
+                              else {"claim_secret": secret})
+        assert r.status_code == 404, r.text
     r = await client.get(logs, headers=t.h)
     assert [c["data"] for c in r.json()["items"]] == ["secret output"]
-    assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "queued"
+    assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "running"
     assert (await client.get(f"/v1/job-schedules/{s['id']}", headers=t.h)).json()["enabled"] is True
     for path in ("/v1/jobs", "/v1/job-schedules"):
         items = (await client.get(f"{path}?limit=200", headers=stranger.h)).json()["items"]

@@ -60,3 +60,45 @@ async def test_context_does_not_survive_the_transaction_on_the_shared_connection
     finally:
         await first.close()
         await second.close()
+
+
+async def test_claims_long_polls_and_idempotency_keys_through_one_server_connection(client, settings, bouncer_url):
+    """Behind PgBouncer (transaction mode): a waiting claim is woken through
+    LISTEN_DATABASE_URL (LISTEN needs a direct connection), a claim with an
+    Idempotency-Key is replayed and its twin in flight refused (transaction-level advisory
+    locks), and nothing leaks between the organizations sharing the server connection."""
+    import uuid
+
+    import httpx
+
+    from tests.conftest import make_token
+
+    a, b = await signup(client), await signup(client)
+    runner_a = {"Authorization": f"Bearer {(await make_token(client, a, ['tasks:write']))['token']}"}
+    app = create_app(settings.with_database(url=asyncpg_url(bouncer_url), pgbouncer=True, pool_size=4,
+                                            max_overflow=0, listen_url=settings.database.url)
+                     .with_audit(record_usage=False))  # (its writer thread would outlive the bouncer)
+    cmd = {"kind": "command", "ref": "true"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bouncer.local",
+                                 timeout=30) as c:
+        b_job = (await c.post("/v1/jobs", headers=b.h, json={"project_id": b.project_id, "target": cmd})).json()
+        waiting = asyncio.create_task(c.post("/v1/jobs/claim", headers=runner_a, json={"wait_seconds": 10}))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # B's job is not A's
+        job = (await c.post("/v1/jobs", headers=a.h, json={"project_id": a.project_id, "target": cmd})).json()
+        loop = asyncio.get_running_loop()
+        queued_at = loop.time()
+        r = await waiting
+        assert r.status_code == 200 and r.json()["job"]["id"] == job["id"] and loop.time() - queued_at < 2.5
+        assert app.state.run_queue.listening
+
+        second = (await c.post("/v1/jobs", headers=a.h, json={"project_id": a.project_id, "target": cmd})).json()
+        key = {**runner_a, "Idempotency-Key": uuid.uuid4().hex}
+        first = await c.post("/v1/jobs/claim", headers=key, json={})
+        again = await c.post("/v1/jobs/claim", headers=key, json={})
+        assert first.status_code == again.status_code == 200 and again.json() == first.json()
+        assert first.json()["job"]["id"] == second["id"]
+        assert (await c.post("/v1/jobs/claim", headers=runner_a, json={})).status_code == 204
+        assert (await c.get(f"/v1/jobs/{b_job['id']}", headers=b.h)).json()["status"] == "queued"
+    await app.state.engine.dispose()
+    await app.state.run_queue.close()

@@ -21,6 +21,7 @@ from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx
 from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
+from tenant_api.idempotency import IdempotencyMiddleware, IdempotentReplay, ServerKeys, replay_response
 from tenant_api.invites.controller import invite_answers_router, organization_invites_router
 from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
 from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
@@ -43,10 +44,14 @@ from tenant_api.resources.desktops import desktop_vm_actions
 from tenant_api.resources.members import organization_members_router, project_members_router
 from tenant_api.resources.jobs import job_logs_router
 from tenant_api.resources.org import organization_router
+from tenant_api.runs.controller import runner_routers
+from tenant_api.runs.queue import RunQueueHub
 from tenant_api.settings import Settings
 from tenant_api.service_accounts.controller import service_accounts_router
 from tenant_api.tokens.controller import tokens_router
 from tenant_api.web.pages import web_router
+from tenant_api.webhooks.controller import webhooks_router
+from tenant_api.webhooks.signing import server_key
 
 
 # The docs pages load these bundles from a CDN: pinned versions, never @latest.
@@ -83,6 +88,8 @@ def routers(settings: Settings) -> list[Router | Any]:
         service_accounts_router,
         web_router,
         job_logs_router,
+        *runner_routers,
+        webhooks_router,
         *(resource_router(res) for res in REGISTRY),
         conversation_router,
     ]
@@ -109,6 +116,8 @@ def create_app(settings: Settings) -> Litestar:
     # Live streams: one LISTEN connection per process, opened by the first stream.
     hub = ConversationHub(settings.database.listen_url or settings.database.url,
                           fetch_concurrency=settings.database.pool_size // 2)
+    # Long-polling runner claims: one LISTEN connection per process too (runs/queue.py).
+    run_queue = RunQueueHub(settings.database.listen_url or settings.database.url)
 
     async def load_unique_keys(app: Litestar) -> None:
         """Constraint name -> columns, so a 409 can name the conflicting fields."""
@@ -160,6 +169,7 @@ def create_app(settings: Settings) -> Litestar:
             restore()
         await close_limiter(limiter)
         await hub.close()
+        await run_queue.close()
         for task in mailer_tasks:
             task.cancel()
         await asyncio.gather(*mailer_tasks, return_exceptions=True)
@@ -171,15 +181,17 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
         middleware=[*proxy_middleware, RequestIdMiddleware(),
                     ObservabilityMiddleware(engine, access=settings.observability.access_log),
-                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec),
+                    IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret))],
+        exception_handlers={**EXCEPTION_HANDLERS, IdempotentReplay: replay_response},  # type: ignore[dict-item]
         # Bad input is refused before any recursion or the driver meets it (inputs.py).
         request_class=BoundedRequest,
         type_decoders=TYPE_DECODERS,
         plugins=[InputSchemaPlugin()],
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
-                     "usage": recorder, "rate_limiter": limiter, "drain": drain}),
+                     "usage": recorder, "rate_limiter": limiter, "drain": drain, "run_queue": run_queue,
+                     "webhook_key": server_key(settings.webhooks.signing_key, settings.auth.jwt_secret)}),
         on_startup=[load_unique_keys, start_mailer, start_recorder, take_signals],
         lifespan=[desktop_reaper],
         on_shutdown=[recorder.aclose, dispose],

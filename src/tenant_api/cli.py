@@ -7,7 +7,10 @@
   tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
   tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
   tenant-api scheduler         turn due job schedules into jobs, seal the audit trail, purge
-                               what retention allows (DATABASE_URL; run one or more)
+                               what retention allows, return lost runner leases to the queue,
+                               deliver webhooks (DATABASE_URL, JWT_SECRET; run one or more)
+  tenant-api runner --url URL  the reference runner: claims command jobs and runs them
+                               (RUNNER_TOKEN: an API token with tasks:write; --help)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
   tenant-api rate-limit ORG --requests N --window S | --clear
@@ -106,7 +109,7 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     if not settings.database.url:
         sys.exit("DATABASE_URL (the API role) is required")
     _metrics_port(settings)
-    scheduler.main(settings.database, interval=args.interval, batch=args.batch, retention=settings.retention)
+    scheduler.main(settings.database, interval=args.interval, batch=args.batch, settings=settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -212,6 +215,12 @@ def cmd_rate_limit(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runner"]:  # its own options (tenant_api.runs.runner)
+        from tenant_api.runs import runner
+
+        runner.main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="tenant-api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=int, help="window in seconds (1..86400)")
     p.add_argument("--clear", action="store_true", help="back to the default (RATE_LIMIT_REQUESTS)")
     p.set_defaults(fn=cmd_rate_limit)
+    sub.add_parser("runner", help="the reference runner (tenant-api runner --help)")
     audit = sub.add_parser("audit").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("seal")
     p.add_argument("--org", type=uuid.UUID, default=None, help="one organization (default: all)")

@@ -4,8 +4,12 @@ Starts the embedded PostgreSQL (data in .data/pg) unless DATABASE_URL is set,
 bootstraps roles, applies migrations as the owner, creates the demo organization and
 its owner on first start, mints a fresh demo API token, prints the login, the token and
 the docs URL, starts a job scheduler in a background thread (what `tenant-api
-scheduler` runs as its own process in production) and serves on 127.0.0.1:8000.
-Running it again reuses the data.
+scheduler` runs as its own process in production: it also returns lost runner leases to
+the queue and delivers webhooks) and a reference runner as a child process (`tenant-api
+runner`, with a token of its own restricted to tasks:write), and serves on
+127.0.0.1:8000. So a schedule's jobs really run here, their logs and exit codes show
+through the API, and a webhook receiver on this machine gets signed events. Running it
+again reuses the data.
 
 The demo password and the JWT signing key live in .data/ (git-ignored): this is a
 developer's sandbox, not a deployment.
@@ -18,6 +22,8 @@ import json
 import os
 import secrets
 from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
 
 from tenant_api.db.policies import PROJECT_ROOT
@@ -90,8 +96,12 @@ async def demo_token(settings: Settings, password: str) -> dict:
                                   json={"name": "make run demo token", "scopes": sorted(ROLE_SCOPES["owner"])})
         if token.status_code != 201:
             raise SystemExit(f"demo token failed: {token.status_code} {token.text}")
+        runner = await client.post("/v1/tokens", headers=headers,
+                                   json={"name": "make run runner", "scopes": ["tasks:write"]})
+        if runner.status_code != 201:
+            raise SystemExit(f"runner token failed: {runner.status_code} {runner.text}")
         await client.post("/v1/auth/logout", headers=headers)
-        return token.json()
+        return {**token.json(), "runner_token": runner.json()["token"]}
 
 
 def run_dev() -> None:
@@ -114,6 +124,8 @@ def run_dev() -> None:
         # No mail server on a developer's machine: invite mails, accept link and secret
         # included, go to this terminal (tenant_api.invites.mailer). Never in `serve`.
         settings = settings.with_invites(log_links=True, mail_dir=str(DATA_DIR / "mail"))
+    # A developer's webhook receiver listens on this machine: let deliveries reach it.
+    settings = settings.with_webhooks(allow_private_targets=True)
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))
     host, port = settings.server.host, settings.server.port
@@ -132,7 +144,10 @@ def run_dev() -> None:
                                     else f"printed here and kept in {DATA_DIR / 'mail'}/<address>.txt "
                                          "(set SMTP_URL to send)"),
                 "  walkthroughs: docs/walkthroughs.md",
-                "  scheduler: running in the background (tenant-api scheduler in production)",
+                "  scheduler: running in the background (tenant-api scheduler in production);"
+                " it delivers webhooks too (local receivers allowed here)",
+                "  runner:    tenant-api runner runs command jobs on this machine, e.g. a schedule with"
+                ' "target": {"kind": "command", "ref": "echo", "args": ["hello"]}',
                 "  stop:      Ctrl-C (stops the embedded PostgreSQL too; its data stays in .data/)",
                 "",
             ]
@@ -141,7 +156,8 @@ def run_dev() -> None:
     )
     from tenant_api.scheduler import start_in_thread
 
-    _, stop_scheduler = start_in_thread(settings.database, retention=settings.retention)
+    _, stop_scheduler = start_in_thread(settings.database, settings=settings)
+    runner = _start_runner(f"http://{host}:{port}", token["runner_token"])
     try:
         _serve(settings)
     except KeyboardInterrupt:
@@ -149,6 +165,11 @@ def run_dev() -> None:
     finally:
         # A second Ctrl-C must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        runner.terminate()
+        try:
+            runner.wait(10)
+        except subprocess.TimeoutExpired:
+            runner.kill()
         stop_scheduler()
         _stop_embedded()
     sys.exit(0)
@@ -160,6 +181,13 @@ def _stop_embedded() -> None:
     if embedded.stop(DATA_DIR / "pg"):
         print(f"PostgreSQL stopped; its data stays in {DATA_DIR} for the next `make run` "
               f"(to start afresh: rm -rf {DATA_DIR}).", flush=True)
+
+
+def _start_runner(url: str, token: str) -> subprocess.Popen[bytes]:
+    """The reference runner as a child process (what `tenant-api runner` is elsewhere);
+    its token in the environment, never on a command line."""
+    env = {**os.environ, "RUNNER_TOKEN": token}
+    return subprocess.Popen([sys.executable, "-m", "tenant_api.runs.runner", "--url", url], env=env)
 
 
 if __name__ == "__main__":

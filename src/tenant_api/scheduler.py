@@ -36,7 +36,7 @@ from tenant_api.db.engine import create_api_engine
 from tenant_api.errors import log_failure
 from tenant_api.ops.metrics import SCHEDULER_ERRORS, SCHEDULER_FIRES, SCHEDULER_LATENESS
 from tenant_api.ops.retention import purge_periodically
-from tenant_api.settings import DatabaseSettings, RetentionSettings
+from tenant_api.settings import DatabaseSettings, Settings
 
 log = logging.getLogger("tenant_api.scheduler")
 
@@ -144,14 +144,18 @@ async def seal_periodically(database: DatabaseSettings, stop: asyncio.Event, eve
 
 async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 100,
                 stop: asyncio.Event | None = None, seal_every: float = 60.0,
-                retention: RetentionSettings | None = None) -> None:
-    """Run a scheduler (and the audit sealer, and retention) until ``stop`` is set (or
-    SIGINT/SIGTERM, when run as a process)."""
+                settings: Settings | None = None) -> None:
+    """Run a scheduler (and the audit sealer, retention, and the other background duties:
+    tenant_api.background) until ``stop`` is set (or SIGINT/SIGTERM, when run as a process)."""
+    from tenant_api import background
+
     engine = scheduler_engine(database)
     stop = stop or asyncio.Event()
-    retention = retention or RetentionSettings()
-    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs; retention every %.0fs)",
-             interval, batch, seal_every, retention.interval_seconds)
+    settings = (settings or Settings()).with_database(**vars(database))
+    retention = settings.retention
+    log.info("scheduler started (every %.1fs, batch %d; sealing the audit trail every %.0fs; retention every %.0fs;"
+             " run leases, webhook deliveries, idempotency keys)", interval, batch, seal_every,
+             retention.interval_seconds)
     # Retention has its own connection: a purge batch never delays a tick.
     retention_engine = scheduler_engine(database)
     try:
@@ -159,6 +163,7 @@ async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 
             Scheduler(engine, batch=batch, interval=interval).run(stop),
             seal_periodically(database, stop, seal_every),
             purge_periodically(retention_engine, retention, stop),
+            background.run(settings, stop),
         )
     finally:
         await engine.dispose()
@@ -166,7 +171,7 @@ async def serve(database: DatabaseSettings, interval: float = 1.0, batch: int = 
         log.info("scheduler stopped")
 
 
-def main(database: DatabaseSettings, interval: float, batch: int, retention: RetentionSettings | None = None) -> None:
+def main(database: DatabaseSettings, interval: float, batch: int, settings: Settings | None = None) -> None:
     """The ``tenant-api scheduler`` process. SIGINT/SIGTERM: it finishes the transaction
     in progress and exits. (A kill -9 mid-transaction is rolled back by PostgreSQL and
     the same runs are made by the next tick of any scheduler.)"""
@@ -177,13 +182,13 @@ def main(database: DatabaseSettings, interval: float, batch: int, retention: Ret
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(database, interval, batch, stop, retention=retention)
+        await serve(database, interval, batch, stop, settings=settings)
 
     asyncio.run(_run())
 
 
 def start_in_thread(database: DatabaseSettings, interval: float = 1.0,
-                    retention: RetentionSettings | None = None) -> tuple[threading.Thread, Callable[[], None]]:
+                    settings: Settings | None = None) -> tuple[threading.Thread, Callable[[], None]]:
     """For ``tenant-api dev``: a scheduler in a daemon thread with its own event loop.
     Returns the thread and a function that stops it."""
     loop = asyncio.new_event_loop()
@@ -191,7 +196,7 @@ def start_in_thread(database: DatabaseSettings, interval: float = 1.0,
 
     def target() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(serve(database, interval, stop=stop, retention=retention))
+        loop.run_until_complete(serve(database, interval, stop=stop, settings=settings))
         loop.close()
 
     thread = threading.Thread(target=target, name="tenant-api-scheduler", daemon=True)

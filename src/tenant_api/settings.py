@@ -213,6 +213,51 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class RunnerSettings:
+    """The runner protocol (tenant_api.runs; docs/runners.md)."""
+
+    default_lease_seconds: int = 60
+    """A claim's lease unless the runner asks for another; heartbeats renew it."""
+    max_lease_seconds: int = 3600
+    max_wait_seconds: float = 30.0
+    """The longest a claim waits for work (long poll) before answering 204."""
+    reap_interval_seconds: float = 5.0
+    """How often the scheduler process returns runs whose lease expired to the queue."""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook deliveries (tenant_api.webhooks; docs/webhooks.md)."""
+
+    allow_private_targets: bool = False
+    """Deliver to loopback, private, link-local and other non-public addresses too.
+    Off in production (an endpoint inside your network is not a tenant's to reach);
+    tests and `make run` turn it on. WEBHOOK_ALLOW_PRIVATE_TARGETS=1."""
+    signing_key: str = ""
+    """The server key webhook signing secrets are derived from. WEBHOOK_SIGNING_KEY;
+    default: derived from JWT_SECRET (changing it changes every webhook's secret)."""
+    timeout_seconds: float = 10.0
+    """One attempt, connection to last byte."""
+    max_response_bytes: int = 65536
+    """Read at most this much of a response (the rest is ignored)."""
+    max_attempts: int = 8
+    """Attempts per delivery before it is marked failed. WEBHOOK_MAX_ATTEMPTS."""
+    backoff_seconds: float = 10.0
+    """The first retry's delay; doubled for each further attempt, at most an hour."""
+    lease_seconds: float = 60.0
+    """A claimed delivery is due again after this long if its worker died mid-send."""
+    poll_seconds: float = 1.0
+    concurrency: int = 8
+    """Deliveries sent at once by one worker."""
+
+    def __post_init__(self) -> None:
+        # A live attempt must end before its lease does, or a second worker could send
+        # the same delivery while the first is still waiting for the receiver.
+        if self.lease_seconds <= self.timeout_seconds + 5:
+            raise ValueError("webhooks: lease_seconds must exceed timeout_seconds by more than 5 s")
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -223,6 +268,8 @@ class Settings:
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    runners: RunnerSettings = field(default_factory=RunnerSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -286,8 +333,17 @@ class Settings:
             batch_size=int(env.get("RETENTION_BATCH_SIZE", "500")),
             interval_seconds=float(env.get("RETENTION_INTERVAL_SECONDS", "600")),
         )
+        runners = RunnerSettings(
+            default_lease_seconds=int(env.get("RUNNER_LEASE_SECONDS", "60")),
+        )
+        webhooks = WebhookSettings(
+            allow_private_targets=_flag(env, "WEBHOOK_ALLOW_PRIVATE_TARGETS", False),
+            signing_key=env.get("WEBHOOK_SIGNING_KEY", ""),
+            max_attempts=int(env.get("WEBHOOK_MAX_ATTEMPTS", "8")),
+        )
         return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit,
-                   rate_limit=rate_limit, observability=observability, retention=retention)
+                   rate_limit=rate_limit, observability=observability, retention=retention,
+                   runners=runners, webhooks=webhooks)
 
     def with_database(self, **changes: Any) -> Settings:
         return replace(self, database=replace(self.database, **changes))
@@ -315,6 +371,13 @@ class Settings:
 
     def with_retention(self, **changes: Any) -> Settings:
         return replace(self, retention=replace(self.retention, **changes))
+
+
+    def with_runners(self, **changes: Any) -> Settings:
+        return replace(self, runners=replace(self.runners, **changes))
+
+    def with_webhooks(self, **changes: Any) -> Settings:
+        return replace(self, webhooks=replace(self.webhooks, **changes))
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

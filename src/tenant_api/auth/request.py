@@ -27,6 +27,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
+from tenant_api import idempotency
 from tenant_api.auth.credentials import (
     DISPLAY_PREFIX_LEN,
     TOKEN_PREFIX,
@@ -164,16 +165,23 @@ async def open_request_session(request: Request, state: State) -> tuple[AsyncSes
 
 
 async def provide_db(request: Request, state: State) -> AsyncGenerator[AsyncSession, None]:
-    """One request, one transaction, one platform_token. We own the commit."""
+    """One request, one transaction, one platform_token. We own the commit -- unless the
+    request carries an Idempotency-Key: then the response is stored in this transaction
+    and the middleware commits both (tenant_api.idempotency)."""
     session, _ = await open_request_session(request, state)
+    handed_over = False
     try:
+        await idempotency.bind(request, session)
         yield session
-        await session.commit()
+        handed_over = idempotency.defer_commit(request, session)
+        if not handed_over:
+            await session.commit()
     except BaseException:
         await session.rollback()
         raise
     finally:
-        await session.close()
+        if not handed_over:
+            await session.close()
 
 
 @dataclass(frozen=True, slots=True)

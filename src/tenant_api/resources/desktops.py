@@ -10,7 +10,7 @@ from uuid import UUID
 import msgspec
 from litestar import Router, post
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
@@ -22,8 +22,9 @@ from tenant_api.db.models import (
     RobotMacroExecution,
 )
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+from tenant_api.resources.lifecycle import lifecycle
+from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, release_claim
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=2000)]
@@ -264,10 +265,9 @@ robot_macros = Resource(
 
 # --- robot_macro_execution --------------------------------------------------------------
 
-ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled"]
+ExecutionStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 # Must equal the moves of policies/robot_macro_execution.sql (a test compares them).
-EXECUTION_LIFECYCLE = lifecycle("execution", "running", {"running": "succeeded failed cancelled"},
-                                table="robot_macro_execution")
+EXECUTION_LIFECYCLE = lifecycle("execution", "queued", RUN_MOVES, table="robot_macro_execution")
 
 
 class RobotMacroExecutionRead(msgspec.Struct):
@@ -276,7 +276,15 @@ class RobotMacroExecutionRead(msgspec.Struct):
     macro_id: UUID
     vm_id: UUID | None
     status: str
-    started_at: dt.datetime
+    exit_code: int | None
+    error: str | None
+    attempt: int
+    """How many times a robot has claimed it (the current or last run)."""
+    max_attempts: int
+    lease_expires_at: dt.datetime | None
+    claimed_by_token_id: UUID | None
+    progress: dict[str, Any] | None
+    started_at: dt.datetime | None
     finished_at: dt.datetime | None
     duration_ms: int | None
     output: Any
@@ -285,17 +293,18 @@ class RobotMacroExecutionRead(msgspec.Struct):
 
 
 class RobotMacroExecutionCreate(Input):
-    """Starts an execution (status ``running``) on ``vm_id``, default the macro's VM."""
+    """Queues an execution on ``vm_id`` (default: the macro's VM), which must be running;
+    the robot of that VM claims it (POST /v1/robot-macro-executions/claim) and runs it."""
 
     vm_id: UUID | None = None
+    max_attempts: MaxAttempts = 3
 
 
 class RobotMacroExecutionUpdate(Input):
-    """Finish a running execution (``finished_at`` is set by the server), or report
-    ``output`` while it runs."""
+    """Cancel an execution (a robot running it finds out at its next heartbeat). Running,
+    progress, output and the outcome are the robot's (docs/runners.md)."""
 
-    status: ExecutionStatus | UnsetType = UNSET
-    output: Any = UNSET
+    status: CancelStatus | UnsetType = UNSET
 
 
 class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
@@ -303,8 +312,6 @@ class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
 
     async def before_write(self, values: dict[str, Any], existing: RobotMacroExecution | None) -> dict[str, Any]:
         db = self.repository.session
-        if values.get("output") is not None:
-            check_json_size("output", values["output"])
         if existing is None:
             macro = await db.scalar(
                 select(RobotMacro).where(RobotMacro.organization_id == self.org, RobotMacro.id == values["macro_id"])
@@ -317,14 +324,11 @@ class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
             if vm.status != "running":
                 raise conflict(f"the VM is {vm.status}; start it first", vm_status=vm.status)
             return {**values, "vm_id": vm_id}
-        new = values.get("status", existing.status)
-        EXECUTION_LIFECYCLE.check(existing.status, new)
-        if existing.status != "running" and "output" in values:
-            # A finished execution is history: its output does not change either.
-            raise conflict(f"the execution has finished ({existing.status}): its output is final")
-        if new != existing.status:
-            values["finished_at"] = func.now()
-        return values
+        if "status" in values:
+            # Lock and re-read, so two concurrent moves are judged one after the other.
+            await db.refresh(existing, attribute_names=["status"], with_for_update=True)
+            EXECUTION_LIFECYCLE.check(existing.status, values["status"])
+        return release_claim(values)
 
 
 robot_macro_executions = Resource(

@@ -18,7 +18,7 @@ import msgspec
 from litestar import Router, get, post
 from litestar.params import Parameter
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.cron import CronError, next_run, parse, zone
@@ -28,7 +28,8 @@ from tenant_api.errors import invalid, not_found
 from tenant_api.inputs import INT64_MAX
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Resource, TenantService
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
-from tenant_api.resources.tasks import RUN_MOVES, RunStatus, json_size
+from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, RunStatus, json_size, release_claim
+from tenant_api.runs import protocol
 
 # Must equal the moves given to app.guard_status in policies/job.sql (tested).
 JOB_LIFECYCLE = lifecycle("job", "queued", RUN_MOVES, table="job")
@@ -38,10 +39,14 @@ ARGS_MAX = 16384
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 CronText = Annotated[str, Meta(min_length=1, max_length=200)]
 TimeZone = Annotated[str, Meta(min_length=1, max_length=64)]
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Labels = Annotated[list[Label], Meta(max_length=20)]
 
 
 class Target(Input):
-    """What a job runs: a command or a workflow, by reference, with optional arguments."""
+    """What a job runs: a command or a workflow, by reference, with optional arguments.
+    The reference runner (``tenant-api runner``) runs a command as ``ref`` with ``args``
+    (a list of strings) as its arguments, without a shell, within its time limit."""
 
     kind: Literal["command", "workflow"]
     ref: Annotated[str, Meta(min_length=1, max_length=500)]
@@ -62,6 +67,8 @@ class JobScheduleRead(msgspec.Struct):
     timezone: str
     enabled: bool
     target: Target
+    labels: list[str]
+    max_attempts: int
     next_run_at: dt.datetime | None
     last_run_at: dt.datetime | None
     created_at: dt.datetime
@@ -77,6 +84,10 @@ class JobScheduleCreate(Input):
     target: Target
     timezone: TimeZone = "UTC"
     enabled: bool = True
+    labels: Labels = msgspec.field(default_factory=list)
+    """Its jobs' labels: a runner claims a job only if it has every one of them."""
+    max_attempts: MaxAttempts = 3
+    """Its jobs' attempts: a job whose runner's lease runs out is queued again up to this."""
 
 
 class JobScheduleUpdate(Input):
@@ -85,6 +96,8 @@ class JobScheduleUpdate(Input):
     timezone: TimeZone | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     target: Target | UnsetType = UNSET
+    labels: Labels | UnsetType = UNSET
+    max_attempts: MaxAttempts | UnsetType = UNSET
 
 
 class JobScheduleService(TenantService[JobSchedule]):
@@ -128,8 +141,17 @@ class JobRead(msgspec.Struct):
     project_id: UUID
     schedule_id: UUID | None
     target: Target
+    labels: list[str]
     status: str
     exit_code: int | None
+    error: str | None
+    attempt: int
+    """How many times runners have claimed it (the current or last run)."""
+    max_attempts: int
+    lease_expires_at: dt.datetime | None
+    claimed_by_token_id: UUID | None
+    """The runner's token (of the current or last claim)."""
+    progress: dict[str, Any] | None
     scheduled_for: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -138,20 +160,24 @@ class JobRead(msgspec.Struct):
 
 
 class JobCreate(Input):
-    """A manual run: of a schedule (its project and, unless given, its target) or of a
-    target in a project. Starts ``queued``."""
+    """A manual run: of a schedule (its project and, unless given, its target, labels and
+    max_attempts) or of a target in a project. Starts ``queued``: a runner claims it."""
 
     project_id: UUID | None = None
     schedule_id: UUID | None = None
     target: Target | None = None
+    labels: Labels | None = None
+    max_attempts: MaxAttempts | None = None
 
 
 ExitCode = Annotated[int, Meta(ge=-(2**31), lt=2**31)]
 
 
 class JobUpdate(Input):
-    status: RunStatus | UnsetType = UNSET
-    exit_code: ExitCode | None | UnsetType = UNSET
+    """Cancel a job (a runner running it finds out at its next heartbeat). Running and
+    finishing are the runner protocol's (POST /v1/jobs/claim, docs/runners.md)."""
+
+    status: CancelStatus | UnsetType = UNSET
 
 
 class JobService(LifecycleService[Job]):
@@ -167,17 +193,15 @@ class JobService(LifecycleService[Job]):
                 if values.get("project_id") not in (None, schedule.project_id):
                     raise invalid("project_id", "differs from the schedule's project")
                 values["project_id"] = schedule.project_id
-                if values.get("target") is None:
-                    values["target"] = schedule.target
+                for field in ("target", "labels", "max_attempts"):
+                    if values.get(field) is None:
+                        values[field] = getattr(schedule, field)
             for field in ("project_id", "target"):
                 if values.get(field) is None:
                     raise invalid(field, "required unless schedule_id is given")
             values["target"] = target_json(values["target"])
-        if values.get("exit_code") is not None:
-            status = values.get("status", existing.status if existing else JOB_LIFECYCLE.initial)
-            if status not in JOB_LIFECYCLE.final:
-                raise invalid("exit_code", f"only a finished job has an exit code (this one is {status})")
-        return values
+            values = {k: v for k, v in values.items() if v is not None or k not in ("labels", "max_attempts")}
+        return release_claim(values)
 
 
 jobs = Resource(
@@ -190,12 +214,16 @@ jobs = Resource(
 
 
 class LogAppend(Input):
+    claim_secret: Annotated[str, Meta(min_length=1, max_length=100)]
+    """The secret of the claim that holds the job: only its running attempt appends."""
     data: Annotated[str, Meta(min_length=1)]
 
 
 class LogChunk(msgspec.Struct):
     id: UUID
     seq: int
+    attempt: int
+    """The attempt (claim) that wrote it."""
     data: str
     created_at: dt.datetime
 
@@ -208,26 +236,15 @@ class LogPage(msgspec.Struct):
     """A tail can stop once this is final and ``items`` is empty."""
 
 
-@post("/", opt={"scope": "tasks:write"}, operation_id="append_job_log", summary="Append a log chunk",
-      tags=["tasks"], status_code=201)
+@post("/", opt={"scope": "tasks:write"}, operation_id="append_job_log", summary="Append a log chunk (the runner)",
+      tags=["runners"], status_code=201)
 async def append_job_log(db: AsyncSession, ctx: Principal, job_id: UUID, data: LogAppend) -> LogChunk:
+    """By the holder of the job's current claim only (409 for anyone else, the previous
+    holder after a re-claim included); closed once the job has finished."""
     if len(data.data.encode()) > LOG_CHUNK_MAX:
         raise invalid("data", f"at most {LOG_CHUNK_MAX} bytes per chunk; split larger output")
-    bumped = (await db.execute(
-        update(Job)
-        .where(Job.organization_id == ctx.organization_id, Job.id == job_id)
-        .values(log_seq=Job.log_seq + 1)
-        .returning(Job.log_seq, Job.project_id)
-        .execution_options(synchronize_session=False)
-    )).one_or_none()
-    if bumped is None:
-        raise not_found("job")
-    chunk = JobLog(organization_id=ctx.organization_id, project_id=bumped.project_id, job_id=job_id,
-                   seq=bumped.log_seq, data=data.data)
-    db.add(chunk)
-    await db.flush()
-    await db.refresh(chunk, attribute_names=["created_at"])
-    return LogChunk(id=chunk.id, seq=chunk.seq, data=chunk.data, created_at=chunk.created_at)
+    chunk = await protocol.append_log(db, ctx, job_id, data.claim_secret, data.data)
+    return LogChunk(id=chunk.id, seq=chunk.seq, attempt=chunk.attempt, data=chunk.data, created_at=chunk.created_at)
 
 
 @get("/", opt={"scope": "tasks:read"}, operation_id="list_job_logs", summary="Read log chunks in order",
@@ -248,7 +265,8 @@ async def list_job_logs(
         .order_by(JobLog.seq)
         .limit(limit)
     )).all()
-    return LogPage(items=[LogChunk(id=r.id, seq=r.seq, data=r.data, created_at=r.created_at) for r in rows],
+    return LogPage(items=[LogChunk(id=r.id, seq=r.seq, attempt=r.attempt, data=r.data, created_at=r.created_at)
+                          for r in rows],
                    next_after=rows[-1].seq if rows else after, job_status=status)
 
 

@@ -19,12 +19,25 @@ TASK_LIFECYCLE = lifecycle("task", "todo", {
     "todo": "in_progress cancelled",
     "in_progress": "todo done failed cancelled",  # back to todo: unassigned or paused
 }, table="task")
-# Jobs and computer-use tasks run once; policies/job.sql and computer_use_task.sql.
-RUN_MOVES = {"queued": "running cancelled", "running": "succeeded failed cancelled"}
+# Jobs, computer-use tasks and robot macro executions are run by runners (tenant_api.runs):
+# claimed (queued -> running), finished, or back to the queue when the lease runs out.
+# policies/job.sql, computer_use_task.sql, robot_macro_execution.sql hold the same moves.
+RUN_MOVES = {"queued": "running cancelled", "running": "queued succeeded failed cancelled"}
 CUT_LIFECYCLE = lifecycle("computer_use_task", "queued", RUN_MOVES, table="computer_use_task")
+
+def release_claim(values: dict[str, Any]) -> dict[str, Any]:
+    """Cancelling a run (a PATCH) ends the claim a runner may hold on it: no lease, no
+    claim secret (its runner learns at its next heartbeat: 409)."""
+    if values.get("status") == "cancelled":
+        values.update(lease_expires_at=None, claim_secret_hash=None)
+    return values
+
 
 TaskStatus = Literal["todo", "in_progress", "done", "failed", "cancelled"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# The only move a PATCH makes on a run; the others belong to the runner protocol.
+CancelStatus = Literal["cancelled"]
+MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
 Summary = Annotated[str, Meta(min_length=1, max_length=500)]
 Details = Annotated[str, Meta(max_length=20000)]
 Instruction = Annotated[str, Meta(min_length=1, max_length=20000)]
@@ -110,6 +123,15 @@ class ComputerUseTaskRead(msgspec.Struct):
     desktop_vm_id: UUID | None
     status: str
     result: dict[str, Any] | None
+    exit_code: int | None
+    error: str | None
+    attempt: int
+    """How many times runners have claimed it (the current or last run)."""
+    max_attempts: int
+    lease_expires_at: dt.datetime | None
+    claimed_by_token_id: UUID | None
+    """The runner's token (of the current or last claim)."""
+    progress: dict[str, Any] | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     created_at: dt.datetime
@@ -117,27 +139,28 @@ class ComputerUseTaskRead(msgspec.Struct):
 
 
 class ComputerUseTaskCreate(Input):
+    """Starts ``queued``; a runner claims it (POST /v1/computer-use-tasks/claim)."""
+
     project_id: UUID
     instruction: Instruction
-    # Not checked yet: desktop_virtual_machine (and its foreign key) arrive separately.
     desktop_vm_id: UUID | None = None
+    max_attempts: MaxAttempts = 3
 
 
 class ComputerUseTaskUpdate(Input):
+    """Change what it is while it waits, or cancel it (a runner finds out at its next
+    heartbeat). Running and finishing are the runner's (docs/runners.md)."""
+
     instruction: Instruction | UnsetType = UNSET
     desktop_vm_id: UUID | None | UnsetType = UNSET
-    status: RunStatus | UnsetType = UNSET
-    result: dict[str, Any] | None | UnsetType = UNSET
+    status: CancelStatus | UnsetType = UNSET
 
 
 class ComputerUseTaskService(LifecycleService[ComputerUseTask]):
     lifecycle = CUT_LIFECYCLE
 
     async def before_write(self, values: dict[str, Any], existing: ComputerUseTask | None) -> dict[str, Any]:
-        values = await super().before_write(values, existing)
-        if values.get("result") is not None:
-            values["result"] = json_size("result", values["result"])
-        return values
+        return release_claim(await super().before_write(values, existing))
 
 
 computer_use_tasks = Resource(

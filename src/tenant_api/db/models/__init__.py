@@ -28,6 +28,13 @@ from tenant_api.db.models.desktops import (
 from tenant_api.db.models.audit import AuditSeal, TokenUsage
 from tenant_api.db.models.invites import InviteOutbox, ProjectInvite, ProjectMembership
 from tenant_api.db.models.tasks import ComputerUseTask, Job, JobLog, JobSchedule, Task
+from tenant_api.db.models.integrations import (
+    IdempotencyKey,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+)
 
 __all__ = [
     "ServiceAccount",
@@ -46,6 +53,7 @@ __all__ = [
     "DesktopConfig",
     "DesktopConnection",
     "DesktopVirtualMachine",
+    "IdempotencyKey",
     "InviteOutbox",
     "ComputerUseTask",
     "Job",
@@ -67,5 +75,9 @@ __all__ = [
     "UserAccount",
     "UserTrial",
     "VideoCall",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
     "Workspace",
 ]

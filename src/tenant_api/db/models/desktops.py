@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from tenant_api.db.models.base import TenantBase, Timestamps
+from tenant_api.db.models.tasks import RunColumns
 
 
 class InetText(TypeDecorator[str]):
@@ -69,14 +70,16 @@ class RobotMacro(TenantBase, Timestamps):
     vm_id: Mapped[UUID | None]
 
 
-class RobotMacroExecution(TenantBase, Timestamps):
+class RobotMacroExecution(TenantBase, RunColumns, Timestamps):
     __tablename__ = "robot_macro_execution"
 
     project_id: Mapped[UUID]
     macro_id: Mapped[UUID]
     vm_id: Mapped[UUID | None]
-    status: Mapped[str] = mapped_column(server_default="running")
-    started_at: Mapped[dt.datetime] = mapped_column(server_default=text("now()"))
+    status: Mapped[str] = mapped_column(server_default="queued")
+    exit_code: Mapped[int | None]
+    # Set by the database (app.guard_status) when a robot starts and finishes it.
+    started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(
         Computed("(extract(epoch from (finished_at - started_at)) * 1000)::bigint"))
