@@ -209,13 +209,13 @@ async def robot_connection(socket: WebSocket) -> None:
     Authenticate with `Authorization: Bearer <credential>` (desktops:write) or, where a
     client cannot set headers (browsers), with the subprotocols
     `Sec-WebSocket-Protocol: tenant-api.v1, bearer.<credential>` (the server selects
-    tenant-api.v1); never in the URL. After the handshake the server sends `connected`; the client sends `ping` at least every
-    `ping_interval` seconds and gets `pong`. Refusals are sent after the handshake, as
-    close codes a client can read: 4400 bad vm_id, 4401 unknown/revoked/expired
-    credential, 4403 missing scope, 4404 VM not found (another organization's or
-    project's included), 4409 VM terminated, 4408 idle for idle_timeout. A server
-    shutting down closes with 1001, and 1013 (try again later) means the database is
-    unavailable: reconnect."""
+    tenant-api.v1); never in the URL. After the handshake the server sends `connected`;
+    the client sends `ping` at least every `ping_interval` seconds and gets `pong`.
+    Refusals are sent after the handshake, as close codes a client can read: 4400 bad
+    vm_id, 4401 unknown/revoked/expired credential, 4403 missing scope, 4404 VM not found
+    (another organization's or project's included), 4409 VM terminated, 4408 idle for
+    idle_timeout. A server shutting down closes with 1001, and 1013 (try again later)
+    means the database is unavailable: reconnect."""
     cfg: DesktopSettings = socket.app.state.settings.desktops
     offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",")]
     await socket.accept(subprotocols=WEBSOCKET_SUBPROTOCOL if WEBSOCKET_SUBPROTOCOL in offered else None)
