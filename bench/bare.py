@@ -24,7 +24,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 
 BEGIN_REQUEST = (
-    "select status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix, expires_at"
+    "select status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix, expires_at"
     " from auth.begin_request($1, $2, $3, $4)"
 )
 AGENT = (

@@ -136,6 +136,9 @@ async def load(admin_url: str, spec: DatasetSpec) -> Loaded:
                          "expires_at"])
             await conn.copy_records_to_table("agent", records=agents,
                                              columns=["organization_id", "id", "project_id", "name"])
+        # The triggers the replica mode skipped that auth.begin_request depends on: each
+        # credential's effective context (policies/platform_token.sql).
+        await conn.execute("update platform_token set context_head = null")
 
         task_status = "task table absent"
         if has_task_table:

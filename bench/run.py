@@ -477,7 +477,7 @@ class Bench:
             path = script_dir / f"get_{k}.sql"
             path.write_text(
                 "BEGIN;\n"
-                "select status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix,"
+                "select status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix,"
                 f" expires_at from auth.begin_request(:h{k}, NULL, NULL, :rid);\n"
                 "select agent.id, agent.project_id, agent.name, agent.type, agent.status, agent.created_at,"
                 f" agent.updated_at from agent where agent.organization_id = :o{k} and agent.id = :a{k};\n"

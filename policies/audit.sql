@@ -27,6 +27,7 @@ declare
   changes  jsonb;
   col      text;
   row_data jsonb;
+  ctx record;
 begin
   if TG_OP <> 'INSERT' then old_full := to_jsonb(OLD); end if;
   if TG_OP <> 'DELETE' then new_full := to_jsonb(NEW); end if;
@@ -53,13 +54,14 @@ begin
   end if;
 
   row_data := coalesce(new_full, old_full);
+  select c.token_id, c.user_id, c.request_id into ctx from app.request_context c;
   insert into public.token_audit_log
     (organization_id, token_id, user_id, request_id, table_name, row_id, action, changes)
   values (
     (row_data ->> org_col)::uuid,
-    app.current_token_id(),
-    app.current_user_id(),
-    app.current_request_id(),
+    ctx.token_id,
+    ctx.user_id,
+    ctx.request_id,
     TG_TABLE_NAME,
     (row_data ->> 'id')::uuid,
     TG_OP,

@@ -11,26 +11,13 @@ grant usage on schema auth to tenant_auth;
 grant usage on schema auth to tenant_api;
 grant usage on schema app to tenant_auth, tenant_audit;
 grant execute on all functions in schema app to tenant_auth, tenant_audit;
-revoke execute on function app.context_mac(text) from tenant_audit;
-
--- Sign the context just set (policies/context.sql): every definer function that sets
--- or restores context settings ends with it. Executable by tenant_auth alone, so only
--- functions owned by tenant_auth can produce a context the policies accept.
-create or replace function auth.sign_context() returns void
-  language sql
-  volatile
-  security definer
-  set search_path = pg_catalog, pg_temp
-  as $$
-    select set_config('app.context_mac', app.context_mac(app.context_payload()), true)
-  $$;
 
 -- For definer functions acting for someone else for a moment (the scheduler firing a
 -- schedule, the reaper closing a connection, an invitee joining another organization,
--- the mailer): enter_context sets a complete, signed context of the function's own
--- choosing and returns the caller's settings, which leave_context puts back verbatim,
--- signature included. Nothing the caller set is ever signed here: a hand-made context
--- stays as unsigned (and as powerless) after the call as before it.
+-- the mailer): enter_context sets a context of the function's own choosing (its
+-- organization, user and token for attribution, no scope at all: such functions act
+-- through policies of their own owners' roles) and returns the caller's, which
+-- leave_context puts back. Executable by tenant_auth alone.
 create or replace function auth.enter_context(p_org uuid, p_user uuid, p_token uuid, p_request_id text)
   returns text[]
   language plpgsql
@@ -39,19 +26,13 @@ create or replace function auth.enter_context(p_org uuid, p_user uuid, p_token u
   set search_path = pg_catalog, pg_temp
   as $$
 declare
-  saved text[] := array[
-    current_setting('app.organization_id', true), current_setting('app.user_id', true),
-    current_setting('app.token_id', true), current_setting('app.scopes', true),
-    current_setting('app.project_ids', true), current_setting('app.request_id', true),
-    current_setting('app.context_mac', true)];
+  saved text[] := array[current_setting('backtrace_functions')];
 begin
-  perform set_config('app.organization_id', coalesce(p_org::text, ''), true),
-          set_config('app.user_id', coalesce(p_user::text, ''), true),
-          set_config('app.token_id', coalesce(p_token::text, ''), true),
-          set_config('app.scopes', '', true),
-          set_config('app.project_ids', '', true),
-          set_config('app.request_id', coalesce(p_request_id, ''), true);
-  perform auth.sign_context();
+  perform set_config('backtrace_functions',
+                     case when p_org is null then ''
+                          else app.context_head(p_org, 0, p_user, p_token, null)
+                               || app.context_request_id(p_request_id) || app.context_tail(p_org, 0, false) end,
+                     true);
   return saved;
 end
 $$;
@@ -61,15 +42,7 @@ create or replace function auth.leave_context(saved text[]) returns void
   volatile
   security definer
   set search_path = pg_catalog, pg_temp
-  as $$
-    select set_config('app.organization_id', coalesce(saved[1], ''), true),
-           set_config('app.user_id', coalesce(saved[2], ''), true),
-           set_config('app.token_id', coalesce(saved[3], ''), true),
-           set_config('app.scopes', coalesce(saved[4], ''), true),
-           set_config('app.project_ids', coalesce(saved[5], ''), true),
-           set_config('app.request_id', coalesce(saved[6], ''), true),
-           set_config('app.context_mac', coalesce(saved[7], ''), true)
-  $$;
+  as $$ select set_config('backtrace_functions', coalesce(saved[1], ''), true) $$;
 
 -- The fixed scope set of each organization role. Mirrored by tenant_api.auth.scopes
 -- (a test asserts both agree) and listed in the README.
@@ -126,24 +99,37 @@ create or replace function auth.project_role_rank(role text) returns integer
   language sql immutable
   as $$ select case role when 'viewer' then 1 when 'editor' then 2 when 'admin' then 3 end $$;
 
--- "<area>:write implies <area>:read": the stored context holds both, so policies test
--- one exact string.
-create or replace function auth.expand_scopes(scopes text[]) returns text[]
-  language sql immutable
-  as $$
-    select coalesce(array_agg(distinct s order by s), '{}')
-      from (select unnest(scopes) as s
-            union
-            select replace(x, ':write', ':read') from unnest(scopes) x where x like '%:write') u
-  $$;
+-- The fixed role scope sets as masks (app.scope_catalog), precomputed when this file is
+-- applied: begin_request ANDs two integers instead of expanding and intersecting arrays.
+do $gen$
+declare
+  cases text := '';
+  pcases text := '';
+  r text;
+begin
+  foreach r in array array['owner', 'admin', 'member', 'auditor'] loop
+    cases := cases || format(' when %L then %s', r, app.scope_mask(auth.role_scopes(r)));
+  end loop;
+  foreach r in array array['viewer', 'editor', 'admin'] loop
+    pcases := pcases || format(' when %L then %s', r, app.scope_mask(auth.project_role_scopes(r)));
+  end loop;
+  execute format('create or replace function auth.role_mask(role text) returns bigint language sql immutable'
+                 ' as $f$ select case role%s else 0::bigint end $f$', cases);
+  execute format('create or replace function auth.project_role_mask(role text) returns bigint language sql immutable'
+                 ' as $f$ select case role%s else 0::bigint end $f$', pcases);
+end
+$gen$;
 
--- Start a request: find the credential's platform_token row, refuse it if it is
--- revoked, expired or its user is no longer a member, compute the effective scopes
--- (the token's scopes, never more than the user's role now allows) and set the
--- transaction-local context. Returns one row; status <> 'ok' means no context was set.
+drop function if exists auth.expand_scopes(text[]);
+drop function if exists auth.sign_context();
+
+-- What a credential is in its organization now: its user's role there (or, for a member
+-- of some projects only, the lowest of those roles and those projects), the effective
+-- scope mask (never more than the role allows) and the context string up to the request
+-- id. platform_token keeps these for every credential (policies/platform_token.sql), and
+-- every change of a membership refreshes them for that user's credentials in the same
+-- transaction (auth.refresh_credentials), so auth.begin_request reads one row.
 --
--- Who the user is in the token's organization, read now (so a change of role or a
--- removal applies to the very next request):
 --   * an organization member: their organization role; the restriction is the
 --     token's project_ids (NULL = every project);
 --   * otherwise a member of some of its projects (an accepted invite): the
@@ -152,110 +138,170 @@ create or replace function auth.expand_scopes(scopes text[]) returns text[]
 --     Scopes belong to a credential, not to a project: the lowest role is the only
 --     choice that never grants in one project what a role in another allows. To act
 --     with a higher role in one project, log in (or make a token) restricted to it.
---   * neither (or none of the token's projects any more): 'not_member'.
+--   * neither (or none of the token's projects any more): member_role NULL, and
+--     begin_request answers 'not_member'.
+create or replace function auth.credential_context(p_org uuid, p_user uuid, p_token uuid, p_token_mask bigint,
+                                                   p_token_projects uuid[],
+                                                   out member_role text, out effective_mask bigint,
+                                                   out effective_projects uuid[], out context_head text,
+                                                   out context_tail text)
+  language plpgsql
+  stable
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  p_role text;
+begin
+  select m.role into member_role from public.organization_membership m
+   where m.organization_id = p_org and m.user_id = p_user;
+  if member_role is not null then
+    effective_mask := auth.role_mask(member_role) & coalesce(p_token_mask, -1);
+    effective_projects := p_token_projects;
+  else
+    select array_agg(pm.project_id order by pm.project_id),
+           (array_agg(pm.role order by auth.project_role_rank(pm.role)))[1]
+      into effective_projects, p_role
+      from public.project_membership pm
+     where pm.organization_id = p_org and pm.user_id = p_user
+       and (p_token_projects is null or pm.project_id = any (p_token_projects));
+    if p_role is null then
+      effective_projects := null;
+      return;
+    end if;
+    member_role := 'project:' || p_role;
+    effective_mask := auth.project_role_mask(p_role) & coalesce(p_token_mask, -1);
+  end if;
+  context_head := app.context_head(p_org, effective_mask, p_user, p_token, effective_projects);
+  context_tail := app.context_tail(p_org, effective_mask, effective_projects is not null);
+end
+$$;
+
+-- After a membership changes (organization or project, added, changed or removed): the
+-- user's live credentials in that organization are recomputed, in the same transaction
+-- (touching context_head makes platform_token's trigger recompute the row).
+create or replace function auth.refresh_credentials() returns trigger
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+begin
+  if tg_op <> 'INSERT' then
+    update public.platform_token pt set context_head = null
+     where pt.organization_id = old.organization_id and pt.user_id = old.user_id
+       and pt.revoked_at is null and pt.expires_at > now();
+  end if;
+  if tg_op = 'INSERT' or (new.organization_id, new.user_id) is distinct from (old.organization_id, old.user_id) then
+    update public.platform_token pt set context_head = null
+     where pt.organization_id = new.organization_id and pt.user_id = new.user_id
+       and pt.revoked_at is null and pt.expires_at > now();
+  end if;
+  return null;
+end
+$$;
+
+-- platform_token's trigger (policies/platform_token.sql): its effective context, kept.
+create or replace function auth.keep_credential_context() returns trigger
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+begin
+  new.scope_mask := app.scope_mask(new.scopes);
+  select c.member_role, c.effective_mask, c.effective_projects, c.context_head, c.context_tail
+    into new.member_role, new.effective_mask, new.effective_projects, new.context_head, new.context_tail
+    from auth.credential_context(new.organization_id, new.user_id, new.id, new.scope_mask, new.project_ids) c;
+  return new;
+end
+$$;
+
+-- Start a request: find the credential's platform_token row, refuse it if it is
+-- revoked, expired or its user is no longer a member (see auth.credential_context, kept
+-- current on the row), and write the transaction's context (policies/context.sql).
+-- Returns one row; status <> 'ok' means no context was set. API tokens are found by the
+-- SHA-256 of the secret; sessions by the id in the JWT (whose signature the API has
+-- already checked) within the JWT's organization. A restricted context (project_ids not
+-- NULL) is read by tenant_api_projects: the caller switches to it (SET LOCAL ROLE).
 --
--- API tokens are found by the SHA-256 of the secret; sessions by the id in the JWT
--- (whose signature the API has already checked) within the JWT's organization.
-create or replace function auth.begin_request(
-  p_token_hash bytea,
-  p_session_id uuid,
-  p_session_org uuid,
-  p_request_id text
-) returns table (
+-- A transaction gets one context: called again once one is set, it refuses, so no
+-- statement can see two credentials. Every request pays for this function: it reads one
+-- row by one index and writes one setting (bench/RESULTS.md). It returns a named row
+-- type, whose shape PostgreSQL keeps cached (OUT parameters are re-read on every call).
+drop function if exists auth.begin_request(bytea, uuid, uuid, text);
+drop type if exists auth.request_principal;
+create type auth.request_principal as (
   status text,
   token_id uuid,
   organization_id uuid,
   user_id uuid,
   kind text,
   role text,
-  scopes text[],
+  scope_mask bigint,
   project_ids uuid[],
   prefix text,
   expires_at timestamptz
-)
+);
+
+create or replace function auth.begin_request(p_token_hash bytea, p_session_id uuid, p_session_org uuid,
+                                              p_request_id text)
+  returns auth.request_principal
   language plpgsql
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
 declare
-  t public.platform_token%rowtype;
-  m_role text;
-  p_role text;
-  restriction uuid[];
-  effective text[];
+  p auth.request_principal;
+  last_used timestamptz;
+  head text;
+  tail text;
 begin
+  if current_setting('backtrace_functions') <> '' then
+    raise exception 'auth.begin_request: this transaction already has a context' using errcode = '42501';
+  end if;
+
+  -- Two statements, not one with OR: each keeps its own index (the hash, or the key).
   if p_token_hash is not null then
-    select * into t from public.platform_token pt
+    select case when pt.revoked_at is not null then 'revoked' when pt.expires_at <= now() then 'expired'
+                when pt.member_role is null then 'not_member' else 'ok' end,
+           pt.id, pt.organization_id, pt.user_id, pt.kind, pt.member_role, pt.effective_mask,
+           pt.effective_projects, pt.prefix, pt.expires_at, pt.last_used_at, pt.context_head, pt.context_tail
+      into p.status, p.token_id, p.organization_id, p.user_id, p.kind, p.role, p.scope_mask,
+           p.project_ids, p.prefix, p.expires_at, last_used, head, tail
+      from public.platform_token pt
      where pt.token_hash = p_token_hash and pt.kind = 'api';
   else
-    select * into t from public.platform_token pt
+    select case when pt.revoked_at is not null then 'revoked' when pt.expires_at <= now() then 'expired'
+                when pt.member_role is null then 'not_member' else 'ok' end,
+           pt.id, pt.organization_id, pt.user_id, pt.kind, pt.member_role, pt.effective_mask,
+           pt.effective_projects, pt.prefix, pt.expires_at, pt.last_used_at, pt.context_head, pt.context_tail
+      into p.status, p.token_id, p.organization_id, p.user_id, p.kind, p.role, p.scope_mask,
+           p.project_ids, p.prefix, p.expires_at, last_used, head, tail
+      from public.platform_token pt
      where pt.organization_id = p_session_org and pt.id = p_session_id and pt.kind = 'session';
   end if;
-
-  if t.id is null then
-    return query select 'unknown'::text, null::uuid, null::uuid, null::uuid, null::text, null::text,
-                        null::text[], null::uuid[], null::text, null::timestamptz;
-    return;
+  if p.status is null then
+    p.status := 'unknown';
+    return p;
+  end if;
+  if p.status <> 'ok' then
+    p.role := null; p.scope_mask := null; p.project_ids := null;
+    return p;
   end if;
 
-  select m.role into m_role from public.organization_membership m
-   where m.organization_id = t.organization_id and m.user_id = t.user_id;
-  restriction := t.project_ids;
-  if m_role is not null then
-    effective := auth.role_scopes(m_role);
-  else
-    select array_agg(pm.project_id order by pm.project_id),
-           (array_agg(pm.role order by auth.project_role_rank(pm.role)))[1]
-      into restriction, p_role
-      from public.project_membership pm
-     where pm.organization_id = t.organization_id and pm.user_id = t.user_id
-       and (t.project_ids is null or pm.project_id = any (t.project_ids));
-    if p_role is not null then
-      m_role := 'project:' || p_role;
-      effective := auth.project_role_scopes(p_role);
-    end if;
-  end if;
-
-  status := case
-    when t.revoked_at is not null then 'revoked'
-    when t.expires_at <= now() then 'expired'
-    when m_role is null then 'not_member'
-    else 'ok'
-  end;
-  if status <> 'ok' then
-    return query select status, t.id, t.organization_id, t.user_id, t.kind, null::text,
-                        null::text[], null::uuid[], t.prefix, t.expires_at;
-    return;
-  end if;
-
-  effective := auth.expand_scopes(effective);
-  if t.scopes is not null then
-    -- effective ∩ expand_scopes(t.scopes), written to be cheap (every request pays for
-    -- it; bench/RESULTS.md): a scope of effective stays if the token has it, or has the
-    -- write scope that implies this read scope.
-    effective := array(select s from unnest(effective) s
-                        where s = any (t.scopes)
-                           or (s like '%:read' and replace(s, ':read', ':write') = any (t.scopes))
-                        order by s);
-  end if;
-
-  perform set_config('app.organization_id', t.organization_id::text, true),
-          set_config('app.user_id', t.user_id::text, true),
-          set_config('app.token_id', t.id::text, true),
-          set_config('app.scopes', effective::text, true),
-          set_config('app.project_ids', coalesce(restriction::text, 'all'), true),
-          set_config('app.request_id', coalesce(p_request_id, ''), true);
-  perform auth.sign_context();
+  perform set_config('backtrace_functions', head || app.context_request_id(p_request_id) || tail, true);
 
   -- To the minute is enough: at most one write per token per minute, and the audit
-  -- trigger treats last_used_at as noise.
-  if t.last_used_at is null or t.last_used_at < now() - interval '1 minute' then
+  -- trigger treats last_used_at as noise. SKIP LOCKED: the row stays locked until this
+  -- request commits, and a concurrent request of the same credential must not wait for
+  -- that (it skips the touch; one of them made it).
+  if last_used is null or last_used < now() - interval '1 minute' then
     update public.platform_token pt set last_used_at = now()
-     where pt.organization_id = t.organization_id and pt.id = t.id;
+      from (select x.organization_id, x.id from public.platform_token x
+             where x.organization_id = p.organization_id and x.id = p.token_id
+               for update skip locked) locked
+     where pt.organization_id = locked.organization_id and pt.id = locked.id;
   end if;
-
-  return query select 'ok'::text, t.id, t.organization_id, t.user_id, t.kind, m_role,
-                      effective, restriction, t.prefix, t.expires_at;
+  return p;
 end
 $$;
 
@@ -339,13 +385,15 @@ grant create on schema auth to tenant_auth;
 alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
 alter function auth.login_lookup(text) owner to tenant_auth;
 alter function auth.create_session(uuid, uuid, interval, text, uuid[]) owner to tenant_auth;
-alter function auth.sign_context() owner to tenant_auth;
 alter function auth.enter_context(uuid, uuid, uuid, text) owner to tenant_auth;
 alter function auth.leave_context(text[]) owner to tenant_auth;
+alter function auth.credential_context(uuid, uuid, uuid, bigint, uuid[]) owner to tenant_auth;
+alter function auth.refresh_credentials() owner to tenant_auth;
+alter function auth.keep_credential_context() owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on all functions in schema auth from public;
-grant execute on function auth.role_scopes(text), auth.expand_scopes(text[]), auth.project_role_scopes(text),
-  auth.project_role_rank(text) to tenant_auth;
+grant execute on function auth.role_scopes(text), auth.project_role_scopes(text), auth.role_mask(text),
+  auth.project_role_mask(text), auth.project_role_rank(text) to tenant_auth;
 grant execute on function
   auth.begin_request(bytea, uuid, uuid, text),
   auth.login_lookup(text),

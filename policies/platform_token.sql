@@ -5,6 +5,29 @@
 -- only: a project admin (members:write within a project restriction) manages their
 -- project's members, never the organization's tokens. token_hash is never
 -- readable by the API role (it is written, never selected), and never audited in clear.
+
+-- What auth.begin_request reads, kept on the row by the database whatever a writer
+-- sends: scope_mask (the token's own scopes as a bit mask, app.scope_catalog) and the
+-- credential's effective context now (auth.credential_context: its user's role, the
+-- effective scopes and projects, the context string). Recomputed when the row is
+-- written and, through auth.refresh_credentials, whenever a membership of its user in
+-- its organization changes. Runs as tenant_auth, which reads memberships whatever the
+-- writer of the token may read (the function: policies/auth.sql).
+
+drop trigger if exists keep_context on public.platform_token;
+create trigger keep_context
+  before insert or update of id, organization_id, user_id, scopes, project_ids, scope_mask, member_role,
+                             effective_mask, effective_projects, context_head, context_tail
+  on public.platform_token
+  for each row execute function auth.keep_credential_context();
+
+-- Live rows written before these columns existed, or computed by an earlier definition
+-- of the roles or the scope catalog: recomputed whenever the policies are applied. RLS
+-- is forced on the table, for its owner too: lifted for this statement only (the
+-- tenant_table call below forces it again, in the same transaction).
+alter table public.platform_token no force row level security;
+update public.platform_token set context_head = null where revoked_at is null and expires_at > now();
+
 call app.tenant_table('public.platform_token', area => 'tokens',
   read_extra => 'user_id = (select app.current_user_id())'
                 ' or (select app.has_scope(''audit:read''))'
@@ -14,7 +37,7 @@ call app.tenant_table('public.platform_token', area => 'tokens',
   secret_columns => '{token_hash}',
   -- last_used_at: begin_request keeps it current; an UPDATE that changes only it (and
   -- the updated_at it bumps) leaves no audit row (see policies/audit.sql).
-  noise_columns => '{last_used_at}',
+  noise_columns => '{last_used_at,scope_mask,member_role,effective_mask,effective_projects,context_head,context_tail}',
   api_grants => 'select (organization_id, id, user_id, kind, name, prefix, scopes, project_ids,'
                 ' expires_at, revoked_at, last_used_at, created_at, updated_at, created_by_token_id),'
                 ' insert, update (name, prefix, token_hash, revoked_at)');
@@ -55,7 +78,7 @@ create policy auth_lookup on public.platform_token for select to tenant_auth usi
 create policy auth_touch on public.platform_token for update to tenant_auth using (true) with check (true);
 create policy auth_session on public.platform_token for insert to tenant_auth
   with check (kind = 'session' and organization_id = (select app.current_organization_id()));
-grant select, insert, update (last_used_at) on public.platform_token to tenant_auth;
+grant select, insert, update (last_used_at, context_head) on public.platform_token to tenant_auth;
 
 -- Rotation writes a new secret into an existing row: the same no-escalation rule as
 -- creating one applies (a narrow token must not obtain a working secret for a wider
@@ -81,3 +104,4 @@ $$;
 drop trigger if exists guard_rotation on public.platform_token;
 create trigger guard_rotation before update on public.platform_token
   for each row execute function app.guard_token_rotation();
+

@@ -14,3 +14,9 @@ create policy auth_lookup on public.project_membership for select to tenant_auth
 create policy auth_accept on public.project_membership for insert to tenant_auth
   with check (organization_id = (select app.current_organization_id()));
 grant select, insert on public.project_membership to tenant_auth;
+
+-- Its user's credentials in this organization are recomputed with every change
+-- (auth.refresh_credentials): a new role, a removal, applies to the very next request.
+drop trigger if exists refresh_credentials on public.project_membership;
+create trigger refresh_credentials after insert or update or delete on public.project_membership
+  for each row execute function auth.refresh_credentials();

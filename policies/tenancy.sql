@@ -5,14 +5,17 @@
 -- project (if any), extra conditions, secret and noise columns. The procedure:
 --   * enables AND forces RLS (forced: the owner is filtered too, so a migration or a
 --     definer function can't read across organizations by accident);
---   * replaces the table's policies with four for tenant_api:
+--   * replaces the table's policies with four for tenant_api (unrestricted contexts)
+--     and four for tenant_api_projects (project-restricted ones, with the project check
+--     for tables that have a project column):
 --       select  organization matches, <area>:read, inside the project restriction
 --       insert  organization matches, <area>:write, inside the project restriction
---       update  same as insert, on both the old row (USING) and the new (WITH CHECK)
---       delete  same as insert
+--       update  <area>:read and :write on the old row (USING), :write on the new
+--       delete  <area>:read and :write
 --     so a row of another organization is invisible, cannot be updated or deleted,
 --     and cannot be created, whatever the handler asks for;
---   * grants tenant_api exactly the statements it needs;
+--   * grants tenant_api exactly the statements it needs (tenant_api_projects gets the
+--     same: policies/restricted_credentials.sql);
 --   * installs the audit trigger and the updated_at trigger.
 -- It is idempotent: migrations re-apply every policies/*.sql on each upgrade.
 
@@ -31,9 +34,13 @@ language plpgsql
 as $proc$
 declare
   pol record;
-  tenant text;
   readable text;
   writable text;
+  changeable text;
+  projects text;
+  restricted boolean;
+  role_name text;
+  suffix text;
 begin
   execute format('alter table %s enable row level security', tbl);
   execute format('alter table %s force row level security', tbl);
@@ -46,28 +53,46 @@ begin
     execute format('drop policy %I on %s', pol.policyname, tbl);
   end loop;
 
-  tenant := format('%I = (select app.current_organization_id())', org_column);
-  if project_column is not null then
-    tenant := tenant || format(
-      ' and ((select app.unrestricted()) or %I = any ((select app.current_project_ids())::uuid[]))',
-      project_column);
+  -- The organization and the scope are one comparison with the context (see
+  -- policies/context.sql): it joins the query's own organization filter, so the planner
+  -- checks it once per statement and keeps the organization-leading indexes. The API
+  -- role's policies read the fields of unrestricted contexts only; tenant_api_projects,
+  -- which a project-restricted request switches to, reads the fields of restricted ones
+  -- and, for tables whose rows belong to a project, checks the project once per
+  -- statement too (an InitPlan).
+  if app.scope_bit(area || ':read') = 0 then
+    raise exception 'app.tenant_table(%): % is not in app.scope_catalog()', tbl, area || ':read';
   end if;
-
-  readable := tenant || format(' and (select app.has_scope(%L))', area || ':read');
-  writable := tenant || format(' and (select app.has_scope(%L))', area || ':write');
-  if read_extra is not null then
-    readable := readable || ' and (' || read_extra || ')';
-  end if;
-  if write_extra is not null then
-    writable := writable || ' and (' || write_extra || ')';
-  end if;
-
-  execute format('create policy tenant_select on %s for select to tenant_api using (%s)', tbl, readable);
-  execute format('create policy tenant_insert on %s for insert to tenant_api with check (%s)', tbl, writable);
-  execute format('create policy tenant_update on %s for update to tenant_api using (%s and %s) with check (%s)',
-                 tbl, readable, writable, writable);
-  execute format('create policy tenant_delete on %s for delete to tenant_api using (%s and %s)',
-                 tbl, readable, writable);
+  foreach restricted in array array[false, true] loop
+    if restricted and project_column is not null then
+      projects := format(' and (coalesce(%I, ''00000000-0000-0000-0000-000000000000''::uuid)'
+                         ' = any ((select app.context_projects())::uuid[])) is not false', project_column);
+    else
+      projects := '';
+    end if;
+    readable := app.context_check(org_column, area || ':read', restricted) || projects;
+    writable := app.context_check(org_column, area || ':write', restricted) || projects;
+    changeable := app.context_check(org_column, area || ':read', restricted) || ' and '
+                  || app.context_check(org_column, area || ':write', restricted) || projects;
+    if read_extra is not null then
+      readable := readable || ' and (' || read_extra || ')';
+      changeable := changeable || ' and (' || read_extra || ')';
+    end if;
+    if write_extra is not null then
+      writable := writable || ' and (' || write_extra || ')';
+      changeable := changeable || ' and (' || write_extra || ')';
+    end if;
+    role_name := case when restricted then 'tenant_api_projects' else 'tenant_api' end;
+    suffix := case when restricted then '_restricted' else '' end;
+    execute format('create policy %I on %s for select to %I using (%s)',
+                   'tenant_select' || suffix, tbl, role_name, readable);
+    execute format('create policy %I on %s for insert to %I with check (%s)',
+                   'tenant_insert' || suffix, tbl, role_name, writable);
+    execute format('create policy %I on %s for update to %I using (%s) with check (%s)',
+                   'tenant_update' || suffix, tbl, role_name, changeable, writable);
+    execute format('create policy %I on %s for delete to %I using (%s)',
+                   'tenant_delete' || suffix, tbl, role_name, changeable);
+  end loop;
 
   execute format('revoke all on %s from tenant_api', tbl);
   if api_grants <> '' then

@@ -21,6 +21,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tenant_api.auth.credentials import token_hash
+from tenant_api.db.context import RESTRICTED_ROLE_SQL
 from tests import factories
 from tests.conftest import Database, Tenant, connect, signup
 
@@ -381,9 +382,12 @@ BEGIN_REQUEST = "select * from auth.begin_request($1::bytea, null, null, 'test')
 
 
 async def begin_request(conn: asyncpg.Connection, token: str) -> asyncpg.Record:
-    """Inside an open transaction: set the context of an API token, as the API does."""
+    """Inside an open transaction: set the context of an API token, as the API does
+    (a project-restricted one then runs as tenant_api_projects: RESTRICTED_ROLE_SQL)."""
     row = await conn.fetchrow(BEGIN_REQUEST, token_hash(token))
     assert row["status"] == "ok", dict(row)
+    if row["project_ids"] is not None:
+        await conn.execute(RESTRICTED_ROLE_SQL)
     return row
 
 

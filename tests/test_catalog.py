@@ -12,6 +12,7 @@ from tenant_api.auth import scopes as scope_catalog
 from tests.security import tenant_tables
 
 API = "tenant_api"
+RESTRICTED = "tenant_api_projects"  # what a project-restricted request runs as
 
 # Indexes on tenant tables that may not lead with organization_id. Each one serves a
 # lookup that happens before any organization is known; nothing else belongs here.
@@ -105,8 +106,10 @@ async def test_every_tenant_table_has_policies(admin_conn, tables):
 
 
 async def test_api_policies_reference_the_request_context(admin_conn, tables):
-    """A permissive policy that lets tenant_api (or PUBLIC) in must compare rows with the
-    request context: a `using (true)` policy for the API role would open the table."""
+    """A permissive policy that lets tenant_api (or its restricted twin, or PUBLIC) in must
+    compare rows with the request context: a `using (true)` policy for the API role would
+    open the table. The context is read through the accessors or, in the generated
+    policies, straight from the protected parameter (policies/context.sql)."""
     rows = await admin_conn.fetch(
         "select tablename, policyname, roles::text[] as roles, permissive, coalesce(qual, '') as qual,"
         " coalesce(with_check, '') as with_check from pg_policies"
@@ -114,10 +117,11 @@ async def test_api_policies_reference_the_request_context(admin_conn, tables):
         [*tables, *GLOBAL_RLS_TABLES])
     bad = []
     for r in rows:
-        if not ({API, "public"} & set(r["roles"])) or r["permissive"] != "PERMISSIVE":
+        if not ({API, RESTRICTED, "public"} & set(r["roles"])) or r["permissive"] != "PERMISSIVE":
             continue
         for clause in (r["qual"], r["with_check"]):
-            if clause and not re.search(r"current_(organization|token|user)_id\(\)", clause):
+            if clause and clause != "false" and not re.search(r"current_(organization|token|user)_id\(\)|"
+                                        r"current_setting\('backtrace_functions'::text\)", clause):
                 bad.append(f"{r['tablename']}.{r['policyname']}: {clause}")
     assert not bad, f"policies for {API} not tied to the request context: {bad}"
     public = [f"{r['tablename']}.{r['policyname']}" for r in rows if "public" in r["roles"]]
@@ -182,18 +186,56 @@ async def test_indexes_lead_with_organization_id(admin_conn, tables):
     assert INDEX_ALLOW_LIST <= {r["idx"] for r in rows}, INDEX_ALLOW_LIST - {r["idx"] for r in rows}
 
 
-async def test_api_role_attributes(admin_conn):
-    role = await admin_conn.fetchrow(
-        "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication from pg_roles where rolname = $1",
-        API)
-    assert role is not None
-    assert dict(role) == {"rolsuper": False, "rolbypassrls": False, "rolcreaterole": False,
-                          "rolcreatedb": False, "rolreplication": False}
-    # A member of another role could SET ROLE to it (e.g. the owner).
+@pytest.mark.parametrize("role", [API, RESTRICTED])
+async def test_api_role_attributes(admin_conn, role):
+    row = await admin_conn.fetchrow(
+        "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication, rolinherit"
+        " from pg_roles where rolname = $1", role)
+    assert row is not None
+    assert dict(row) == {"rolsuper": False, "rolbypassrls": False, "rolcreaterole": False,
+                         "rolcreatedb": False, "rolreplication": False, "rolinherit": False}
+    # A member of another role could SET ROLE to it (e.g. the owner). The API role may
+    # switch to its restricted twin, and to nothing else; the twin to nothing.
     memberships = await admin_conn.fetch(
         "select r.rolname from pg_auth_members m join pg_roles r on r.oid = m.roleid"
-        " where m.member = (select oid from pg_roles where rolname = $1)", API)
-    assert memberships == [], [r["rolname"] for r in memberships]
+        " where m.member = (select oid from pg_roles where rolname = $1)", role)
+    assert [r["rolname"] for r in memberships] == ([RESTRICTED] if role == API else [])
+    assert not await admin_conn.fetchval("select rolcanlogin from pg_roles where rolname = $1", RESTRICTED)
+
+
+async def test_restricted_twin_holds_exactly_the_api_roles_privileges(admin_conn):
+    """policies/restricted_credentials.sql copies the API role's grants and hand-written
+    policies to tenant_api_projects: the same, never more (a privilege granted to the twin
+    alone would be one more thing the API role may do, by switching)."""
+    privileges = """
+        select c.oid::regclass::text || coalesce('.' || at.attname, '') as object, a.privilege_type
+          from pg_class c
+          left join pg_attribute at on at.attrelid = c.oid and at.attnum > 0 and not at.attisdropped
+          cross join lateral aclexplode(coalesce(at.attacl, c.relacl)) a
+         where c.relnamespace in ('public'::regnamespace, 'app'::regnamespace, 'auth'::regnamespace)
+           and a.grantee = $1::regrole
+        union
+        select p.oid::regprocedure::text, 'EXECUTE' from pg_proc p
+         where p.pronamespace in ('public'::regnamespace, 'app'::regnamespace, 'auth'::regnamespace)
+           and has_function_privilege($1, p.oid, 'EXECUTE')
+        union
+        select n.nspname, 'USAGE' from pg_namespace n where has_schema_privilege($1, n.oid, 'USAGE')
+    """
+    api = {(r["object"], r["privilege_type"]) for r in await admin_conn.fetch(privileges, API)}
+    twin = {(r["object"], r["privilege_type"]) for r in await admin_conn.fetch(privileges, RESTRICTED)}
+    assert api and api == twin, (api - twin, twin - api)
+    generated = {"tenant_select", "tenant_insert", "tenant_update", "tenant_delete"}
+    policies = await admin_conn.fetch(
+        "select polrelid::regclass::text as tbl, polname, polroles::regrole[]::text[] as roles from pg_policy")
+    bad = [f"{r['tbl']}.{r['polname']} {r['roles']}" for r in policies
+           if API in r["roles"] and r["polname"] not in generated and RESTRICTED not in r["roles"]]
+    assert not bad, f"hand-written API policies the restricted twin lacks: {bad}"
+    # generated policies: four per role, each role's reading its own fields of the context
+    for r in policies:
+        if r["polname"] in generated:
+            assert r["roles"] == [API], r
+        if r["polname"].removesuffix("_restricted") in generated and r["polname"].endswith("_restricted"):
+            assert r["roles"] == [RESTRICTED], r
 
 
 async def test_api_role_owns_nothing(admin_conn):
@@ -277,9 +319,9 @@ async def test_role_scopes_in_sql_equal_python(admin_conn):
     for role, scopes in scope_catalog.ROLE_SCOPES.items():
         in_sql = await admin_conn.fetchval("select auth.role_scopes($1)", role)
         assert scope_catalog.expand(in_sql) == scope_catalog.expand(scopes), role
-        # and the database's own expansion agrees with Python's
-        expanded = await admin_conn.fetchval("select auth.expand_scopes(auth.role_scopes($1))", role)
-        assert set(expanded) == scope_catalog.expand(scopes), role
+        # and the database's own expansion (the mask begin_request uses) agrees with Python's
+        mask = await admin_conn.fetchval("select auth.role_mask($1)", role)
+        assert scope_catalog.scopes_of_mask(mask) == scope_catalog.expand(scopes), role
         assert set(in_sql) <= scope_catalog.SCOPES, role
     assert await admin_conn.fetchval("select auth.role_scopes('nobody')") == []
 

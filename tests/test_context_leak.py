@@ -118,8 +118,8 @@ async def test_interleaved_requests_on_one_connection_see_only_their_own_rows(
     # The pool's one connection, right after all that: no context, no rows.
     async with engine.connect() as conn:
         row = (await conn.execute(text(
-            "select current_user, current_setting('app.organization_id', true) as org,"
-            " current_setting('app.token_id', true) as tok, (select count(*) from agent) as agents"))).one()
+            "select current_user, app.current_organization_id()::text as org,"
+            " app.current_token_id()::text as tok, (select count(*) from agent) as agents"))).one()
     assert row.current_user == "tenant_api"
     assert (row.org or "") == "" and (row.tok or "") == "" and row.agents == 0, row
 
@@ -129,10 +129,10 @@ async def test_raw_connection_after_a_committed_request(client, api_conn, admin_
     tx = api_conn.transaction()
     await tx.start()
     await begin_request(api_conn, t.token)
-    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") == t.organization_id
+    assert await api_conn.fetchval("select app.current_organization_id()::text") == t.organization_id
     assert await api_conn.fetchval("select count(*) from workspace") >= 1
     await tx.commit()
-    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") == ""
+    assert await api_conn.fetchval("select current_setting('backtrace_functions')") == ""
     for table, _ in await isolated_tables(admin_conn):
         assert await api_conn.fetchval(f"select count(*) from public.{q(table)}") == 0, table
     assert await api_conn.fetchval("select count(*) from user_account") == 0

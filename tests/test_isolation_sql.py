@@ -311,7 +311,7 @@ async def assert_sees_nothing(api_conn: asyncpg.Connection, admin: asyncpg.Conne
 
 
 async def test_fresh_connection_sees_nothing(world, module_admin, api_conn):
-    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") is None
+    assert await api_conn.fetchval("select current_setting('backtrace_functions')") == ""
     await assert_sees_nothing(api_conn, module_admin, world)
 
 
@@ -322,10 +322,10 @@ async def test_context_vanishes_when_the_transaction_ends(world, module_admin, a
     await begin_request(api_conn, world.a.token)
     assert await api_conn.fetchval("select count(*) from agent") > 0  # the context was there
     await (tx.commit() if end == "commit" else tx.rollback())
-    # After a transaction that set it, the setting reads '' (not NULL): the empty-string case.
-    assert await api_conn.fetchval("select current_setting('app.organization_id', true)") == ""
-    assert await api_conn.fetchval("select current_setting('app.project_ids', true)") == ""
+    # After the transaction the parameter is back to its empty default: no context.
+    assert await api_conn.fetchval("select current_setting('backtrace_functions')") == ""
     assert await api_conn.fetchval("select app.current_project_ids()") == []
+    assert await api_conn.fetchval("select current_user") == "tenant_api"
     await assert_sees_nothing(api_conn, module_admin, world)
     # ... also inside a new explicit transaction that did not call begin_request
     async with api_conn.transaction():

@@ -188,7 +188,8 @@ def test_the_wheel_carries_migrations_and_policies_and_migrates(admin_url, tmp_p
         try:
             head = await conn.fetchval("select version_num from alembic_version")
             assert head is not None
-            assert await conn.fetchval("select count(*) from pg_policies where tablename = 'agent'") == 4
+            # four for the API role, four for its restricted twin (policies/tenancy.sql)
+            assert await conn.fetchval("select count(*) from pg_policies where tablename = 'agent'") == 8
         finally:
             await conn.close()
 

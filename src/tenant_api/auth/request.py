@@ -37,7 +37,7 @@ from tenant_api.auth.credentials import (
     expired_session,
     parse_bearer,
 )
-from tenant_api.db.context import BEGIN_REQUEST_SQL, Credential, Principal
+from tenant_api.db.context import BEGIN_REQUEST_SQL, RESTRICTED_ROLE_SQL, Credential, Principal
 from tenant_api.errors import database_unavailable
 
 _REFUSED = {
@@ -207,7 +207,10 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
         await transaction.start()
         row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
                                   credential.session_org, request.scope["state"].get("request_id"))
-        admit(request, Principal.from_row(row))
+        principal = Principal.from_row(row)
+        if principal.restricted:
+            await conn.execute(RESTRICTED_ROLE_SQL)
+        admit(request, principal)
         yield ReadTransaction(conn, request.scope["state"]["principal"])
         await transaction.commit()
     except BaseException as exc:

@@ -14,9 +14,13 @@ AREAS = (
     "calls", "services", "notifications", "billing", "tokens",
 )  # fmt: skip
 
-SCOPES: frozenset[str] = frozenset(
-    [f"{area}:{level}" for area in AREAS for level in ("read", "write")] + ["audit:read"]
+# The order is each scope's bit in a scope mask (app.scope_catalog() in
+# policies/context.sql, which a test keeps equal): append only.
+SCOPE_BITS: tuple[str, ...] = (
+    *[f"{area}:{level}" for area in AREAS for level in ("read", "write")],
+    "audit:read",
 )
+SCOPES: frozenset[str] = frozenset(SCOPE_BITS)
 
 _ALL_WRITE = [f"{area}:write" for area in AREAS]
 _WORK = ["agents", "tasks", "conversations", "desktops", "calls", "services", "notifications"]
@@ -54,6 +58,22 @@ def expand(scopes: frozenset[str] | set[str] | list[str]) -> frozenset[str]:
 def unknown(scopes: list[str]) -> list[str]:
     return [s for s in scopes if s not in SCOPES]
 
+
+
+_NAMES_BY_MASK: dict[int, frozenset[str]] = {}
+
+
+def scopes_of_mask(mask: int | None) -> frozenset[str]:
+    """The scope names of a mask from auth.begin_request (a handful of distinct masks per
+    process: remembered)."""
+    if mask is None:
+        return frozenset()
+    names = _NAMES_BY_MASK.get(mask)
+    if names is None:
+        names = frozenset(s for i, s in enumerate(SCOPE_BITS) if mask >> i & 1)
+        if len(_NAMES_BY_MASK) < 4096:
+            _NAMES_BY_MASK[mask] = names
+    return names
 
 # The scopes as a named enumeration, for the API's schemas (the OpenAPI component
 # "Scope"). Compare and store scope strings: Scope members are str subclasses, convert

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import token_hash
+from tenant_api.db.context import RESTRICTED_ROLE_SQL
 from tenant_api.invites import tokens
 
 LINK_LINE = "[link]"
@@ -77,7 +78,9 @@ async def enter_as_session(db: AsyncSession, session: SessionOut, state: State, 
     """Give a public route's transaction the context of a session just opened in it
     (auth.begin_request, as every request does), so it can go on as that user."""
     credential = state.codec.parse(session.access_token)
-    row = (await db.execute(text("select status from auth.begin_request(null, :sid, :org, :rid)"),
+    row = (await db.execute(text("select status, project_ids from auth.begin_request(null, :sid, :org, :rid)"),
                             {"sid": credential.session_id, "org": credential.session_org, "rid": request_id})).one()
     if row.status != "ok":
         raise RuntimeError(f"a session just opened was refused: {row.status}")
+    if row.project_ids is not None:
+        await db.execute(text(RESTRICTED_ROLE_SQL))

@@ -8,7 +8,8 @@ on connect, not once per session) every transaction gets the context, including 
 begun after a commit, and no transaction can run with a stale one.
 
 A session without a credential (signup, login) begins transactions with no context at
-all: the policies then show no rows and accept no writes.
+all: the policies then show no rows and accept no writes. A project-restricted credential's
+transaction switches to tenant_api_projects right after (RESTRICTED_ROLE_SQL).
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-_PRINCIPAL_COLUMNS = "status, token_id, organization_id, user_id, kind, role, scopes, project_ids, prefix, expires_at"
+from tenant_api.auth.scopes import scopes_of_mask
+
+_PRINCIPAL_COLUMNS = "status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix, expires_at"
 BEGIN_REQUEST = text(
     f"select {_PRINCIPAL_COLUMNS} from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"  # noqa: S608
 )
 # The same call for a raw asyncpg connection (the read path, auth.request.provide_read).
 BEGIN_REQUEST_SQL = f"select {_PRINCIPAL_COLUMNS} from auth.begin_request($1, $2, $3, $4)"  # noqa: S608
+# A project-restricted context is read by the API role's restricted twin: the API role's
+# own policies never match it (policies/context.sql). For the rest of the transaction.
+RESTRICTED_ROLE_SQL = "set local role tenant_api_projects"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,11 @@ class Principal:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def restricted(self) -> bool:
+        """Limited to some projects: the transaction must run as tenant_api_projects."""
+        return self.ok and self.project_ids is not None
+
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
@@ -73,7 +84,7 @@ class Principal:
             user_id=row["user_id"],
             kind=row["kind"],
             role=row["role"],
-            scopes=frozenset(row["scopes"] or ()),
+            scopes=scopes_of_mask(row["scope_mask"]),
             project_ids=tuple(row["project_ids"]) if row["project_ids"] is not None else None,
             prefix=row["prefix"],
             expires_at=row["expires_at"],
@@ -98,4 +109,7 @@ def _begin_request(session: Session, transaction: SessionTransaction, connection
             "request_id": session.info.get("request_id"),
         },
     ).one()
-    session.info["principal"] = Principal.from_row(row._mapping)
+    principal = Principal.from_row(row._mapping)
+    if principal.restricted:
+        connection.exec_driver_sql(RESTRICTED_ROLE_SQL)
+    session.info["principal"] = principal

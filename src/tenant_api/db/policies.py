@@ -27,14 +27,17 @@ MIGRATIONS_DIR = packaged_dir("migrations")
 # Shared pieces first, in dependency order; then one file per table, alphabetically.
 # roles.sql is cluster-level bootstrap (superuser) and is not applied here.
 BASE_FILES = ("context.sql", "audit.sql", "tenancy.sql", "auth.sql")
+# Last: copies the API role's grants and policies to its restricted twin.
+FINAL_FILES = ("restricted_credentials.sql",)
 NOT_APPLIED = {"roles.sql"}
 
 
 def policy_files(directory: Path = POLICIES_DIR) -> list[Path]:
     tables = sorted(
-        p for p in directory.glob("*.sql") if p.name not in NOT_APPLIED and p.name not in BASE_FILES
+        p for p in directory.glob("*.sql")
+        if p.name not in NOT_APPLIED and p.name not in BASE_FILES and p.name not in FINAL_FILES
     )
-    return [directory / name for name in BASE_FILES] + tables
+    return [directory / name for name in BASE_FILES] + tables + [directory / name for name in FINAL_FILES]
 
 
 def exec_script(connection: Connection, sql: str) -> None:
