@@ -88,6 +88,7 @@ declare
   r record;
   reason text;
   saved text[];
+  narrowed bigint;
 begin
   select w.id as webhook_id, w.owner_token_id, w.enabled, e.area into d
     from public.webhook_delivery x
@@ -106,10 +107,11 @@ begin
   reason := case
     when r.status = 'not_member' then 'the owning credential''s user is no longer a member'
     when r.status <> 'ok' then 'the owning credential is ' || coalesce(r.status, 'unknown')
-    when not ('org:write' = any (r.scopes)) or r.project_ids is not null
+    when r.scope_mask & app.scope_bit('org:write') = 0 or r.project_ids is not null
       then 'the owning credential may no longer manage webhooks (org:write, not restricted to projects)'
   end;
   if reason is not null then
+    perform set_config('backtrace_functions', '', true);  -- whatever begin_request set: none
     saved := auth.enter_context(p_org, null, null, 'webhook-worker');
     update public.webhook w set paused_reason = reason, paused_at = now()
      where w.organization_id = p_org and w.id = d.webhook_id and w.paused_at is null;
@@ -117,10 +119,14 @@ begin
     return 'paused';
   end if;
   -- As the owner, with no more than reading the event needs (org:read and its area's
-  -- :read, if the owner has them): the worker reads the event and nothing else.
-  perform set_config('app.scopes', array(select s from unnest(r.scopes) s
-                                          where s in ('org:read', d.area || ':read') order by s)::text, true);
-  perform auth.sign_context();
+  -- :read, if the owner has them): the worker reads the event and nothing else. The
+  -- owner is unrestricted (checked above), so the context is written as begin_request
+  -- writes an unrestricted one (policies/context.sql), with the narrowed mask.
+  narrowed := r.scope_mask & (app.scope_bit('org:read') | app.scope_bit(d.area || ':read'));
+  perform set_config('backtrace_functions',
+                     app.context_head(r.organization_id, narrowed, r.user_id, r.token_id, null)
+                     || app.context_request_id('webhook:' || p_delivery::text)
+                     || app.context_tail(r.organization_id, narrowed, false), true);
   return 'ok';
 end
 $$;

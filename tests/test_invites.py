@@ -21,6 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from litestar.testing import AsyncTestClient
 
+from tenant_api.db.context import RESTRICTED_ROLE_SQL
 from tenant_api.app import create_app
 from tenant_api.auth.credentials import token_hash
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
@@ -194,9 +195,10 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
         tables[r["table_name"]] = r["cols"]
     assert {"project", "agent", "project_invite", "invite_outbox", "platform_token"} <= set(tables)
     async with api_conn.transaction():
-        status = await api_conn.fetchval("select status from auth.begin_request(null, $1, $2, 'test')",
-                                         uuid.UUID(session_id(bh)), uuid.UUID(alice.organization_id))
-        assert status == "ok"
+        row = await api_conn.fetchrow("select status, project_ids from auth.begin_request(null, $1, $2, 'test')",
+                                      uuid.UUID(session_id(bh)), uuid.UUID(alice.organization_id))
+        assert row["status"] == "ok" and row["project_ids"] == [uuid.UUID(p1)]
+        await api_conn.execute(RESTRICTED_ROLE_SQL)  # as the API does for a restricted context
         seen = {t: await api_conn.fetch(f"select {', '.join(cols)} from public.{t}") for t, cols in tables.items()}
         orgs = await api_conn.fetch("select id from public.organization")
         users = await api_conn.fetch("select id from public.user_account")

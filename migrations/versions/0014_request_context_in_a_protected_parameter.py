@@ -21,8 +21,8 @@ API role's policies never pay for the project check (policies/context.sql).
 The grant and the role come from the superuser bootstrap (policies/roles.sql): an
 existing installation runs `tenant-api bootstrap` once before this migration.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-01
 """
 
@@ -30,8 +30,8 @@ from alembic import op
 
 from tenant_api.db.policies import exec_script
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
