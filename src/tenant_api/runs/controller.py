@@ -242,11 +242,12 @@ async def _claim(request: Request, state: State, routes: KindRoutes, data: Claim
                 except Exception:  # noqa: BLE001 -- the periodic re-check keeps the claim working
                     log.warning("cannot LISTEN for queued work; waiting claims poll instead", exc_info=True)
                 continue
-            woken = asyncio.create_task(waiter.wake.wait())
-            await asyncio.wait([woken, gone], timeout=min(remaining, RECHECK_SECONDS),  # type: ignore[list-item]
+            assert gone is not None  # set with the waiter
+            woken: asyncio.Task[Any] = asyncio.create_task(waiter.wake.wait())
+            await asyncio.wait([woken, gone], timeout=min(remaining, RECHECK_SECONDS),
                                return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
-            if gone is not None and gone.done():
+            if gone.done():
                 return Response(content=None, status_code=204)  # nobody is listening: claim nothing
     finally:
         if waiter is not None:
