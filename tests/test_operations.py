@@ -57,6 +57,8 @@ async def test_metrics_need_the_operators_token_and_show_the_series(client, sett
         "tenant_api_robot_sockets_open",
         "tenant_api_rate_limited_total",
         "tenant_api_retention_purged_total",
+        "tenant_api_webhook_deliveries_total",
+        "tenant_api_webhook_delivery_duration_seconds",
     ):
         assert series in text, series
     # no path of a particular row, no query string: route templates only
@@ -221,6 +223,8 @@ async def test_retention_settings_from_the_environment():
 
     s = Settings.from_env({"RETENTION_JOBS_DAYS": "7", "RETENTION_DESKTOP_CONNECTIONS_DAYS": "0",
                            "RETENTION_INVITE_MAILS_DAYS": "14", "RETENTION_SECURITY_EVENTS_DAYS": "30",
+                           "RETENTION_WEBHOOK_DELIVERIES_DAYS": "3",
                            "RETENTION_BATCH_SIZE": "50", "RETENTION_INTERVAL_SECONDS": "60"})
     assert s.retention == RetentionSettings(jobs_days=7, desktop_connections_days=0, invite_mails_days=14,
-                                            security_events_days=30, batch_size=50, interval_seconds=60)
+                                            security_events_days=30, webhook_deliveries_days=3, batch_size=50,
+                                            interval_seconds=60)

@@ -134,6 +134,10 @@ class RetentionSettings:
     security_events_days: int = 90
     """Unattributed security events (unknown or malformed credentials).
     RETENTION_SECURITY_EVENTS_DAYS."""
+    webhook_deliveries_days: int = 30
+    """Settled webhook deliveries (delivered, failed, skipped), their attempts and the
+    events left without a delivery, counted from the delivery's last change.
+    RETENTION_WEBHOOK_DELIVERIES_DAYS."""
     batch_size: int = 500
     """Rows per purge transaction. RETENTION_BATCH_SIZE."""
     interval_seconds: float = 600.0
@@ -330,6 +334,7 @@ class Settings:
             desktop_connections_days=int(env.get("RETENTION_DESKTOP_CONNECTIONS_DAYS", "30")),
             invite_mails_days=int(env.get("RETENTION_INVITE_MAILS_DAYS", "30")),
             security_events_days=int(env.get("RETENTION_SECURITY_EVENTS_DAYS", "90")),
+            webhook_deliveries_days=int(env.get("RETENTION_WEBHOOK_DELIVERIES_DAYS", "30")),
             batch_size=int(env.get("RETENTION_BATCH_SIZE", "500")),
             interval_seconds=float(env.get("RETENTION_INTERVAL_SECONDS", "600")),
         )

@@ -17,6 +17,7 @@ Series (all prefixed ``tenant_api_``):
   sse_streams_open, robot_sockets_open           live connections
   rate_limited_total{quota}, rate_limit_store_errors_total
   retention_purged_total{kind}
+  webhook_deliveries_total{outcome}, webhook_delivery_duration_seconds   the delivery worker
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ RATE_LIMITED = Counter("tenant_api_rate_limited_total", "Requests refused with 4
 RATE_LIMIT_STORE_ERRORS = Counter("tenant_api_rate_limit_store_errors_total",
                                   "Rate-limit counts that failed (the request was let through).")
 RETENTION_PURGED = Counter("tenant_api_retention_purged_total", "Rows removed by retention, by kind.", ["kind"])
-# Webhook deliveries (issue 12) belong here, e.g.
-# WEBHOOK_DELIVERIES = Counter("tenant_api_webhook_deliveries_total", "...", ["outcome"]).
+WEBHOOK_DELIVERIES = Counter("tenant_api_webhook_deliveries_total",
+                             "Webhook delivery attempts settled, by outcome (delivered, retry, failed, skipped,"
+                             " paused).", ["outcome"])
+WEBHOOK_DELIVERY_DURATION = Histogram("tenant_api_webhook_delivery_duration_seconds",
+                                      "One webhook POST, connection to the last byte read.",
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
 
 def pool_gauges(engine: Any) -> None:
