@@ -341,6 +341,49 @@ async def test_runners_see_only_their_organization_and_projects(client, http):
     assert (await client.get(f"/v1/jobs/{b_job['id']}", headers=b.h)).json()["status"] == "queued"
 
 
+async def test_a_service_account_runs_its_projects_jobs(client, http, admin_conn):
+    """A service account is the natural runner identity (docs/runners.md): not a person's
+    token. Its project restriction is the runner's reach; the claim and the finish are
+    audited as the service account; deleting it stops the runner at its next request."""
+    t = await signup(client)
+    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": "elsewhere"})
+    assert r.status_code == 201, r.text
+    elsewhere = r.json()["id"]
+    r = await client.post("/v1/service-accounts", headers=t.h,
+                          json={"name": "runner-eu-1", "role": "member", "project_ids": [t.project_id]})
+    assert r.status_code == 201, r.text
+    sa = r.json()
+    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=t.h,
+                          json={"name": "runner", "scopes": ["tasks:write"]})
+    assert r.status_code == 201, r.text
+    runner, runner_id = bearer(r.json()["token"]), r.json()["id"]
+    assert r.json()["project_ids"] == [t.project_id]  # the account's restriction, inherited
+    outside = (await client.post("/v1/jobs", headers=t.h,
+                                 json={"project_id": elsewhere, "target": CMD})).json()
+    job = await new_job(client, t)
+
+    c = await claim(http, runner)
+    assert c["job"]["id"] == job["id"] and c["job"]["claimed_by_token_id"] == runner_id
+    assert await claim(http, runner, expect=204) is None  # the other project's job is out of its reach
+    r = await http.post(f"/v1/jobs/{job['id']}/finish", headers=runner,
+                        json={"claim_secret": c["claim_secret"], "exit_code": 0})
+    assert r.status_code == 200 and r.json()["status"] == "succeeded"
+    audit = await admin_conn.fetch(
+        "select changes -> 'status' ->> 'new' as status, user_id, token_id from token_audit_log"
+        " where table_name = 'job' and row_id = $1 and action = 'UPDATE' order by id", U(job["id"]))
+    assert [(a["status"], str(a["user_id"]), str(a["token_id"])) for a in audit] == [
+        ("running", sa["user_id"], runner_id), ("succeeded", sa["user_id"], runner_id)]
+
+    # Deleting the service account stops its runner: 401 at the next request.
+    second = await new_job(client, t)
+    c = await claim(http, runner)
+    assert c["job"]["id"] == second["id"]
+    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=t.h)).status_code == 204
+    r = await http.post(f"/v1/jobs/{second['id']}/heartbeat", headers=runner, json={"claim_secret": c["claim_secret"]})
+    assert r.status_code == 401
+    assert (await client.get(f"/v1/jobs/{outside['id']}", headers=t.h)).json()["status"] == "queued"
+
+
 async def test_scopes(client, http):
     t = await signup(client)
     reader, _ = await runner_token(client, t, ["tasks:read"])
