@@ -12,7 +12,10 @@ nesting, invalid UTF-8, NaN, a top-level array, null, with the real credential, 
 one that passes the checksum, and none. A new route is attacked without a new test.
 
 Runtime: the cases of each operation run in a seeded order within an equal share of
-HOSTILE_BUDGET_SECONDS (default 120); cases left out are counted and printed.
+HOSTILE_BUDGET_SECONDS (default 120); cases left out are counted and printed. Long polls
+(a runner's claim with ``wait_seconds`` up to 30, whose hostile values include valid
+ones) run against an app whose RUNNER_MAX_WAIT_SECONDS is LONG_POLL_SECONDS: the wait is
+still taken, briefly, and cannot eat the other operations' share.
 
 "Nothing changes": for an operation whose cases were all refused, a hash of every row of
 every tenant table (token_usage aside: every request adds one; platform_token's
@@ -29,13 +32,16 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_from_bytes
 
 import asyncpg
 import pytest
+from litestar.testing import AsyncTestClient
 
+from tenant_api.app import create_app
 from tenant_api.auth.credentials import new_api_token
 from tests import factories
 from tests.security import (
@@ -59,6 +65,7 @@ from tests.security import (
 )
 
 BUDGET_SECONDS = float(os.environ.get("HOSTILE_BUDGET_SECONDS", "120"))
+LONG_POLL_SECONDS = 0.2
 SEED = int(os.environ.get("HOSTILE_SEED", "10"))
 MEGABYTE = 1024 * 1024
 
@@ -258,6 +265,13 @@ class TracebackCatcher(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and record.exc_info[0] is not None:
             self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+async def client(settings) -> AsyncIterator[AsyncTestClient]:
+    """This module's app: the suite's settings, long polls capped (see the module doc)."""
+    async with AsyncTestClient(create_app(settings.with_runners(max_wait_seconds=LONG_POLL_SECONDS))) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -162,6 +162,22 @@ async def test_a_waiting_claim_ends_when_its_runner_hangs_up(client, live):
     assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "queued"
 
 
+async def test_the_server_caps_a_claim_s_wait(client, settings):
+    """RUNNER_MAX_WAIT_SECONDS bounds every long poll, whatever wait_seconds asks (the
+    fuzzing suites rely on it)."""
+    from tenant_api.settings import Settings
+
+    assert Settings.from_env({"RUNNER_MAX_WAIT_SECONDS": "2.5"}).runners.max_wait_seconds == 2.5
+    t = await signup(client)
+    runner, _ = await runner_token(client, t)
+    with serve(create_app(settings.with_runners(max_wait_seconds=0.5))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            started = time.monotonic()
+            r = await c.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 30})
+            waited = time.monotonic() - started
+    assert r.status_code == 204 and 0.5 <= waited < 5, waited
+
+
 # --- the holder's rights -------------------------------------------------------------------
 
 async def test_only_the_holder_writes_and_finishes_once(client, http, admin_conn):

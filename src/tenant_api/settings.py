@@ -224,7 +224,8 @@ class RunnerSettings:
     """A claim's lease unless the runner asks for another; heartbeats renew it."""
     max_lease_seconds: int = 3600
     max_wait_seconds: float = 30.0
-    """The longest a claim waits for work (long poll) before answering 204."""
+    """The longest a claim waits for work (long poll) before answering 204, whatever its
+    wait_seconds (at most 30). RUNNER_MAX_WAIT_SECONDS."""
     reap_interval_seconds: float = 5.0
     """How often the scheduler process returns runs whose lease expired to the queue."""
 
@@ -340,6 +341,7 @@ class Settings:
         )
         runners = RunnerSettings(
             default_lease_seconds=int(env.get("RUNNER_LEASE_SECONDS", "60")),
+            max_wait_seconds=float(env.get("RUNNER_MAX_WAIT_SECONDS", "30")),
         )
         webhooks = WebhookSettings(
             allow_private_targets=_flag(env, "WEBHOOK_ALLOW_PRIVATE_TARGETS", False),
