@@ -168,17 +168,25 @@ def parameter_cases(doc: dict[str, Any], method: str, template: str, op: dict[st
                         path = path.replace("{" + p["name"] + "}", own_value(own, template, p["name"]))
                 cases.append(Case(method, path, f"path {name}", headers))
             continue
+        if where == "header":  # text, whatever its schema's type: see header_values
+            cases += [Case(method, own, f"header {name}={raw[:40]!r}", {**headers, name: raw})
+                      for raw in header_values(doc, param.get("schema", {}))]
+            continue
         for value in values_for(doc, name, param.get("schema", {}), other_ids):
             if value is None or (isinstance(value, str) and len(value) > 32_000):  # URLs end at 64 KB
                 continue
-            label = f"{where} {name}={str(value)[:40]!r}"
-            if where == "query":
-                cases.append(Case(method, f"{own}?{name}={query_value(value)}", label, headers))
-            elif where == "header":
-                text = value.text.decode("latin-1") if isinstance(value, Raw) else str(value)
-                if len(text) <= 8192 and text.isprintable():
-                    cases.append(Case(method, own, label, {**headers, name: text}))
+            cases.append(Case(method, f"{own}?{name}={query_value(value)}", f"{where} {name}={str(value)[:40]!r}",
+                              headers))
     return cases
+
+
+def header_values(doc: dict[str, Any], schema: dict[str, Any]) -> list[bytes]:
+    """What is hostile in a header's text (sent as bytes, as a client may): empty, one
+    past its length, non-ASCII and invalid UTF-8 bytes. (Values a client cannot send at
+    all, NUL, CR and LF, are refused by the HTTP layer before any application.)"""
+    s = flatten(doc, schema)
+    longest = s.get("maxLength", 8191)
+    return [b"", b"x" * (longest + 1), "\u00fc\u00df".encode(), b"\xff\xfe", RAW_BAD_UTF8.text]
 
 
 def own_value(own: str, template: str, name: str) -> str:
