@@ -7,8 +7,9 @@
 -- Deletions of tenant rows are audited in their organization with request id
 -- 'retention' (no token, no user).
 --
--- Another kind (webhook delivery attempts) adds its function here and its entry in
--- tenant_api.ops.retention.PURGES.
+-- Another kind adds its function here and its entry in tenant_api.ops.retention.PURGES
+-- (the delete policies it needs go in its table's own file: app.tenant_table replaces a
+-- table's policies, and the table files run after this one).
 
 -- Finished jobs, their logs with them (job_log cascades).
 create policy retention_select on public.job for select to tenant_auth
@@ -131,17 +132,58 @@ begin
 end
 $$;
 
+-- Settled webhook deliveries (delivered, failed, skipped) whose last change (a send, a
+-- redelivery: updated_at) is older than the cutoff, their attempts with them (cascade);
+-- then the events older than the cutoff that no delivery refers to any more (theirs were
+-- purged, or their webhook was deleted). A pending delivery, e.g. of a paused webhook,
+-- and its event stay. Not audited: none of the three tables is (the worker's
+-- bookkeeping). The delete policies are in policies/webhook_delivery.sql and
+-- webhook_event.sql. Returns deliveries plus events removed (each at most p_limit).
+create or replace function auth.purge_webhook_deliveries(p_before timestamptz, p_limit integer) returns integer
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+declare
+  cutoff timestamptz := least(p_before, now() - interval '1 day');
+  batch integer := least(greatest(p_limit, 1), 10000);
+  deliveries integer;
+  events integer;
+begin
+  delete from public.webhook_delivery d
+   using (select x.organization_id, x.id from public.webhook_delivery x
+           where x.status in ('delivered', 'failed', 'skipped') and x.updated_at < cutoff
+           order by x.organization_id, x.updated_at
+           limit batch) doomed
+   where d.organization_id = doomed.organization_id and d.id = doomed.id;
+  get diagnostics deliveries = row_count;
+  delete from public.webhook_event e
+   using (select x.organization_id, x.id from public.webhook_event x
+           where x.occurred_at < cutoff
+             and not exists (select from public.webhook_delivery d
+                              where d.organization_id = x.organization_id and d.event_id = x.id)
+           order by x.organization_id, x.occurred_at
+           limit batch) doomed
+   where e.organization_id = doomed.organization_id and e.id = doomed.id;
+  get diagnostics events = row_count;
+  return deliveries + events;
+end
+$$;
+
 grant create on schema auth to tenant_auth;
 alter function auth.purge_finished_jobs(timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_closed_desktop_connections(timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_sent_invite_mails(timestamptz, integer) owner to tenant_auth;
+alter function auth.purge_webhook_deliveries(timestamptz, integer) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on function auth.purge_finished_jobs(timestamptz, integer),
                        auth.purge_closed_desktop_connections(timestamptz, integer),
-                       auth.purge_sent_invite_mails(timestamptz, integer) from public;
+                       auth.purge_sent_invite_mails(timestamptz, integer),
+                       auth.purge_webhook_deliveries(timestamptz, integer) from public;
 grant execute on function auth.purge_finished_jobs(timestamptz, integer),
                           auth.purge_closed_desktop_connections(timestamptz, integer),
-                          auth.purge_sent_invite_mails(timestamptz, integer) to tenant_api;
+                          auth.purge_sent_invite_mails(timestamptz, integer),
+                          auth.purge_webhook_deliveries(timestamptz, integer) to tenant_api;
 
 -- Unattributed security events (no organization, no tenant reads them): owned by
 -- tenant_audit like the rest of the audit machinery, whose purge policy they already

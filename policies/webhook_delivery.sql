@@ -36,6 +36,11 @@ create policy outbox_insert on public.webhook_delivery for insert to tenant_auth
 grant select, insert,
       update (status, attempts, next_attempt_at, last_attempt_at, last_status_code, last_error, delivered_at)
   on public.webhook_delivery to tenant_auth;
+-- Retention (auth.purge_webhook_deliveries, policies/retention.sql): settled deliveries
+-- untouched for a day at least; their attempts go with them (the foreign key's cascade).
+create policy retention_delete on public.webhook_delivery for delete to tenant_auth
+  using (status in ('delivered', 'failed', 'skipped') and updated_at < now() - interval '1 day');
+grant delete on public.webhook_delivery to tenant_auth;
 
 create or replace function auth.claim_webhook_deliveries(p_limit integer, p_lease interval, p_org uuid default null)
   returns table (organization_id uuid, id uuid, webhook_id uuid, event_id uuid, attempts integer, url text,

@@ -21,6 +21,11 @@ create policy outbox_insert on public.webhook_event for insert to tenant_auth wi
 -- (the delivery worker's auth.webhook_delivery_context reads an event's area)
 create policy worker_area on public.webhook_event for select to tenant_auth using (true);
 grant insert, select (organization_id, id, area) on public.webhook_event to tenant_auth;
+-- Retention (auth.purge_webhook_deliveries, policies/retention.sql): events a day old at
+-- least; the function removes only those no delivery refers to any more.
+create policy retention_delete on public.webhook_event for delete to tenant_auth
+  using (occurred_at < now() - interval '1 day');
+grant select (occurred_at), delete on public.webhook_event to tenant_auth;
 grant usage on sequence public.webhook_event_seq to tenant_auth;
 
 -- Does a webhook (its event_types and project filter) want an event? Types are exact

@@ -61,6 +61,7 @@ AUTH_API_FUNCTIONS = {
     "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
     # retention (the scheduler): delete finished rows older than a cutoff, at least a day old
     "purge_finished_jobs", "purge_closed_desktop_connections", "purge_sent_invite_mails",
+    "purge_webhook_deliveries",  # settled webhook deliveries (their attempts) and events no delivery refers to
     # policies/verification.sql: the mailbox proven by a secret before any context
     # (verify_email, invite_preview), the request's own user only (issue_verification,
     # my_organizations), an admin's new service account identity (create_service_user)
@@ -278,7 +279,9 @@ def test_background_duties_list_their_database_doors():
     uses: together, every door the API role may open besides the request path's own."""
     from tenant_api.background import DUTIES
 
-    request_path = {"begin_request", "login_lookup", "create_session", "signup", "accept_invite"}
+    request_path = {"begin_request", "login_lookup", "create_session", "signup", "accept_invite",
+                    "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
+                    "rate_limit_of"}
     assert {f for functions in DUTIES.values() for f in functions} == AUTH_API_FUNCTIONS - request_path
 
 

@@ -25,7 +25,7 @@ import pytest
 from tenant_api.app import create_app
 from tenant_api.auth.scopes import SCOPES
 from tenant_api.problems import PROBLEM_KINDS, TYPE_PREFIX
-from tests.conftest import bearer, make_token
+from tests.conftest import bearer, make_token, signup
 from tests.security import openapi, operations
 
 PROBLEM = "application/problem+json"
@@ -92,6 +92,33 @@ def test_every_operation_documents_exactly_its_problems(doc, client):
             if code in ("429", "503") and "Retry-After" not in headers:
                 problems.append(f"{method} {path} {code}: no Retry-After")
     assert not problems, "\n".join(problems)
+
+
+def test_every_authenticated_post_documents_idempotency_key(doc, client):
+    """The idempotency middleware takes a key on every POST with a credential: the document
+    says so (a malformed key is a 422, a replay says Idempotent-Replayed), and only there."""
+    opts = handler_opts(client)
+    problems = []
+    for method, path, op in operations(doc):
+        keyed = method == "POST" and not opts[(path, method)].get("public")
+        params = [p for p in op.get("parameters") or [] if p["name"] == "Idempotency-Key"]
+        if keyed != (len(params) == 1) or (params and (params[0]["in"], params[0]["required"]) != ("header", False)):
+            problems.append(f"{method} {path}: Idempotency-Key parameters {params}")
+        for code, response in op["responses"].items():
+            replayed = "Idempotent-Replayed" in (response.get("headers") or {})
+            if replayed != (keyed and code.startswith("2")):
+                problems.append(f"{method} {path} {code}: Idempotent-Replayed documented: {replayed}")
+        if keyed and "422" not in op["responses"]:
+            problems.append(f"{method} {path}: a malformed key's 422 is not documented")
+    assert not problems, "\n".join(problems)
+    assert doc["components"]["headers"]["Idempotent-Replayed"]["schema"] == {"type": "string", "enum": ["true"]}
+
+
+async def test_a_malformed_key_on_a_bodyless_post_is_the_documented_422(client):
+    t = await signup(client)
+    r = await client.post("/v1/me/verification", headers={**t.h, "Idempotency-Key": "x" * 256})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    assert r.json()["errors"][0]["field"] == "Idempotency-Key"
 
 
 def test_security_and_required_scope_on_every_operation(doc, client):

@@ -102,6 +102,34 @@ async def test_every_route_counts_per_credential(client, settings):
         assert r.status_code == 200 and "ratelimit" not in r.headers
 
 
+async def test_an_idempotent_replay_counts_against_its_credential_with_fresh_headers(client, settings):
+    """The limiter sits outside the idempotency middleware (app.py): a replay is a request
+    of the same credential, counted in its quota (beyond it: 429, not the kept response),
+    and it carries its own request id and the RateLimit headers of its own count."""
+    t = await signup(client)
+    app = create_app(settings.with_rate_limit(requests=3, window_seconds=60))
+    headers = {**t.h, "Idempotency-Key": str(uuid.uuid4())}
+    body = {"project_id": t.project_id, "name": "once"}
+    async with AsyncTestClient(app) as c:
+        first = await c.post("/v1/agents", headers=headers, json=body)
+        assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+        assert quota(first) == ("credential", 3, 60) and remaining(first) == 2
+        again = await c.post("/v1/agents", headers={**headers, "X-Request-ID": "replay-1"}, json=body)
+        assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+        assert again.headers["x-request-id"] == "replay-1" != first.headers["x-request-id"]
+        assert quota(again) == ("credential", 3, 60) and remaining(again) == 1
+        third = await c.post("/v1/agents", headers=headers, json=body)
+        assert third.headers["idempotent-replayed"] == "true" and remaining(third) == 0
+        assert third.headers["x-request-id"] not in (first.headers["x-request-id"], "replay-1")
+        over = await c.post("/v1/agents", headers=headers, json=body)
+        assert over.status_code == 429 and over.headers["content-type"].startswith(PROBLEM)
+        assert "idempotent-replayed" not in over.headers and int(over.headers["retry-after"]) >= 1
+        assert over.headers["x-request-id"] and remaining(over) == 0
+    agents = (await client.get("/v1/agents", headers=t.h, params={"limit": 100})).json()["items"]
+    assert [a["id"] for a in agents if a["name"] == "once"] == [first.json()["id"]]
+
+
 async def test_an_organization_has_its_own_quota_set_by_operators(client, settings, database, admin_conn,
                                                                  api_conn, monkeypatch):
     t = await signup(client)

@@ -203,3 +203,31 @@ def test_runner_needs_a_token():
     result = subprocess.run([sys.executable, "-m", "tenant_api.cli", "runner", "--once"], capture_output=True,
                             env={k: v for k, v in os.environ.items() if k != "RUNNER_TOKEN"}, timeout=30)
     assert result.returncode != 0 and b"RUNNER_TOKEN" in result.stderr
+
+
+async def test_a_503_is_retried_with_the_same_key_after_its_retry_after():
+    """A draining server ends a waiting claim with 503 and Retry-After (tests/test_serve.py):
+    the runner waits that long and claims again with the same Idempotency-Key."""
+    import httpx
+
+    from tenant_api.runs.runner import Api, RunnerConfig
+
+    seen: list[tuple[float, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((time.monotonic(), request.headers["idempotency-key"]))
+        if len(seen) == 1:
+            return httpx.Response(503, headers={"Retry-After": "1", "content-type": "application/problem+json"},
+                                  json={"status": 503, "detail": "this server is shutting down"})
+        return httpx.Response(204)
+
+    api = Api(RunnerConfig(url="http://runner-test.invalid", token="tapi_unused"))
+    await api.client.aclose()
+    api.client = httpx.AsyncClient(base_url="http://runner-test.invalid", transport=httpx.MockTransport(answer))
+    try:
+        r = await api.post("/v1/jobs/claim", {"wait_seconds": 30})
+    finally:
+        await api.aclose()
+    assert r.status_code == 204 and len(seen) == 2
+    assert seen[0][1] == seen[1][1]  # the same key: a claim that did succeed is replayed, not repeated
+    assert seen[1][0] - seen[0][0] >= 0.95  # Retry-After, not the first backoff step (0.5 s)

@@ -148,18 +148,34 @@ async def test_a_waiting_claim_ends_when_its_runner_hangs_up(client, live):
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
         waiting = asyncio.create_task(c.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 25}))
         deadline = time.monotonic() + 5
-        while key not in hub._waiters:  # noqa: SLF001
+        while key not in hub._waiters:
             assert time.monotonic() < deadline, "the claim never waited"
             await asyncio.sleep(0.05)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
     deadline = time.monotonic() + 5
-    while key in hub._waiters:  # noqa: SLF001
+    while key in hub._waiters:
         assert time.monotonic() < deadline, "the server kept waiting for a runner that left"
         await asyncio.sleep(0.05)
     job = await new_job(client, t)
     await asyncio.sleep(0.3)
     assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "queued"
+
+
+async def test_the_server_caps_a_claim_s_wait(client, settings):
+    """RUNNER_MAX_WAIT_SECONDS bounds every long poll, whatever wait_seconds asks (the
+    fuzzing suites rely on it)."""
+    from tenant_api.settings import Settings
+
+    assert Settings.from_env({"RUNNER_MAX_WAIT_SECONDS": "2.5"}).runners.max_wait_seconds == 2.5
+    t = await signup(client)
+    runner, _ = await runner_token(client, t)
+    with serve(create_app(settings.with_runners(max_wait_seconds=0.5))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            started = time.monotonic()
+            r = await c.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 30})
+            waited = time.monotonic() - started
+    assert r.status_code == 204 and 0.5 <= waited < 5, waited
 
 
 # --- the holder's rights -------------------------------------------------------------------
@@ -339,6 +355,49 @@ async def test_runners_see_only_their_organization_and_projects(client, http):
     r = await http.post("/v1/jobs/claim", headers=restricted, json={"project_ids": [a.project_id]})
     assert r.status_code == 422  # not visible to it
     assert (await client.get(f"/v1/jobs/{b_job['id']}", headers=b.h)).json()["status"] == "queued"
+
+
+async def test_a_service_account_runs_its_projects_jobs(client, http, admin_conn):
+    """A service account is the natural runner identity (docs/runners.md): not a person's
+    token. Its project restriction is the runner's reach; the claim and the finish are
+    audited as the service account; deleting it stops the runner at its next request."""
+    t = await signup(client)
+    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": "elsewhere"})
+    assert r.status_code == 201, r.text
+    elsewhere = r.json()["id"]
+    r = await client.post("/v1/service-accounts", headers=t.h,
+                          json={"name": "runner-eu-1", "role": "member", "project_ids": [t.project_id]})
+    assert r.status_code == 201, r.text
+    sa = r.json()
+    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=t.h,
+                          json={"name": "runner", "scopes": ["tasks:write"]})
+    assert r.status_code == 201, r.text
+    runner, runner_id = bearer(r.json()["token"]), r.json()["id"]
+    assert r.json()["project_ids"] == [t.project_id]  # the account's restriction, inherited
+    outside = (await client.post("/v1/jobs", headers=t.h,
+                                 json={"project_id": elsewhere, "target": CMD})).json()
+    job = await new_job(client, t)
+
+    c = await claim(http, runner)
+    assert c["job"]["id"] == job["id"] and c["job"]["claimed_by_token_id"] == runner_id
+    assert await claim(http, runner, expect=204) is None  # the other project's job is out of its reach
+    r = await http.post(f"/v1/jobs/{job['id']}/finish", headers=runner,
+                        json={"claim_secret": c["claim_secret"], "exit_code": 0})
+    assert r.status_code == 200 and r.json()["status"] == "succeeded"
+    audit = await admin_conn.fetch(
+        "select changes -> 'status' ->> 'new' as status, user_id, token_id from token_audit_log"
+        " where table_name = 'job' and row_id = $1 and action = 'UPDATE' order by id", U(job["id"]))
+    assert [(a["status"], str(a["user_id"]), str(a["token_id"])) for a in audit] == [
+        ("running", sa["user_id"], runner_id), ("succeeded", sa["user_id"], runner_id)]
+
+    # Deleting the service account stops its runner: 401 at the next request.
+    second = await new_job(client, t)
+    c = await claim(http, runner)
+    assert c["job"]["id"] == second["id"]
+    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=t.h)).status_code == 204
+    r = await http.post(f"/v1/jobs/{second['id']}/heartbeat", headers=runner, json={"claim_secret": c["claim_secret"]})
+    assert r.status_code == 401
+    assert (await client.get(f"/v1/jobs/{outside['id']}", headers=t.h)).json()["status"] == "queued"
 
 
 async def test_scopes(client, http):

@@ -7,6 +7,8 @@ Seeded (SCHEMATHESIS_SEED), bounded (SCHEMATHESIS_EXAMPLES per operation and mod
 SCHEMATHESIS_BUDGET_SECONDS in all). The checks are one setting, ``CHECKS`` (or
 SCHEMATHESIS_CHECKS=name,name): no 5xx, and the conformance checks of
 ``CONFORMANCE_CHECKS`` (statuses, content types and response bodies as documented).
+The server caps long polls (a runner's claim may ask to wait 30 s for work) at
+LONG_POLL_SECONDS (RUNNER_MAX_WAIT_SECONDS): generated waits are taken, briefly.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ CHECKS = tuple(os.environ.get("SCHEMATHESIS_CHECKS", ",".join(("not_a_server_err
 SEED = int(os.environ.get("SCHEMATHESIS_SEED", "10"))
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "5"))
 BUDGET_SECONDS = float(os.environ.get("SCHEMATHESIS_BUDGET_SECONDS", "180"))
+LONG_POLL_SECONDS = 0.2
 
 # Run last, in this order: they remove what other operations' real ids point at, or end
 # the credential in use.
@@ -58,7 +61,7 @@ LAST = ("DELETE", "POST /v1/auth/logout")
 
 @pytest.fixture(scope="module")
 def server(settings) -> Iterator[str]:
-    app = create_app(settings)
+    app = create_app(settings.with_runners(max_wait_seconds=LONG_POLL_SECONDS))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))

@@ -1,7 +1,8 @@
 """The real thing: `tenant-api serve` as a process, and the installed package.
 
-* SIGTERM with a live stream and a robot socket open: the stream gets its final event,
-  the socket a 1001 close (its row marked server_shutdown), the usage records waiting in
+* SIGTERM with a live stream, a robot socket and a runner's claim waiting for work open:
+  the stream gets its final event, the socket a 1001 close (its row marked
+  server_shutdown), the claim a 503 problem with Retry-After, the usage records waiting in
   memory are written, the process exits 0 in bounded time, and its log is JSON lines
   with request ids, no traceback and no secret.
 * The wheel: built from this checkout, installed into a fresh virtual environment
@@ -28,7 +29,7 @@ import pytest
 import websockets
 
 from tenant_api.db.bootstrap import bootstrap
-from tests.conftest import Database, signup
+from tests.conftest import Database, bearer, make_token, signup
 from tests.test_conversations import channel
 from tests.test_desktops import make_vm
 
@@ -77,10 +78,12 @@ async def wait_healthy(base: str, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"server did not start: {log.read_text()}")
 
 
-async def test_sigterm_ends_streams_and_sockets_cleanly(client, database, settings, admin_conn, tmp_path):
+async def test_sigterm_ends_streams_sockets_and_waiting_claims_cleanly(client, database, settings, admin_conn,
+                                                                      tmp_path):
     t = await signup(client)
     conversation = await channel(client, t)
     vm = await make_vm(client, t)
+    runner = await make_token(client, t, ["tasks:write"])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
@@ -96,16 +99,31 @@ async def test_sigterm_ends_streams_and_sockets_cleanly(client, database, settin
                                                additional_headers=t.h)
             hello = json.loads(await socket_.recv())
             assert hello["type"] == "connected"
+            # a runner waiting for work (nothing is queued in its organization's project)
+            claim = asyncio.create_task(http.post("/v1/jobs/claim", headers=bearer(runner["token"]),
+                                                  json={"project_ids": [t.project_id], "wait_seconds": 25}))
             async with http.stream("GET", f"/v1/conversations/{conversation['id']}/stream", headers=t.h) as stream:
                 assert stream.status_code == 200
                 lines = stream.aiter_lines()
                 assert (await anext(lines)).startswith("retry:")
-                metrics = (await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text
+                async with asyncio.timeout(10):
+                    while True:
+                        metrics = (await http.get("/metrics",
+                                                  headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text
+                        if "tenant_api_runner_claims_waiting 1.0" in metrics:
+                            break
+                        await asyncio.sleep(0.1)
                 assert "tenant_api_sse_streams_open 1.0" in metrics
                 assert "tenant_api_robot_sockets_open 1.0" in metrics
 
                 started = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
+                # the waiting claim ends at once, with a 503 the runner retries (elsewhere)
+                claimed = await asyncio.wait_for(claim, 10)
+                assert claimed.status_code == 503, claimed.text
+                assert claimed.headers["content-type"].startswith("application/problem+json")
+                assert claimed.headers["retry-after"] == "1" and "shutting down" in claimed.json()["detail"]
+                assert claimed.headers["x-request-id"] and time.monotonic() - started < 5
                 received = []
                 async with asyncio.timeout(15):
                     async for line in lines:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import threading
 import time
@@ -438,7 +439,7 @@ async def test_a_revoked_or_demoted_owner_pauses_the_webhook(client, receiver, w
 
 @pytest.mark.parametrize("address,public", [
     ("8.8.8.8", True), ("2606:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False),
-    ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
+    ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),  # noqa: S104
     ("fe80::1", False), ("fc00::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
     ("224.0.0.1", False), ("240.0.0.1", False)])
 def test_only_public_addresses_are_reachable(address, public):
@@ -626,3 +627,88 @@ async def test_the_catalog_matches_the_outbox_triggers(admin_conn):
     assert found == events.SOURCES
     assert {"job.queued", "job.running", "job.succeeded", "robot_macro_execution.queued", "task.in_progress",
             "conversation_message.created", "invite.accepted", "token.revoked"} <= events.EVENT_TYPES
+
+
+# --- retention and metrics ---------------------------------------------------------------------
+
+async def test_retention_purges_settled_deliveries_their_attempts_and_orphaned_events(
+        client, receiver, worker, admin_conn, api_conn, settings):
+    """The scheduler's retention round (as the API role, no context): a delivery settled
+    longer ago than RETENTION_WEBHOOK_DELIVERIES_DAYS goes with its attempts, and so does
+    an old event no delivery refers to any more; a pending delivery (and its event), and
+    anything settled less than a day ago whatever the cutoff, stay. The worker counts what
+    it settled in the metrics."""
+    from prometheus_client import REGISTRY
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from tenant_api.ops.retention import purge_round
+    from tenant_api.settings import RetentionSettings
+
+    def delivered_count() -> float:
+        return REGISTRY.get_sample_value("tenant_api_webhook_deliveries_total", {"outcome": "delivered"}) or 0.0
+
+    counted_before = delivered_count()
+    t = await signup(client)
+    org = U(t.organization_id)
+    jobs_hook = await new_webhook(client, t.h, receiver.url(path()), ["job.*"])
+    tokens_hook = await new_webhook(client, t.h, receiver.url(path()), ["token.*"])
+    jobs = [U((await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "target": CMD})).json()["id"])
+            for _ in range(3)]
+    await make_token(client, t, ["org:read"])  # token.created: for tokens_hook only
+
+    async def all_delivered():
+        rows = await admin_conn.fetch(
+            "select d.id, d.status, d.event_id, e.object_id, d.webhook_id from webhook_delivery d"
+            " join webhook_event e on e.organization_id = d.organization_id and e.id = d.event_id"
+            " where d.organization_id = $1", org)
+        return len(rows) == 4 and all(r["status"] == "delivered" for r in rows) and rows
+
+    rows = await eventually(all_delivered, what="four deliveries settled")
+    assert delivered_count() - counted_before >= 4
+    by_object = {r["object_id"]: r for r in rows}
+    old, young, waiting = (by_object[j] for j in jobs)
+    token_event = next(r["event_id"] for r in rows if r["webhook_id"] == U(tokens_hook["id"]))
+    assert await admin_conn.fetchval("select count(*) from webhook_attempt where delivery_id = $1", old["id"]) == 1
+
+    async with admin_conn.transaction():
+        # (replica: the touch_updated_at trigger would set updated_at back to now)
+        await admin_conn.execute("set local session_replication_role = replica")
+        await admin_conn.execute("update webhook_event set occurred_at = now() - interval '40 days'"
+                                 " where organization_id = $1", org)
+        await admin_conn.execute("update webhook_delivery set updated_at = now() - interval '40 days' where id = $1",
+                                 old["id"])
+        await admin_conn.execute("update webhook_delivery set status = 'failed', updated_at = now() - interval"
+                                 " '20 hours' where id = $1", young["id"])
+        await admin_conn.execute("update webhook_delivery set status = 'pending', next_attempt_at = now() + interval"
+                                 " '1 day', updated_at = now() - interval '40 days' where id = $1", waiting["id"])
+    # the token event's only delivery goes with its webhook: an orphaned event
+    assert (await client.delete(f"/v1/webhooks/{tokens_hook['id']}", headers=t.h)).status_code == 204
+    assert await admin_conn.fetchval("select count(*) from webhook_event where id = $1", token_event) == 1
+
+    # the API role may not delete from either table itself: only through the function
+    for table, row in (("webhook_delivery", old["id"]), ("webhook_event", token_event)):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await api_conn.execute(f"delete from {table} where id = $1", row)
+
+    engine = create_async_engine(settings.database.url)
+    window = RetentionSettings(jobs_days=0, desktop_connections_days=0, invite_mails_days=0, security_events_days=0,
+                               webhook_deliveries_days=30, batch_size=1)
+    try:
+        removed = await purge_round(engine, window)
+        assert removed["webhook_deliveries"] >= 3 and set(removed) == {"webhook_deliveries"}
+        # whatever cutoff it is given, nothing settled less than a day ago goes
+        await purge_round(engine, window, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+    finally:
+        await engine.dispose()
+
+    left = {r["id"] for r in await admin_conn.fetch("select id from webhook_delivery where organization_id = $1", org)}
+    assert left == {young["id"], waiting["id"]}
+    assert not await admin_conn.fetchval("select count(*) from webhook_attempt where delivery_id = $1", old["id"])
+    events_left = {r["id"] for r in await admin_conn.fetch("select id from webhook_event where organization_id = $1",
+                                                           org)}
+    assert events_left == {young["event_id"], waiting["event_id"]}  # old's and the orphaned token event are gone
+    r = await client.get(f"/v1/webhooks/{jobs_hook['id']}/deliveries", headers=t.h)
+    assert r.status_code == 200 and {U(d["id"]) for d in r.json()["items"]} == left
+    # not audited: the webhook tables are the worker's bookkeeping
+    assert not await admin_conn.fetchval("select count(*) from token_audit_log where organization_id = $1"
+                                         " and request_id = 'retention'", org)

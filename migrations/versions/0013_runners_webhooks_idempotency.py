@@ -335,6 +335,13 @@ def upgrade() -> None:
         create index webhook_delivery_order_idx
             on webhook_delivery (organization_id, webhook_id, ordering_key, event_seq) where status = 'pending';
         create index webhook_delivery_list_idx on webhook_delivery (organization_id, webhook_id, id);
+        -- Retention (auth.purge_webhook_deliveries): settled deliveries by last change, an
+        -- event's deliveries (the cascade from webhook_event, and "no delivery left"), and
+        -- events by age.
+        create index webhook_delivery_settled_idx on webhook_delivery (organization_id, updated_at)
+            where status <> 'pending';
+        create index webhook_delivery_event_idx on webhook_delivery (organization_id, event_id);
+        create index webhook_event_occurred_idx on webhook_event (organization_id, occurred_at);
 
         create table webhook_attempt (
             organization_id uuid not null,
@@ -374,6 +381,7 @@ def downgrade() -> None:
         drop function if exists auth.finish_webhook_delivery(uuid, uuid, text, integer, text, integer, interval, text);
         drop function if exists auth.requeue_expired_runs(integer);
         drop function if exists auth.purge_idempotency_keys(integer);
+        drop function if exists auth.purge_webhook_deliveries(timestamptz, integer);
         drop table webhook_attempt, webhook_delivery, webhook_event, webhook, idempotency_key cascade;
         drop function if exists app.webhook_outbox() cascade;
         drop trigger if exists guard_log on job_log;

@@ -157,8 +157,8 @@ def create_app(settings: Settings) -> Litestar:
     proxy_middleware = [_trusted_proxies(settings.server.trusted_proxies)] if settings.server.trusted_proxies else []
 
     # Graceful shutdown (ops/shutdown.py): under uvicorn the app takes SIGTERM first and
-    # ends its streams and sockets before uvicorn's own shutdown.
-    drain = Drain(hub, drain_seconds=min(5.0, settings.server.shutdown_seconds / 2))
+    # ends its streams, sockets and waiting claims before uvicorn's own shutdown.
+    drain = Drain(hub, drain_seconds=min(5.0, settings.server.shutdown_seconds / 2), run_queue=run_queue)
     restore_signals: list[Any] = []
 
     async def take_signals() -> None:

@@ -19,6 +19,7 @@ from dataclasses import replace
 from sqlalchemy import text
 
 from tenant_api.db.engine import create_api_engine
+from tenant_api.ops.retention import PURGES
 from tenant_api.settings import Settings
 
 log = logging.getLogger("tenant_api.background")
@@ -31,6 +32,9 @@ DUTIES: dict[str, tuple[str, ...]] = {
     "webhook delivery (webhooks/delivery.py)": ("claim_webhook_deliveries", "webhook_delivery_context",
                                                 "finish_webhook_delivery"),
     "idempotency key purge (below)": ("purge_idempotency_keys",),
+    # (and app.purge_security_events, owned by tenant_audit)
+    "retention (ops/retention.py)": tuple(p.function.removeprefix("auth.") for p in PURGES
+                                          if p.function.startswith("auth.")),
 }
 
 PURGE = text("select auth.purge_idempotency_keys(:limit)")

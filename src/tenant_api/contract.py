@@ -13,7 +13,9 @@ finishes it, for every operation alike (so a route added tomorrow gets the same)
   the required scope in the description and in ``x-required-scope`` (a scope, ``any``
   for any valid credential, ``none`` for public operations).
 * headers: ``X-Request-ID`` and the rate-limit headers on every response,
-  ``Retry-After`` on 429 and 503.
+  ``Retry-After`` on 429 and 503; every authenticated POST takes an optional
+  ``Idempotency-Key`` header (tenant_api.idempotency: a malformed one is a 422) and its
+  successful responses may carry ``Idempotent-Replayed``.
 * media types a handler streams besides JSON (``opt["media_types"]``: CSV and NDJSON
   exports, Server-Sent Events).
 * WebSockets, which OpenAPI cannot describe as operations, under ``x-websockets``
@@ -36,6 +38,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import OpenAPI
 from litestar.routes import HTTPRoute, WebSocketRoute
 
+from tenant_api import idempotency
 from tenant_api.auth.request import is_public
 from tenant_api.auth.scopes import Scope
 from tenant_api.problems import PROBLEM_KINDS, FieldError, Problem, kinds_of
@@ -61,6 +64,19 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
 }
 RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
+REPLAYED = {"description": "`true` when this is the kept response of an earlier request with the same "
+                           "Idempotency-Key (the request was not run again).",
+            "schema": {"type": "string", "enum": ["true"]}}
+# Inline, not a $ref: clients and the suites read each parameter's `in` and `name`.
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": idempotency.HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry safe: the same key with the same request within 24 hours replays the first "
+                   "successful response (`Idempotent-Replayed: true`) instead of running it again; with another "
+                   "request it is a 422; while the first is still running, a 409. A UUID is a good key.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH, "pattern": "^[ -~]+$"},
+}
 
 
 @dataclass(frozen=True)
@@ -136,10 +152,14 @@ def _scope_note(facts: HandlerFacts) -> str:
 
 
 def finish_operation(method: str, operation: dict[str, Any], facts: HandlerFacts) -> None:
+    keyed = method == "POST" and not facts.public  # the idempotency middleware's (it needs a credential)
+    if keyed:
+        operation["parameters"] = [*(operation.get("parameters") or []), dict(IDEMPOTENCY_KEY_PARAMETER)]
     responses = operation.get("responses") or {}
     kept = {code: resp for code, resp in responses.items() if not code.startswith(("4", "5"))}
-    for response in kept.values():
-        response["headers"] = {**(response.get("headers") or {}), **_header_refs()}
+    for code, response in kept.items():
+        extra = (idempotency.REPLAYED_HEADER,) if keyed and code.startswith("2") else ()
+        response["headers"] = {**(response.get("headers") or {}), **_header_refs(*extra)}
         content = response.get("content")
         if content:
             for media_type, schema in facts.media_types.items():
@@ -200,7 +220,7 @@ def finish_document(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
     schemas["Scope"]["type"] = "string"
     schemas["Problem"]["properties"]["type"]["enum"] = sorted(k.type for k in PROBLEM_KINDS.values())
     schemas["Problem"]["additionalProperties"] = True
-    components["headers"] = {**HEADERS, "Retry-After": RETRY_AFTER}
+    components["headers"] = {**HEADERS, "Retry-After": RETRY_AFTER, idempotency.REPLAYED_HEADER: REPLAYED}
     if sockets := _websockets(app, schemas):
         doc["x-websockets"] = sockets
     return doc

@@ -187,7 +187,8 @@ def _start_runner(url: str, token: str) -> subprocess.Popen[bytes]:
     """The reference runner as a child process (what `tenant-api runner` is elsewhere);
     its token in the environment, never on a command line."""
     env = {**os.environ, "RUNNER_TOKEN": token}
-    return subprocess.Popen([sys.executable, "-m", "tenant_api.runs.runner", "--url", url], env=env)
+    # a fixed argv: this interpreter running our own module, against the URL the dev server chose
+    return subprocess.Popen([sys.executable, "-m", "tenant_api.runs.runner", "--url", url], env=env)  # noqa: S603
 
 
 if __name__ == "__main__":

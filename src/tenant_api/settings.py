@@ -134,6 +134,10 @@ class RetentionSettings:
     security_events_days: int = 90
     """Unattributed security events (unknown or malformed credentials).
     RETENTION_SECURITY_EVENTS_DAYS."""
+    webhook_deliveries_days: int = 30
+    """Settled webhook deliveries (delivered, failed, skipped), their attempts and the
+    events left without a delivery, counted from the delivery's last change.
+    RETENTION_WEBHOOK_DELIVERIES_DAYS."""
     batch_size: int = 500
     """Rows per purge transaction. RETENTION_BATCH_SIZE."""
     interval_seconds: float = 600.0
@@ -220,7 +224,8 @@ class RunnerSettings:
     """A claim's lease unless the runner asks for another; heartbeats renew it."""
     max_lease_seconds: int = 3600
     max_wait_seconds: float = 30.0
-    """The longest a claim waits for work (long poll) before answering 204."""
+    """The longest a claim waits for work (long poll) before answering 204, whatever its
+    wait_seconds (at most 30). RUNNER_MAX_WAIT_SECONDS."""
     reap_interval_seconds: float = 5.0
     """How often the scheduler process returns runs whose lease expired to the queue."""
 
@@ -330,11 +335,13 @@ class Settings:
             desktop_connections_days=int(env.get("RETENTION_DESKTOP_CONNECTIONS_DAYS", "30")),
             invite_mails_days=int(env.get("RETENTION_INVITE_MAILS_DAYS", "30")),
             security_events_days=int(env.get("RETENTION_SECURITY_EVENTS_DAYS", "90")),
+            webhook_deliveries_days=int(env.get("RETENTION_WEBHOOK_DELIVERIES_DAYS", "30")),
             batch_size=int(env.get("RETENTION_BATCH_SIZE", "500")),
             interval_seconds=float(env.get("RETENTION_INTERVAL_SECONDS", "600")),
         )
         runners = RunnerSettings(
             default_lease_seconds=int(env.get("RUNNER_LEASE_SECONDS", "60")),
+            max_wait_seconds=float(env.get("RUNNER_MAX_WAIT_SECONDS", "30")),
         )
         webhooks = WebhookSettings(
             allow_private_targets=_flag(env, "WEBHOOK_ALLOW_PRIVATE_TARGETS", False),

@@ -15,8 +15,10 @@ Series (all prefixed ``tenant_api_``):
   scheduler_fires_total, scheduler_lateness_seconds, scheduler_errors_total
   mails_total{outcome}                           invite mails: sent, retry, failed
   sse_streams_open, robot_sockets_open           live connections
+  runner_claims_waiting                          long-polling claims
   rate_limited_total{quota}, rate_limit_store_errors_total
   retention_purged_total{kind}
+  webhook_deliveries_total{outcome}, webhook_delivery_duration_seconds   the delivery worker
 """
 
 from __future__ import annotations
@@ -66,12 +68,18 @@ SCHEDULER_ERRORS = Counter("tenant_api_scheduler_errors_total", "Scheduler ticks
 MAILS = Counter("tenant_api_mails_total", "Invite mails by outcome (sent, retry, failed).", ["outcome"])
 SSE_STREAMS = Gauge("tenant_api_sse_streams_open", "Server-Sent Event streams open.", multiprocess_mode="livesum")
 ROBOT_SOCKETS = Gauge("tenant_api_robot_sockets_open", "Robot WebSockets open.", multiprocess_mode="livesum")
+RUNNER_CLAIMS_WAITING = Gauge("tenant_api_runner_claims_waiting", "Runners' claims waiting for work (long polls).",
+                              multiprocess_mode="livesum")
 RATE_LIMITED = Counter("tenant_api_rate_limited_total", "Requests refused with 429, by quota.", ["quota"])
 RATE_LIMIT_STORE_ERRORS = Counter("tenant_api_rate_limit_store_errors_total",
                                   "Rate-limit counts that failed (the request was let through).")
 RETENTION_PURGED = Counter("tenant_api_retention_purged_total", "Rows removed by retention, by kind.", ["kind"])
-# Webhook deliveries (issue 12) belong here, e.g.
-# WEBHOOK_DELIVERIES = Counter("tenant_api_webhook_deliveries_total", "...", ["outcome"]).
+WEBHOOK_DELIVERIES = Counter("tenant_api_webhook_deliveries_total",
+                             "Webhook delivery attempts settled, by outcome (delivered, retry, failed, skipped,"
+                             " paused).", ["outcome"])
+WEBHOOK_DELIVERY_DURATION = Histogram("tenant_api_webhook_delivery_duration_seconds",
+                                      "One webhook POST, connection to the last byte read.",
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
 
 def pool_gauges(engine: Any) -> None:

@@ -11,8 +11,11 @@ Deletions of tenant rows are audited in their organization with request id
 ``retention`` (policies/retention.sql). The audit trail's own retention is
 ``tenant-api audit purge`` (sealed blocks, README).
 
-To add a kind (webhook delivery attempts, issue 12): a setting in RetentionSettings,
-a function in policies/retention.sql, and a ``Purge`` in ``PURGES``.
+Webhook deliveries are not audited (the delivery worker's bookkeeping); their attempts
+go with them, and events with no delivery left go too.
+
+To add a kind: a setting in RetentionSettings, a function in policies/retention.sql
+(its delete policies in the table's own file), and a ``Purge`` in ``PURGES``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ PURGES: tuple[Purge, ...] = (
     Purge("desktop_connections", lambda r: r.desktop_connections_days, "auth.purge_closed_desktop_connections"),
     Purge("invite_mails", lambda r: r.invite_mails_days, "auth.purge_sent_invite_mails"),
     Purge("security_events", lambda r: r.security_events_days, "app.purge_security_events"),
-    # Purge("webhook_attempts", lambda r: r.webhook_attempts_days, "auth.purge_webhook_attempts"),
+    Purge("webhook_deliveries", lambda r: r.webhook_deliveries_days, "auth.purge_webhook_deliveries"),
 )
 
 

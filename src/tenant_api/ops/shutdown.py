@@ -10,7 +10,9 @@ start-up, wrapping uvicorn's handler) and drains:
    Last-Event-ID") and end;
 2. robot WebSockets are closed with 1001 (going away), their rows marked
    ``server_shutdown``;
-3. at most ``drain_seconds`` later, uvicorn's own shutdown proceeds: in-flight requests
+3. runners' claims waiting for work (long polls) end with a 503 and Retry-After, which
+   runners retry; a claim arriving meanwhile does not start waiting;
+4. at most ``drain_seconds`` later, uvicorn's own shutdown proceeds: in-flight requests
    finish, then the app's shutdown flushes the usage records, stops the mailer and
    closes the pools.
 
@@ -35,11 +37,12 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Drain:
-    """What this process must end before it stops: streams (through the hub) and the
-    tasks of open robot sockets."""
+    """What this process must end before it stops: streams (through the hub), the tasks
+    of open robot sockets, and claims waiting for work (through the run queue)."""
 
-    def __init__(self, hub: Any, drain_seconds: float) -> None:
+    def __init__(self, hub: Any, drain_seconds: float, run_queue: Any = None) -> None:
         self.hub = hub
+        self.run_queue = run_queue
         self.drain_seconds = drain_seconds
         self.draining = False
         self._sockets: set[asyncio.Task[Any]] = set()
@@ -65,19 +68,28 @@ class Drain:
             return
         self.draining = True
         streams, sockets = self.hub.open_streams, len(self._sockets)
-        log.info("draining: ending %d stream(s) and %d socket(s)", streams, sockets)
+        log.info("draining: ending %d stream(s), %d socket(s) and %d waiting claim(s)", streams, sockets,
+                 self._claims())
         self.hub.drain()
+        if self.run_queue is not None:
+            self.run_queue.drain()
         for task in list(self._sockets):
             task.cancel("server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_seconds
-        while (self.hub.open_streams or self._sockets) and loop.time() < deadline:  # noqa: ASYNC110 - two sources
+        while self._open() and loop.time() < deadline:  # noqa: ASYNC110 - three sources
             await asyncio.sleep(0.05)
-        if self.hub.open_streams or self._sockets:
-            log.warning("drain timed out with %d stream(s) and %d socket(s) open",
-                        self.hub.open_streams, len(self._sockets))
+        if self._open():
+            log.warning("drain timed out with %d stream(s), %d socket(s) and %d waiting claim(s) open",
+                        self.hub.open_streams, len(self._sockets), self._claims())
         else:
             log.info("drained")
+
+    def _claims(self) -> int:
+        return self.run_queue.waiting if self.run_queue is not None else 0
+
+    def _open(self) -> bool:
+        return bool(self.hub.open_streams or self._sockets or self._claims())
 
 
 def _is_uvicorn_handler(handler: Any) -> bool:

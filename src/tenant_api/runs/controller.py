@@ -9,6 +9,9 @@
 A claim may wait for work (``wait_seconds``, a long poll woken by LISTEN/NOTIFY, see
 runs/queue.py). It holds no transaction while it waits: each attempt is a short
 transaction of its own, as the caller's credential (re-checked each time), under RLS.
+A process shutting down (ops/shutdown.py) ends its waiting claims with a 503 and
+Retry-After, which runners retry (another instance answers), rather than holding them
+until the server cancels them.
 """
 
 
@@ -31,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api import idempotency
 from tenant_api.auth.request import open_request_session
 from tenant_api.db.context import Principal
+from tenant_api.errors import ProblemError
+from tenant_api.ops.metrics import RUNNER_CLAIMS_WAITING
 from tenant_api.resources.base import Input, to_read
 from tenant_api.resources.desktops import RobotMacroExecutionRead
 from tenant_api.resources.jobs import ExitCode, JobRead, Label
@@ -46,6 +51,7 @@ LeaseSeconds = Annotated[int, Meta(ge=1, le=3600)]
 Ids = Annotated[list[UUID], Meta(min_length=1, max_length=100)]
 ClaimSecret = Annotated[str, Meta(min_length=1, max_length=100)]
 RECHECK_SECONDS = 5.0  # a waiting claim looks again at least this often, notification or not
+DRAIN_RETRY_AFTER_SECONDS = 1  # a draining process's waiting claim: retry at once (elsewhere)
 
 
 class ClaimRequest(Input):
@@ -232,27 +238,37 @@ async def _claim(request: Request, state: State, routes: KindRoutes, data: Claim
             finally:
                 if session is not None:
                     await session.close()
+            if hub.draining:  # nothing now, and no waiting while shutting down (woken by the drain)
+                raise _shutting_down()
             if waiter is None:
                 # Subscribe, then claim once more at once: an item queued between the attempt
                 # above and the subscription is not missed.
                 waiter = hub.subscribe(ctx.organization_id, kind.name)
+                RUNNER_CLAIMS_WAITING.inc()
                 gone = asyncio.create_task(_hung_up(request))
                 try:
                     await hub.listen()
                 except Exception:  # noqa: BLE001 -- the periodic re-check keeps the claim working
                     log.warning("cannot LISTEN for queued work; waiting claims poll instead", exc_info=True)
                 continue
-            woken = asyncio.create_task(waiter.wake.wait())
-            await asyncio.wait([woken, gone], timeout=min(remaining, RECHECK_SECONDS),  # type: ignore[list-item]
+            assert gone is not None  # set with the waiter
+            woken: asyncio.Task[Any] = asyncio.create_task(waiter.wake.wait())
+            await asyncio.wait([woken, gone], timeout=min(remaining, RECHECK_SECONDS),
                                return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
-            if gone is not None and gone.done():
+            if gone.done():
                 return Response(content=None, status_code=204)  # nobody is listening: claim nothing
     finally:
         if waiter is not None:
             hub.unsubscribe(waiter)
+            RUNNER_CLAIMS_WAITING.dec()
         if gone is not None:
             gone.cancel()
+
+
+def _shutting_down() -> ProblemError:
+    return ProblemError(503, "this server is shutting down; claim again (another instance will answer)",
+                        headers={"Retry-After": str(DRAIN_RETRY_AFTER_SECONDS)})
 
 
 async def _hung_up(request: Request) -> None:

@@ -39,6 +39,7 @@ class RunQueueHub:
         self.dsn = dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
         self.notifications = 0
         self.closed = False
+        self.draining = False  # shutting down: waiting claims end (503) and none starts waiting
         self._waiters: dict[Key, set[Waiter]] = {}
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
@@ -47,6 +48,17 @@ class RunQueueHub:
     @property
     def listening(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def waiting(self) -> int:
+        """Claims waiting for work in this process."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
+    def drain(self) -> None:
+        """Graceful shutdown (ops/shutdown.py): wake every waiting claim so that it ends
+        with a 503 its runner retries (elsewhere), instead of being cancelled mid-wait."""
+        self.draining = True
+        self._wake_all()
 
     def subscribe(self, organization_id: UUID, kind: str) -> Waiter:
         waiter = Waiter((organization_id, kind))

@@ -53,6 +53,17 @@ class RunnerConfig:
     once: bool = False  # run one job (or find none) and stop
 
 
+MAX_RETRY_AFTER_SECONDS = 30.0
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Retry-After in seconds (0 when absent or not a number of seconds)."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "0")))
+    except ValueError:
+        return 0.0
+
+
 class Api:
     """The runner's HTTP side: every POST idempotent, retried a few times on failure."""
 
@@ -77,6 +88,8 @@ class Api:
                 if response.status_code < 500 or attempt == attempts:
                     return response
                 log.warning("POST %s: %s; retrying with the same Idempotency-Key", path, response.status_code)
+                # a 503 says when (a draining server: at once, elsewhere; a database outage: seconds)
+                delay = max(delay, min(_retry_after(response), MAX_RETRY_AFTER_SECONDS))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
         raise AssertionError("unreachable")

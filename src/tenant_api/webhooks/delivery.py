@@ -33,6 +33,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenant_api.ops.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_DURATION
 from tenant_api.settings import WebhookSettings
 from tenant_api.webhooks import signing, targets
 
@@ -124,6 +125,9 @@ class Deliverer:
                     "status_code": result.status_code, "error": result.error, "duration_ms": result.duration_ms,
                     "retry_in": dt.timedelta(seconds=result.retry_in) if result.retry_in is not None else None,
                     "excerpt": result.excerpt})
+            WEBHOOK_DELIVERIES.labels(result.outcome).inc()
+            if result.duration_ms is not None:
+                WEBHOOK_DELIVERY_DURATION.observe(result.duration_ms / 1000)
             if result.outcome == "delivered":
                 self.delivered += 1
             log.info("webhook %s delivery %s (attempt %d): %s%s", row.webhook_id, row.id, row.attempts,

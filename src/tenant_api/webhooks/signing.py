@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from uuid import UUID
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the public prefix, not a secret
 TOLERANCE_SECONDS = 300
 
 
