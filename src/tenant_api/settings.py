@@ -146,7 +146,7 @@ class RetentionSettings:
 
 @dataclass(frozen=True)
 class DesktopSettings:
-    """Robot clients' WebSocket bookkeeping (README: Desktop connections)."""
+    """Robot clients' WebSocket bookkeeping (docs/desktops.md)."""
 
     ping_interval_seconds: float = 20.0
     """Advertised to clients: send {"type": "ping"} at least this often."""

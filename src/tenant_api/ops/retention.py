@@ -9,7 +9,7 @@ next round goes on. The scheduler runs a round every RETENTION_INTERVAL_SECONDS.
 
 Deletions of tenant rows are audited in their organization with request id
 ``retention`` (policies/retention.sql). The audit trail's own retention is
-``tenant-api audit purge`` (sealed blocks, README).
+``tenant-api audit purge`` (sealed blocks, docs/audit.md).
 
 To add a kind (webhook delivery attempts, issue 12): a setting in RetentionSettings,
 a function in policies/retention.sql, and a ``Purge`` in ``PURGES``.
