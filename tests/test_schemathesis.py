@@ -26,11 +26,13 @@ import uvicorn
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from tenant_api.app import create_app
 from tests import factories
+from tests.conftest import bearer, make_token, signup
 from tests.security import World, build_world, module_admin, openapi, row_ids, tenant_refs  # noqa: F401
 
 ALL_CHECKS = {
@@ -151,3 +153,42 @@ async def test_schemathesis_finds_no_server_error(world, client, module_admin, s
           f" (checks: {', '.join(CHECKS)})")
     assert not failures, f"{len(failures)} operations failed:\n" + "\n\n".join(failures[:20])
     assert stats["skipped_operations"] == 0, "SCHEMATHESIS_BUDGET_SECONDS ran out before every operation ran"
+
+
+async def test_stream_events_conform_to_the_document(client, server):
+    """The event stream, read to its end (the credential revoked mid-stream): every event,
+    message and error, matches the document's event schema, the JSON in each data field
+    included. Generation rarely reaches a stream that ends, so this reads one on purpose."""
+    t = await signup(client)
+    r = await client.post("/v1/conversations", headers=t.h,
+                          json={"project_id": t.project_id, "kind": "CHANNEL", "name": "streamed"})
+    assert r.status_code == 201, r.text
+    conversation = r.json()["id"]
+    for body in ("one", "two"):
+        assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.h,
+                                  json={"body": body})).status_code == 201
+    reader = await make_token(client, t, ["conversations:read"])
+    doc = openapi(client)
+    path = "/v1/conversations/{conversation_id}/stream"
+    case = schemathesis.openapi.from_dict(doc)[path]["GET"].Case(
+        path_parameters={"conversation_id": conversation}, query={"after": 0})
+    call = asyncio.create_task(asyncio.to_thread(case.call, base_url=server, headers=bearer(reader["token"]),
+                                                 timeout=30))
+    await asyncio.sleep(1.5)  # the two messages are on their way
+    assert (await client.delete(f"/v1/tokens/{reader['id']}", headers=t.h)).status_code == 204
+    # the next message wakes the stream; its fetch finds the credential revoked: event error, end
+    assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.h,
+                              json={"body": "three"})).status_code == 201
+    response = await asyncio.wait_for(call, 30)
+    assert response.status_code == 200
+    text = response.text
+    assert text.count("event: message") == 2 and "event: error" in text and '"status":401' in text, text
+    checks = [ALL_CHECKS[c] for c in CONFORMANCE_CHECKS]
+    case.validate_response(response, checks=checks)
+    # the check has teeth: the stream's old description (a string per event) does not pass
+    doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = {"type": "string"}
+    stale = schemathesis.openapi.from_dict(doc)[path]["GET"].Case(
+        path_parameters={"conversation_id": conversation}, query={"after": 0})
+    with pytest.raises(FailureGroup) as stale_failure:
+        stale.validate_response(response, checks=checks)
+    assert "SSE event violates schema" in str(stale_failure.value)

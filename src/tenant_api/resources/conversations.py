@@ -376,8 +376,30 @@ async def _message_events(state: State, credential: Credential, request_id: str 
         hub.unsubscribe(sub)
 
 
-@get("/stream", opt={"scope": READ}, operation_id="stream_conversation", tags=["conversations"],
-     media_type="text/event-stream")
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+# What each event of the stream is (OpenAPI 3.1: the media type's schema describes one
+# event, its fields as an EventSource sees them; tenant_api.contract: opt["media_types"]).
+STREAM_EVENT_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"const": "message"},
+        "id": {"type": "string", "description": "the message's seq: send it as Last-Event-ID to resume"},
+        "data": _json_data({"$ref": "#/components/schemas/MessageRead"}),
+        "retry": {"type": "integer"}}},
+    {"type": "object", "required": ["event", "data"], "description": "the stream ends after it", "properties": {
+        "event": {"const": "error"},
+        "id": {"type": "string"},
+        "data": _json_data({"type": "object", "required": ["status", "detail"], "properties": {
+            "status": {"type": "integer", "description": "401, 403, 404; 503: reconnect with Last-Event-ID"},
+            "detail": {"type": "string"}}}),
+        "retry": {"type": "integer"}}},
+]}
+
+
+@get("/stream", opt={"scope": READ, "media_types": {"text/event-stream": STREAM_EVENT_SCHEMA}},
+     operation_id="stream_conversation", tags=["conversations"], media_type="text/event-stream")
 async def stream_conversation(
     request: Request,
     state: State,
