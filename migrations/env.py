@@ -5,6 +5,11 @@ the tenant-table pattern, the audit trigger, the definer functions and one file 
 table) is idempotent and re-applied after the revisions on every upgrade, inside the
 same transaction, like Flyway's repeatable migrations: a policy change needs no new
 revision, and there is never a moment where a table exists without its policies.
+
+The transaction waits at most MIGRATION_LOCK_TIMEOUT_SECONDS (5 s) for each lock. A DDL
+statement queued behind a long-running transaction makes every later request on that
+table queue behind it in turn; giving up instead rolls the migration back, the requests
+go on, and the migration is simply run again.
 """
 
 from __future__ import annotations
@@ -29,9 +34,18 @@ def _owner_url() -> str:
     return Settings.from_env().database.owner_url
 
 
+def _lock_timeout_ms() -> int:
+    seconds = config.attributes.get("lock_timeout_seconds")
+    if seconds is None:
+        seconds = Settings.from_env().database.migration_lock_timeout_seconds
+    return max(0, round(float(seconds) * 1000))
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=False)
     with context.begin_transaction():
+        # For this transaction only (SET LOCAL): a pooled owner connection keeps its own.
+        connection.exec_driver_sql(f"set local lock_timeout = {_lock_timeout_ms()}")
         context.run_migrations()
         # Only at head: after a downgrade the policies of later revisions' tables
         # have nothing to apply to (dropping a table drops its policies).

@@ -11,7 +11,7 @@ call app.tenant_table('public.conversation_message', area => 'conversations', pr
 -- visible to EVERY session listening on this server, whatever its role or RLS, so the
 -- payload carries ids only, never the body. It is a hint, not data: each subscriber
 -- then reads the messages in its own transaction, with its own credential, under RLS
--- (see README, "Live stream"). Sent at commit, so a rolled-back message wakes nobody.
+-- (see docs/streams.md). Sent at commit, so a rolled-back message wakes nobody.
 create or replace function app.notify_conversation_message() returns trigger
   language plpgsql
   set search_path = pg_catalog, pg_temp

@@ -16,7 +16,7 @@ call app.tenant_table('public.desktop_connection', area => 'desktops', project_c
 --
 -- Closes an open row when
 --   * last_seen_at is older than p_stale_after (at least 30 seconds, whatever the caller
---     passes: a live socket's row is never that old, see the README), or
+--     passes: a live socket's row is never that old, see docs/desktops.md), or
 --   * it belongs to the API instance p_instance (an instance closing its own rows at
 --     shutdown, or at start-up the rows of its previous life when its id is stable), or
 --   * its credential has been revoked or has expired.

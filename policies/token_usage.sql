@@ -29,7 +29,7 @@ grant select, insert, delete on public.unattributed_security_event to tenant_aud
 -- The usage recorder's one statement: a batch of records as a JSON array. Rows with an
 -- organization go to token_usage, the others to unattributed_security_event. Rows of an
 -- organization deleted meanwhile are dropped rather than failing the whole batch.
--- The API role may call it: it is the witness of its own requests (see README); it can
+-- The API role may call it: it is the witness of its own requests (see docs/audit.md); it can
 -- add records, never change or remove one.
 create or replace function app.record_usage(p_rows jsonb) returns integer
   language plpgsql

@@ -220,7 +220,7 @@ async def test_audit_events_require_audit_read(client, t):
 
 async def test_project_restricted_credential_reads_nothing_outside_its_projects(client, t):
     """The log records every project's rows: a credential restricted to project P must not
-    learn from it what happens in project Q (README: outside the restriction is 404)."""
+    learn from it what happens in project Q (docs/isolation.md: outside the restriction is 404)."""
     r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": "audit-Q"})
     assert r.status_code == 201, r.text
     q = r.json()["id"]

@@ -118,7 +118,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     if not settings.database.owner_url:
         sys.exit("OWNER_DATABASE_URL is required: migrations run as the schema owner, never as the API role")
-    migrate.upgrade(settings.database.owner_url, args.revision)
+    migrate.upgrade(settings.database.owner_url, args.revision,
+                    lock_timeout_seconds=settings.database.migration_lock_timeout_seconds)
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:

@@ -59,7 +59,8 @@ def prepare_database() -> Settings:
                                        api_password=db_password))
         settings = settings.with_database(url=asyncpg_url(result.api_url), owner_url=asyncpg_url(result.owner_url))
     if settings.database.owner_url:
-        migrate.upgrade(settings.database.owner_url)
+        migrate.upgrade(settings.database.owner_url,
+                        lock_timeout_seconds=settings.database.migration_lock_timeout_seconds)
     return settings
 
 

@@ -15,7 +15,7 @@ functions (policies/scheduler.sql). One tick is one transaction:
 
 Any number of schedulers may run: they divide the due rows between them. After
 downtime a schedule that missed several runs gets one job (for the first missed time),
-then continues from the present. See the README's "Scheduler" section.
+then continues from the present. See docs/scheduler.md.
 """
 
 from __future__ import annotations

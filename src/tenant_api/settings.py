@@ -43,6 +43,10 @@ class DatabaseSettings:
     listen_url: str = ""
     """The API role, connected directly to PostgreSQL (LISTEN does not work through
     PgBouncer in transaction mode), for the live streams. LISTEN_DATABASE_URL; default: url."""
+    migration_lock_timeout_seconds: float = 5.0
+    """How long a migration waits for any one lock before it gives up (and rolls back, to
+    be run again): a migration queued behind a long transaction would otherwise block
+    every request queued behind it. MIGRATION_LOCK_TIMEOUT_SECONDS; 0 waits forever."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ class RetentionSettings:
 
 @dataclass(frozen=True)
 class DesktopSettings:
-    """Robot clients' WebSocket bookkeeping (README: Desktop connections)."""
+    """Robot clients' WebSocket bookkeeping (docs/desktops.md)."""
 
     ping_interval_seconds: float = 20.0
     """Advertised to clients: send {"type": "ping"} at least this often."""
@@ -288,6 +292,7 @@ class Settings:
             connect_timeout=float(env.get("DATABASE_CONNECT_TIMEOUT", "5")),
             pgbouncer=env.get("DATABASE_PGBOUNCER", "") in {"1", "true", "yes"},
             listen_url=asyncpg_url(env["LISTEN_DATABASE_URL"]) if env.get("LISTEN_DATABASE_URL") else "",
+            migration_lock_timeout_seconds=float(env.get("MIGRATION_LOCK_TIMEOUT_SECONDS", "5")),
         )
         auth = AuthSettings(
             jwt_secret=env.get("JWT_SECRET", ""),

@@ -9,7 +9,7 @@ next round goes on. The scheduler runs a round every RETENTION_INTERVAL_SECONDS.
 
 Deletions of tenant rows are audited in their organization with request id
 ``retention`` (policies/retention.sql). The audit trail's own retention is
-``tenant-api audit purge`` (sealed blocks, README).
+``tenant-api audit purge`` (sealed blocks, docs/audit.md).
 
 Webhook deliveries are not audited (the delivery worker's bookkeeping); their attempts
 go with them, and events with no delivery left go too.

@@ -10,8 +10,8 @@ one to close it. The socket never holds a transaction or a pooled connection whi
 
 Rows a handler could not close (the process died) are closed by the reaper
 (auth.reap_desktop_connections, policies/desktop_connection.sql), run at start-up,
-every ``reap_interval_seconds`` and at shutdown. Protocol and thresholds: README,
-"Desktop connections".
+every ``reap_interval_seconds`` and at shutdown. Protocol and thresholds:
+docs/desktops.md.
 """
 
 import asyncio
@@ -204,7 +204,7 @@ SOCKET_DOC = {
 
 @websocket("/ws", opt={"scope": SCOPE, **SOCKET_DOC})
 async def robot_connection(socket: WebSocket) -> None:
-    """A robot client's connection to its desktop VM (README: Desktop connections).
+    """A robot client's connection to its desktop VM (docs/desktops.md).
 
     Authenticate with `Authorization: Bearer <credential>` (desktops:write) or, where a
     client cannot set headers (browsers), with the subprotocols

@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from uuid import UUID
 
-from sqlalchemy import ARRAY, LargeBinary, Numeric
+from sqlalchemy import ARRAY, BigInteger, LargeBinary, Numeric, SmallInteger
 from sqlalchemy.dialects.postgresql import INET
 from sqlalchemy.dialects.postgresql import UUID as PGUUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -25,7 +25,7 @@ class TokenUsage(TenantBase):
     prefix: Mapped[str]
     method: Mapped[str]
     route: Mapped[str]
-    status: Mapped[int]
+    status: Mapped[int] = mapped_column(SmallInteger)
     duration_ms: Mapped[Decimal] = mapped_column(Numeric(12, 3))
     client_ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None]
@@ -39,7 +39,7 @@ class AuditSeal(TenantBase):
 
     __tablename__ = "audit_seal"
 
-    seq: Mapped[int]
+    seq: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str]
     last_id: Mapped[UUID]
     event_count: Mapped[int]
@@ -47,7 +47,7 @@ class AuditSeal(TenantBase):
     event_hashes: Mapped[list[bytes]] = mapped_column(ARRAY(LargeBinary))
     first_occurred_at: Mapped[dt.datetime | None]
     last_occurred_at: Mapped[dt.datetime | None]
-    purged_through_seq: Mapped[int | None]
+    purged_through_seq: Mapped[int | None] = mapped_column(BigInteger)
     previous_digest: Mapped[bytes] = mapped_column(LargeBinary)
     digest: Mapped[bytes] = mapped_column(LargeBinary)
     sealed_at: Mapped[dt.datetime]

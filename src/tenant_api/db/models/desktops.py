@@ -4,7 +4,7 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Computed, text
+from sqlalchemy import BigInteger, Computed, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -82,5 +82,5 @@ class RobotMacroExecution(TenantBase, RunColumns, Timestamps):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(
-        Computed("(extract(epoch from (finished_at - started_at)) * 1000)::bigint"))
+        BigInteger, Computed("(extract(epoch from (finished_at - started_at)) * 1000)::bigint"))
     output: Mapped[Any] = mapped_column(JSONB, nullable=True)

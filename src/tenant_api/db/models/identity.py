@@ -7,7 +7,7 @@ from uuid import UUID
 from sqlalchemy import ARRAY, LargeBinary, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import UUID as PGUUID
-from sqlalchemy.orm import Mapped, deferred, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from tenant_api.db.models.base import Base, TenantBase, Timestamps, uuid7
 
@@ -24,7 +24,7 @@ class UserAccount(Base, Timestamps):
     email_hold_until: Mapped[dt.datetime | None]
     """Unverified: the address is held until then (policies/verification.sql)."""
     # Not granted to the API role: never loaded by the ORM, read only by auth.login_lookup.
-    password_hash: Mapped[str] = deferred(mapped_column())
+    password_hash: Mapped[str] = mapped_column(Text, deferred=True)
 
 
 class Organization(Base, Timestamps):
@@ -64,7 +64,7 @@ class PlatformToken(TenantBase, Timestamps):
     name: Mapped[str]
     prefix: Mapped[str]
     # Written, never read back: the API role has no SELECT on it.
-    token_hash: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    token_hash: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     scopes: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     project_ids: Mapped[list[UUID] | None] = mapped_column(ARRAY(PGUUID(as_uuid=True)))
     expires_at: Mapped[dt.datetime]

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from sqlalchemy import LargeBinary, case, func, select
-from sqlalchemy.orm import Mapped, column_property, deferred, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from tenant_api.db.models.base import TenantBase, Timestamps
 
@@ -22,7 +22,7 @@ class InviteOutbox(TenantBase, Timestamps):
     subject: Mapped[str]
     body: Mapped[str]
     # Not granted to the API role: written, never read back.
-    nonce: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     status: Mapped[str] = mapped_column(server_default="pending")
     attempts: Mapped[int] = mapped_column(server_default="0")
     next_attempt_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
@@ -41,8 +41,8 @@ class ProjectInvite(TenantBase, Timestamps):
     email: Mapped[str]
     role: Mapped[str]
     # Not granted to the API role: written, never read back.
-    token_hash: Mapped[bytes] = deferred(mapped_column(LargeBinary))
-    mail_token_hash: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    mail_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     expires_at: Mapped[dt.datetime]
     invited_by_user_id: Mapped[UUID | None]
     send_count: Mapped[int] = mapped_column(server_default="1")

@@ -4,7 +4,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, deferred, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from tenant_api.db.models.base import TenantBase, Timestamps
 
@@ -21,5 +21,5 @@ class Service(TenantBase, Timestamps):
     env: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     # {name: value} of the secret entries. Deferred: never loaded with the row, read
     # only where an update must carry a kept secret over (resources/services.py).
-    secret_env: Mapped[dict[str, str]] = deferred(mapped_column(JSONB, server_default="{}"))
+    secret_env: Mapped[dict[str, str]] = mapped_column(JSONB, server_default="{}", deferred=True)
     status: Mapped[str] = mapped_column(server_default="pending")
