@@ -107,7 +107,7 @@ async def test_membership_changes_reach_the_credential_in_the_same_transaction(c
     await admin_conn.execute(
         "insert into project_membership (organization_id, project_id, user_id, role) values ($1, $2, $3, 'viewer')",
         org, uuid.UUID(owner.project_id), user_id)
-    status, role, scopes = await begin()
+    status, role, _scopes = await begin()
     assert (status, role) == ("ok", "project:viewer")
     async with api_conn.transaction():
         row = await api_conn.fetchrow(BEGIN_REQUEST_SQL, hashlib.sha256(secret).digest(), None, None, "t")

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from tenant_api.auth.scopes import scopes_of_mask
 
-_PRINCIPAL_COLUMNS = "status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix, expires_at"
+_PRINCIPAL_COLUMNS = (
+    "status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix, expires_at")
 BEGIN_REQUEST = text(
     f"select {_PRINCIPAL_COLUMNS} from auth.begin_request(:token_hash, :session_id, :session_org, :request_id)"  # noqa: S608
 )
