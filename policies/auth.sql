@@ -293,12 +293,14 @@ begin
   -- To the minute is enough: at most one write per token per minute, and the audit
   -- trigger treats last_used_at as noise. SKIP LOCKED: the row stays locked until this
   -- request commits, and a concurrent request of the same credential must not wait for
-  -- that (it skips the touch; one of them made it).
+  -- that (it skips the touch; one of them made it). NO KEY UPDATE, the lock the UPDATE
+  -- itself takes: FOR UPDATE would also block every foreign-key check on this row (rows
+  -- written by other requests of the credential) until this request commits.
   if last_used is null or last_used < now() - interval '1 minute' then
     update public.platform_token pt set last_used_at = now()
       from (select x.organization_id, x.id from public.platform_token x
              where x.organization_id = p.organization_id and x.id = p.token_id
-               for update skip locked) locked
+               for no key update skip locked) locked
      where pt.organization_id = locked.organization_id and pt.id = locked.id;
   end if;
   return p;

@@ -115,3 +115,32 @@ async def test_membership_changes_reach_the_credential_in_the_same_transaction(c
     await admin_conn.execute("insert into organization_membership (organization_id, user_id, role) values ($1, $2, 'member')",
                              org, user_id)
     assert await begin() == ("ok", "member", expand(ROLE_SCOPES["member"]))
+
+
+async def test_the_last_used_touch_never_blocks_the_credentials_other_requests(client, admin_conn, api_conn):
+    """begin_request stamps last_used_at (once a minute) and keeps that row lock until the
+    request commits. The lock must be the one an UPDATE takes (NO KEY UPDATE): a FOR
+    UPDATE lock would make every foreign-key check on the credential's row (a robot
+    connection, an Idempotency-Key record, a webhook written by another request of the same
+    credential) wait for this request -- under load it exhausted the pool for seconds."""
+    owner = await signup(client)
+    secret = owner.token.encode()
+    row = await admin_conn.fetchrow("select organization_id, id from platform_token where token_hash = $1",
+                                    hashlib.sha256(secret).digest())
+    await admin_conn.execute("update platform_token set last_used_at = null where id = $1", row["id"])
+    async with api_conn.transaction():
+        principal = await api_conn.fetchrow(BEGIN_REQUEST_SQL, hashlib.sha256(secret).digest(), None, None, "t")
+        assert principal["status"] == "ok"
+        # the touch happened and its lock is held by this open transaction
+        assert await admin_conn.fetchval(
+            "select count(*) from platform_token where id = $1 and last_used_at is null", row["id"]) == 1
+        async with admin_conn.transaction():
+            # what a foreign-key check does: FOR KEY SHARE, here without waiting
+            locked = await admin_conn.fetchval(
+                "select id from platform_token where organization_id = $1 and id = $2 for key share nowait",
+                row["organization_id"], row["id"])
+            assert locked == row["id"]
+            with pytest.raises(Exception, match="could not obtain lock"):
+                await admin_conn.fetchval(
+                    "select id from platform_token where organization_id = $1 and id = $2 for no key update nowait",
+                    row["organization_id"], row["id"])
