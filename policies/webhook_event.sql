@@ -28,6 +28,7 @@ begin
 end
 $$;
 grant select on public.webhook_event to tenant_duty_webhooks;
+grant select on app.request_context to tenant_duty_webhooks;  -- (app.has_scope reads it)
 
 create policy outbox_insert on public.webhook_event for insert to tenant_auth with check (true);
 -- (the delivery worker's auth.webhook_delivery_context reads an event's area)
