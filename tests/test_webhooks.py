@@ -690,7 +690,7 @@ async def test_retention_purges_settled_deliveries_their_attempts_and_orphaned_e
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await api_conn.execute(f"delete from {table} where id = $1", row)
 
-    engine = create_async_engine(settings.database.url)
+    engine = create_async_engine(settings.database.worker_url)  # the scheduler process's login
     window = RetentionSettings(jobs_days=0, desktop_connections_days=0, invite_mails_days=0, security_events_days=0,
                                webhook_deliveries_days=30, batch_size=1)
     try:
