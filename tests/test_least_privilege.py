@@ -26,7 +26,7 @@ async def test_the_api_role_calls_no_background_duty(api_conn, login_conn, name)
         nulls = ", ".join("null" for a in args.split(",") if a.strip()) if args else ""
         for conn in (api_conn, login_conn):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.fetch(f"select * from {function}({nulls})")  # noqa: S608 - catalog names
+                await conn.fetch(f"select * from {function}({nulls})")
 
 
 async def test_claim_invite_mail_is_the_mailers_alone(client, api_conn, jobs_conn, worker_conn):
@@ -56,7 +56,7 @@ async def test_the_api_role_reads_no_password_hash_and_opens_no_session(client, 
     for fn in ("auth.signup('a@b.c', 'h', 'n', 'r', interval '1 day', null, null, null, null, true)",
                "auth.verify_email('\\x00', 'r')"):
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await api_conn.fetch(f"select * from {fn}")  # noqa: S608 - constants
+            await api_conn.fetch(f"select * from {fn}")
     # The login role (the public auth routes' connection) does: login works over HTTP.
     assert (await login_conn.fetchrow("select * from auth.login_lookup($1)", t.email))["password_hash"]
     r = await client.post("/v1/auth/login", json={"email": t.email, "password": t.password})
@@ -212,7 +212,7 @@ async def test_a_dm_belongs_to_its_members(client, admin_conn, api_conn):
     async with as_request(api_conn, r.json()["token"]):
         for table in ("conversation", "conversation_member", "conversation_message"):
             column = "id" if table == "conversation" else "conversation_id"
-            assert await api_conn.fetchval(f"select count(*) from {table} where {column} = $1",  # noqa: S608
+            assert await api_conn.fetchval(f"select count(*) from {table} where {column} = $1",
                                            uuid.UUID(dm["id"])) == 0, table
     # The audit trail, which admins and auditors read, records that a message was posted,
     # never its body.
