@@ -4,7 +4,11 @@
 -- first block chains to app.audit_genesis(org). A purge leaves a 'purge' record in the
 -- same chain naming the last block it emptied. Readable with audit:read; written only
 -- by app.audit_seal and app.audit_purge (tenant_audit); never changed by anyone.
-call app.tenant_table('public.audit_seal', area => 'audit', api_grants => 'select');
+-- The seals cover the whole organization's trail, which a project-restricted credential
+-- cannot read (token_audit_log, token_usage): it reads no seal either, so
+-- /v1/audit/verify has nothing to check for it, and never reports a false "tampered".
+call app.tenant_table('public.audit_seal', area => 'audit', api_grants => 'select',
+                      read_extra => '(select app.unrestricted())');
 drop trigger if exists audit on public.audit_seal;
 
 create policy sealer_read on public.audit_seal for select to tenant_audit using (true);
@@ -199,11 +203,13 @@ alter function app.audit_seal(uuid, integer) owner to tenant_audit;
 alter function app.audit_purge_candidates(timestamptz) owner to tenant_audit;
 alter function app.audit_purge(timestamptz, uuid) owner to tenant_audit;
 revoke create on schema app from tenant_audit;
-revoke all on function app.audit_seal_candidates(), app.audit_seal(uuid, integer) from public;
+revoke all on function app.audit_seal_candidates(), app.audit_seal(uuid, integer) from public, tenant_api;
 revoke all on function app.audit_purge_candidates(timestamptz), app.audit_purge(timestamptz, uuid)
   from public, tenant_api;
--- Sealing only adds seals over what is already final: harmless, so the scheduler (as the
--- API role) may run it. Purging deletes: the owner only.
-grant execute on function app.audit_seal_candidates(), app.audit_seal(uuid, integer) to tenant_api, tenant_owner;
+-- Sealing only adds seals over what is already final: the sealer's duty (the scheduler
+-- process's login, tenant_worker) and the owner (tenant-api audit seal). Purging
+-- deletes: the owner only.
+grant execute on function app.audit_seal_candidates(), app.audit_seal(uuid, integer)
+  to tenant_duty_sealer, tenant_owner;
 grant execute on function app.audit_purge_candidates(timestamptz), app.audit_purge(timestamptz, uuid)
   to tenant_owner;

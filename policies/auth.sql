@@ -9,6 +9,10 @@ create schema if not exists auth;
 revoke all on schema auth from public;
 grant usage on schema auth to tenant_auth;
 grant usage on schema auth to tenant_api;
+-- The background duties (policies/roles.sql) call their own functions here and in app.
+grant usage on schema auth, app to tenant_duty_scheduler, tenant_duty_sealer, tenant_duty_retention,
+  tenant_duty_run_reaper, tenant_duty_webhooks, tenant_duty_idempotency, tenant_duty_mailer,
+  tenant_duty_desktop_reaper, tenant_duty_usage;
 grant usage on schema app to tenant_auth, tenant_audit;
 grant execute on all functions in schema app to tenant_auth, tenant_audit;
 
@@ -381,7 +385,11 @@ $$;
 
 -- Signup lives in policies/verification.sql (it holds the address until verified).
 
--- Ownership and the only grants: tenant_api may call these four, nothing else here.
+-- Ownership and the only grants: tenant_api may call begin_request, nothing else here;
+-- the login functions (the password hash of an email; a session for a user id) belong
+-- to the login role alone (tenant_login, policies/roles.sql), which the API process uses
+-- for its public auth routes only: the API role's login can neither read a password
+-- hash nor open a session for anyone.
 -- (CREATE on the schema is needed by the new owner for the moment of the ALTER only.)
 grant create on schema auth to tenant_auth;
 alter function auth.begin_request(bytea, uuid, uuid, text) owner to tenant_auth;
@@ -396,8 +404,8 @@ revoke create on schema auth from tenant_auth;
 revoke all on all functions in schema auth from public;
 grant execute on function auth.role_scopes(text), auth.project_role_scopes(text), auth.role_mask(text),
   auth.project_role_mask(text), auth.project_role_rank(text) to tenant_auth;
-grant execute on function
-  auth.begin_request(bytea, uuid, uuid, text),
-  auth.login_lookup(text),
-  auth.create_session(uuid, uuid, interval, text, uuid[])
-to tenant_api;
+revoke all on function auth.login_lookup(text), auth.create_session(uuid, uuid, interval, text, uuid[])
+  from tenant_api;
+grant execute on function auth.begin_request(bytea, uuid, uuid, text) to tenant_api;
+grant execute on function auth.login_lookup(text), auth.create_session(uuid, uuid, interval, text, uuid[])
+  to tenant_login;

@@ -4,7 +4,16 @@
 --   * body is kept out of the audit log (secret_columns): the log records who posted
 --     which message, not its content, so content deleted with its conversation does not
 --     live on in the append-only log.
+--   * read and written only with their conversation: a DM's messages belong to the
+--     users the DM names (policies/conversation.sql), not to every conversations:read
+--     holder of the project.
 call app.tenant_table('public.conversation_message', area => 'conversations', project_column => 'project_id',
+                      read_extra => 'exists (select from public.conversation c'
+                                    ' where c.organization_id = conversation_message.organization_id'
+                                    ' and c.id = conversation_message.conversation_id)',
+                      write_extra => 'exists (select from public.conversation c'
+                                     ' where c.organization_id = conversation_message.organization_id'
+                                     ' and c.id = conversation_message.conversation_id)',
                       secret_columns => '{body}', api_grants => 'select, insert');
 
 -- Live stream: every new message wakes the API's LISTEN connection. A notification is

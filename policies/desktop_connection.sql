@@ -76,5 +76,5 @@ grant create on schema auth to tenant_auth;
 alter function auth.reap_desktop_connections(interval, text) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 -- auth.sql's "revoke ... from public" ran before this file: revoke here, explicitly.
-revoke all on function auth.reap_desktop_connections(interval, text) from public;
-grant execute on function auth.reap_desktop_connections(interval, text) to tenant_api;
+revoke all on function auth.reap_desktop_connections(interval, text) from public, tenant_api;
+grant execute on function auth.reap_desktop_connections(interval, text) to tenant_duty_desktop_reaper;

@@ -52,5 +52,5 @@ grant select (organization_id, id, expires_at), delete on public.idempotency_key
 grant create on schema auth to tenant_auth;
 alter function auth.purge_idempotency_keys(integer) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
-revoke all on function auth.purge_idempotency_keys(integer) from public;
-grant execute on function auth.purge_idempotency_keys(integer) to tenant_api;
+revoke all on function auth.purge_idempotency_keys(integer) from public, tenant_api;
+grant execute on function auth.purge_idempotency_keys(integer) to tenant_duty_idempotency;

@@ -112,6 +112,8 @@ alter function auth.claim_invite_mail(integer, interval) owner to tenant_auth;
 alter function auth.finish_invite_mail(uuid, uuid, text, interval) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on function auth.claim_invite_mail(integer, interval), auth.finish_invite_mail(uuid, uuid, text, interval)
-  from public;
+  from public, tenant_api;
+-- The mailer's alone (the API process's background login, tenant_api_jobs): the queue
+-- spans organizations, so the API role's login must not reach it.
 grant execute on function auth.claim_invite_mail(integer, interval), auth.finish_invite_mail(uuid, uuid, text, interval)
-  to tenant_api;
+  to tenant_duty_mailer;

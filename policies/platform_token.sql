@@ -3,7 +3,10 @@
 -- Members see and manage their own tokens; auditors (audit:read) see everyone's
 -- metadata; admins (members:write) can also revoke anyone's -- organization admins
 -- only: a project admin (members:write within a project restriction) manages their
--- project's members, never the organization's tokens. token_hash is never
+-- project's members, never the organization's tokens. A project-restricted credential
+-- reads no one else's tokens (audit:read is organization-wide) and manages only tokens
+-- inside its own restriction (never its user's organization-wide token), itself
+-- included (logout). token_hash is never
 -- readable by the API role (it is written, never selected), and never audited in clear.
 
 -- What auth.begin_request reads, kept on the row by the database whatever a writer
@@ -30,9 +33,11 @@ update public.platform_token set context_head = null where revoked_at is null an
 
 call app.tenant_table('public.platform_token', area => 'tokens',
   read_extra => 'user_id = (select app.current_user_id())'
-                ' or (select app.has_scope(''audit:read''))'
+                ' or ((select app.has_scope(''audit:read'')) and (select app.unrestricted()))'
                 ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
-  write_extra => 'user_id = (select app.current_user_id())'
+  write_extra => '(user_id = (select app.current_user_id())'
+                 '  and ((select app.unrestricted())'
+                 '       or (project_ids is not null and project_ids <@ (select app.current_project_ids()))))'
                  ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
   secret_columns => '{token_hash}',
   -- last_used_at: begin_request keeps it current; an UPDATE that changes only it (and

@@ -105,6 +105,10 @@ begin
      where i.organization_id = inv.organization_id and i.id = inv.id;
   else
     mid := uuidv7();
+    -- Consumed first: the membership guard (policies/organization_membership.sql) admits
+    -- an organization member by the invite they accepted.
+    update public.project_invite i set accepted_at = now(), accepted_by_user_id = p_user_id
+     where i.organization_id = inv.organization_id and i.id = inv.id;
     if inv.project_id is null then
       insert into public.organization_membership (organization_id, id, user_id, role)
       values (inv.organization_id, mid, p_user_id, inv.role);
@@ -112,8 +116,6 @@ begin
       insert into public.project_membership (organization_id, id, project_id, user_id, role, invite_id)
       values (inv.organization_id, mid, inv.project_id, p_user_id, inv.role, inv.id);
     end if;
-    update public.project_invite i set accepted_at = now(), accepted_by_user_id = p_user_id
-     where i.organization_id = inv.organization_id and i.id = inv.id;
   end if;
   perform auth.leave_context(saved);
   return query select 'ok'::text, inv.organization_id, inv.project_id, mid, inv.role,

@@ -14,6 +14,13 @@ create policy auth_lookup on public.project_membership for select to tenant_auth
 create policy auth_accept on public.project_membership for insert to tenant_auth
   with check (organization_id = (select app.current_organization_id()));
 grant select, insert on public.project_membership to tenant_auth;
+-- A user who joins the organization leaves its projects' member lists
+-- (auth.end_project_memberships, policies/organization_membership.sql): only such rows.
+create policy auth_supersede on public.project_membership for delete to tenant_auth
+  using (exists (select from public.organization_membership m
+                  where m.organization_id = project_membership.organization_id
+                    and m.user_id = project_membership.user_id));
+grant delete on public.project_membership to tenant_auth;
 
 -- Its user's credentials in this organization are recomputed with every change
 -- (auth.refresh_credentials): a new role, a removal, applies to the very next request.

@@ -179,11 +179,12 @@ revoke create on schema auth from tenant_auth;
 revoke all on function auth.purge_finished_jobs(timestamptz, integer),
                        auth.purge_closed_desktop_connections(timestamptz, integer),
                        auth.purge_sent_invite_mails(timestamptz, integer),
-                       auth.purge_webhook_deliveries(timestamptz, integer) from public;
+                       auth.purge_webhook_deliveries(timestamptz, integer) from public, tenant_api;
+-- The retention duty's alone (the scheduler process: tenant_worker).
 grant execute on function auth.purge_finished_jobs(timestamptz, integer),
                           auth.purge_closed_desktop_connections(timestamptz, integer),
                           auth.purge_sent_invite_mails(timestamptz, integer),
-                          auth.purge_webhook_deliveries(timestamptz, integer) to tenant_api;
+                          auth.purge_webhook_deliveries(timestamptz, integer) to tenant_duty_retention;
 
 -- Unattributed security events (no organization, no tenant reads them): owned by
 -- tenant_audit like the rest of the audit machinery, whose purge policy they already
@@ -207,5 +208,5 @@ create or replace function app.purge_security_events(p_before timestamptz, p_lim
 grant create on schema app to tenant_audit;
 alter function app.purge_security_events(timestamptz, integer) owner to tenant_audit;
 revoke create on schema app from tenant_audit;
-revoke all on function app.purge_security_events(timestamptz, integer) from public;
-grant execute on function app.purge_security_events(timestamptz, integer) to tenant_api;
+revoke all on function app.purge_security_events(timestamptz, integer) from public, tenant_api;
+grant execute on function app.purge_security_events(timestamptz, integer) to tenant_duty_retention;

@@ -82,5 +82,5 @@ $$;
 grant create on schema auth to tenant_auth;
 alter function auth.requeue_expired_runs(integer) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
-revoke all on function auth.requeue_expired_runs(integer) from public;
-grant execute on function auth.requeue_expired_runs(integer) to tenant_api;
+revoke all on function auth.requeue_expired_runs(integer) from public, tenant_api;
+grant execute on function auth.requeue_expired_runs(integer) to tenant_duty_run_reaper;

@@ -102,6 +102,6 @@ alter function auth.claim_due_schedules(integer) owner to tenant_auth;
 alter function auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
 revoke all on function auth.claim_due_schedules(integer),
-                       auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) from public;
+                       auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) from public, tenant_api;
 grant execute on function auth.claim_due_schedules(integer),
-                          auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) to tenant_api;
+                          auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) to tenant_duty_scheduler;

@@ -8,3 +8,7 @@ call app.tenant_table('public.service_account', area => 'members',
   read_extra => '(select app.unrestricted())',
   write_extra => '(select app.unrestricted())',
   api_grants => 'select, insert, update (name, description), delete');
+
+-- The membership guard (policies/organization_membership.sql) asks whose a service user is.
+create policy auth_guard on public.service_account for select to tenant_auth using (true);
+grant select (organization_id, user_id) on public.service_account to tenant_auth;

@@ -3,7 +3,10 @@
 -- no longer a member's: a security event). Written only by app.record_usage (as
 -- tenant_audit), in batches from the API's usage recorder, never on a request's own
 -- transaction; read with audit:read; append-only for the API role like token_audit_log.
-call app.tenant_table('public.token_usage', area => 'audit', api_grants => 'select');
+-- Organization-wide data like the log: a project-restricted credential reads none of it
+-- (docs/security.md: its projects' events or nothing, consistently).
+call app.tenant_table('public.token_usage', area => 'audit', api_grants => 'select',
+                      read_extra => '(select app.unrestricted())');
 
 -- A usage row is itself audit data: it is not audited again.
 drop trigger if exists audit on public.token_usage;
@@ -73,5 +76,7 @@ $$;
 grant create on schema app to tenant_audit;
 alter function app.record_usage(jsonb) owner to tenant_audit;
 revoke create on schema app from tenant_audit;
-revoke all on function app.record_usage(jsonb) from public;
-grant execute on function app.record_usage(jsonb) to tenant_api;
+revoke all on function app.record_usage(jsonb) from public, tenant_api;
+-- The usage writer's alone (the API process's background login, tenant_api_jobs): the
+-- API role's own login cannot add records of requests that never were.
+grant execute on function app.record_usage(jsonb) to tenant_duty_usage;

@@ -222,6 +222,12 @@ revoke create on schema auth from tenant_auth;
 revoke all on function auth.signup(text, text, text, text, interval, bytea, bytea, text, text, boolean),
   auth.verify_email(bytea, text), auth.issue_verification(uuid, bytea, bytea, text, text),
   auth.invite_preview(bytea), auth.my_organizations(uuid), auth.create_service_user(text) from public;
+revoke all on function auth.signup(text, text, text, text, interval, bytea, bytea, text, text, boolean),
+  auth.verify_email(bytea, text), auth.invite_preview(bytea) from tenant_api;
+-- Before any context: the login role's (the public auth routes). Signing up makes a
+-- user and opens their session; verifying and previewing are proven by a mailed secret.
 grant execute on function auth.signup(text, text, text, text, interval, bytea, bytea, text, text, boolean),
-  auth.verify_email(bytea, text), auth.issue_verification(uuid, bytea, bytea, text, text),
-  auth.invite_preview(bytea), auth.my_organizations(uuid), auth.create_service_user(text) to tenant_api;
+  auth.verify_email(bytea, text), auth.invite_preview(bytea) to tenant_login;
+-- Within a request's context: its own user only, or an admin's new service account.
+grant execute on function auth.issue_verification(uuid, bytea, bytea, text, text),
+  auth.my_organizations(uuid), auth.create_service_user(text) to tenant_api;

@@ -187,8 +187,8 @@ revoke create on schema auth from tenant_auth;
 revoke all on function auth.claim_webhook_deliveries(integer, interval, uuid),
                        auth.webhook_delivery_context(uuid, uuid),
                        auth.finish_webhook_delivery(uuid, uuid, text, integer, text, integer, interval, text)
-  from public;
+  from public, tenant_api;
 grant execute on function auth.claim_webhook_deliveries(integer, interval, uuid),
                           auth.webhook_delivery_context(uuid, uuid),
                           auth.finish_webhook_delivery(uuid, uuid, text, integer, text, integer, interval, text)
-  to tenant_api;
+  to tenant_duty_webhooks;

@@ -17,6 +17,19 @@ call app.tenant_table('public.webhook_event', area => 'org', project_column => '
   api_grants => 'select');
 drop trigger if exists audit on public.webhook_event;
 
+-- The delivery worker (tenant_duty_webhooks, in the scheduler process's login) reads an
+-- event as the webhook's owning credential (auth.webhook_delivery_context sets that
+-- credential's unrestricted context, narrowed): exactly the API role's read policy.
+do $$
+begin
+  execute format('create policy worker_read on public.webhook_event for select to tenant_duty_webhooks'
+                 ' using (%s and (app.has_scope(area || '':read'')))',
+                 app.context_check('organization_id', 'org:read', false));
+end
+$$;
+grant select on public.webhook_event to tenant_duty_webhooks;
+grant select on app.request_context to tenant_duty_webhooks;  -- (app.has_scope reads it)
+
 create policy outbox_insert on public.webhook_event for insert to tenant_auth with check (true);
 -- (the delivery worker's auth.webhook_delivery_context reads an event's area)
 create policy worker_area on public.webhook_event for select to tenant_auth using (true);

@@ -63,6 +63,9 @@ class Database:
     owner_url: str
     api_url: str
     name: str
+    worker_url: str = ""  # tenant_worker: the scheduler process's login
+    jobs_url: str = ""  # tenant_api_jobs: the API process's background threads
+    login_url: str = ""  # tenant_login: the public auth routes
 
 
 _ADMIN_URL: list[str] = []
@@ -72,13 +75,15 @@ _ADMIN_URL: list[str] = []
 @pytest.fixture(scope="session")
 def database(admin_url: str) -> Database:
     name = f"tenant_test_{uuid.uuid4().hex[:8]}"
-    result = asyncio.run(bootstrap(admin_url, database=name, owner_password="owner-pw", api_password="api-pw"))
+    result = asyncio.run(bootstrap(admin_url, database=name, owner_password="owner-pw", api_password="api-pw",
+                                   worker_password="worker-pw", jobs_password="jobs-pw", login_password="login-pw"))
     migrate.upgrade(asyncpg_url(result.owner_url))
     from urllib.parse import urlsplit, urlunsplit
 
     db_admin = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
     _ADMIN_URL[:] = [db_admin]
-    return Database(admin_url=db_admin, owner_url=result.owner_url, api_url=result.api_url, name=name)
+    return Database(admin_url=db_admin, owner_url=result.owner_url, api_url=result.api_url, name=name,
+                    worker_url=result.worker_url, jobs_url=result.jobs_url, login_url=result.login_url)
 
 
 TEST_JWT_SECRET = "test-secret-" + "k" * 40
@@ -88,7 +93,9 @@ TEST_JWT_SECRET = "test-secret-" + "k" * 40
 def settings(database: Database) -> Settings:
     return (
         Settings()
-        .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5)
+        .with_database(url=asyncpg_url(database.api_url), owner_url=asyncpg_url(database.owner_url), pool_size=5,
+                       worker_url=asyncpg_url(database.worker_url), jobs_url=asyncpg_url(database.jobs_url),
+                       login_url=asyncpg_url(database.login_url))
         .with_auth(jwt_secret=TEST_JWT_SECRET, auth_rate_per_minute=100_000)
         # The suite makes thousands of requests per token; tests/test_ratelimit.py
         # builds apps with small quotas.
@@ -122,6 +129,35 @@ async def api_conn(database: Database) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(database.api_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def worker_conn(database: Database) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the scheduler process's login (tenant_worker)."""
+    conn = await connect(database.worker_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def jobs_conn(database: Database) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the API process's background login (tenant_api_jobs)."""
+    conn = await connect(database.jobs_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def login_conn(database: Database) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the login role (tenant_login)."""
+    conn = await connect(database.login_url)
+    yield conn
+    await conn.close()
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The scheduler process's settings (its own login in place of the API role's)."""
+    return settings.with_database(**vars(settings.database.worker_database()))
 
 
 @dataclass

@@ -368,7 +368,7 @@ async def _webhook(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]
                           json={"url": f"http://127.0.0.1:9/hooks/{uuid.uuid4().hex[:8]}", "event_types": ["*"]}))
     _ok(await client.post("/v1/tasks", headers=tenant.h, json={"project_id": tenant.project_id, "summary": "hook"}))
     settings = client.app.state.settings
-    engine = create_api_engine(settings.database)
+    engine = create_api_engine(settings.database.worker_database())  # the scheduler process's login
     deliverer = Deliverer(engine, settings.webhooks, client.app.state.webhook_key)
     try:
         assert await deliverer.run_once(organization_id=uuid.UUID(tenant.organization_id)), "nothing to deliver"
@@ -378,8 +378,8 @@ async def _webhook(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]
 
 
 async def _audit_seal(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
-    # No route writes seals: the scheduler (or `tenant-api audit seal`) does, as the API role.
-    url = client.app.state.settings.database.url
+    # No route writes seals: the scheduler (or `tenant-api audit seal`) does, as its own login.
+    url = client.app.state.settings.database.worker_url
     sealed = await sealing.seal(url, organization_id=uuid.UUID(tenant.organization_id))
     assert sealed, "row factory: sealing the tenant's audit trail sealed nothing"
 

@@ -199,7 +199,7 @@ async def test_pagination_is_stable_while_events_commit_late(client, admin_conn,
     assert sorted(seen) == sorted(r["id"] for r in ids) and str(late_id) in seen and len(seen) == 5
 
 
-async def test_usage_buckets(client, api_conn):
+async def test_usage_buckets(client, jobs_conn):
     t = await signup(client)
     reader = await make_token(client, t, ["agents:read"])
     day = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
@@ -216,8 +216,8 @@ async def test_usage_buckets(client, api_conn):
         {**base, "occurred_at": (day + dt.timedelta(days=1, hours=3)).timestamp(), "status": 404,
          "client_ip": "10.0.0.3"},
     ]
-    # The usage recorder's own path: app.record_usage, as the API role.
-    assert await api_conn.fetchval("select app.record_usage($1::jsonb)", json.dumps(rows)) == 5
+    # The usage recorder's own path: app.record_usage, as the API process's background login.
+    assert await jobs_conn.fetchval("select app.record_usage($1::jsonb)", json.dumps(rows)) == 5
 
     params = {"since": day.isoformat(), "until": (day + dt.timedelta(days=2)).isoformat(), "bucket": "day",
               "token_id": reader["id"]}

@@ -25,8 +25,8 @@ async def activity(client, t, n: int = 3) -> None:
 
 
 async def seal(database, t, block_size: int = 1000) -> list[dict]:
-    # As the API role: the scheduler's path.
-    return await sealing.seal(database.api_url, organization_id=uuid.UUID(t.organization_id), block_size=block_size)
+    # As the scheduler process's login: the scheduler's path.
+    return await sealing.seal(database.worker_url, organization_id=uuid.UUID(t.organization_id), block_size=block_size)
 
 
 async def verify(client, t, **params: str) -> dict:

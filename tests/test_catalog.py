@@ -49,29 +49,23 @@ AUDIT_TABLES = {"token_audit_log", "token_usage", "audit_seal"}
 BOOKKEEPING = {"webhook_event", "webhook_delivery", "webhook_attempt", "idempotency_key"}
 NOT_AUDITED = AUDIT_TABLES | BOOKKEEPING
 
-# The definer functions the API role may call in schema auth (before a context exists).
-# Every door around RLS the API role may open. Adding one is a security decision: list it
-# here with the reason.
+# The definer functions the API role may call in schema auth (the credential and request
+# doors). Every door around RLS the API role may open. Adding one is a security decision:
+# list it here with the reason. The background duties' doors belong to roles of their
+# own (tenant_api.background.DUTIES), the login doors to the login role (LOGIN_FUNCTIONS).
 AUTH_API_FUNCTIONS = {
-    "begin_request", "login_lookup", "create_session", "signup",  # credentials, before any context
-    "reap_desktop_connections",  # closes stale robot connections across organizations (closing only)
+    "begin_request",  # a request's credential, before any context
     "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
-    "claim_invite_mail", "finish_invite_mail",  # the mailer's queue spans organizations
-    "claim_due_schedules", "fire_schedule",  # the scheduler's queue spans organizations
     "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
-    # retention (the scheduler): delete finished rows older than a cutoff, at least a day old
-    "purge_finished_jobs", "purge_closed_desktop_connections", "purge_sent_invite_mails",
-    "purge_webhook_deliveries",  # settled webhook deliveries (their attempts) and events no delivery refers to
-    # policies/verification.sql: the mailbox proven by a secret before any context
-    # (verify_email, invite_preview), the request's own user only (issue_verification,
+    # policies/verification.sql: the request's own user only (issue_verification,
     # my_organizations), an admin's new service account identity (create_service_user)
-    "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
-    "requeue_expired_runs",  # runs whose lease expired, across organizations (requeue or fail only)
-    # the webhook worker's queue spans organizations; it reads an event as the webhook's
-    # owning credential (narrowed to org:read and the event area's :read), or pauses the webhook
-    "claim_webhook_deliveries", "webhook_delivery_context", "finish_webhook_delivery",
-    "purge_idempotency_keys",  # deletes expired idempotency keys, nothing else
+    "issue_verification", "my_organizations", "create_service_user",
 }
+# The login role's own (tenant_login, on top of the API role's): a password hash for an
+# email, a session for a user id, a new user, a mailbox proven by a secret.
+LOGIN_FUNCTIONS = {"login_lookup", "create_session", "signup", "verify_email", "invite_preview"}
+LOGIN = "tenant_login"
+BACKGROUND_LOGINS = ("tenant_worker", "tenant_api_jobs")
 
 # Tables without organization_id that still must have RLS enabled and forced.
 GLOBAL_RLS_TABLES = {"organization", "user_account"}
@@ -240,14 +234,7 @@ async def test_restricted_twin_holds_exactly_the_api_roles_privileges(admin_conn
 
 
 async def test_api_role_owns_nothing(admin_conn):
-    owned = await admin_conn.fetch(
-        """
-        select 'relation ' || oid::regclass::text as what from pg_class where relowner = to_regrole($1)
-        union all select 'function ' || oid::regprocedure::text from pg_proc where proowner = to_regrole($1)
-        union all select 'schema ' || nspname from pg_namespace where nspowner = to_regrole($1)
-        union all select 'type ' || oid::regtype::text from pg_type where typowner = to_regrole($1)
-        union all select 'database ' || datname from pg_database where datdba = to_regrole($1)
-        """, API)
+    owned = await admin_conn.fetch(_OWNED, API)
     assert owned == [], [r["what"] for r in owned]
     creatable = await admin_conn.fetch(
         "select nspname from pg_namespace where has_schema_privilege($1, oid, 'CREATE')", API)
@@ -274,15 +261,29 @@ async def test_api_role_cannot_read_secret_columns(admin_conn, api_conn, table, 
         await api_conn.fetch(f"select {column} from public.{table}")
 
 
-def test_background_duties_list_their_database_doors():
-    """tenant_api.background.DUTIES names, per background duty, the definer functions it
-    uses: together, every door the API role may open besides the request path's own."""
-    from tenant_api.background import DUTIES
+_DEFINERS = """
+    select n.nspname || '.' || p.proname as name, has_function_privilege($1, p.oid, 'EXECUTE') as x
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where p.prosecdef and n.nspname in ('app', 'auth')
+"""
 
-    request_path = {"begin_request", "login_lookup", "create_session", "signup", "accept_invite",
-                    "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
-                    "rate_limit_of"}
-    assert {f for functions in DUTIES.values() for f in functions} == AUTH_API_FUNCTIONS - request_path
+_OWNED = """
+    select 'relation ' || oid::regclass::text as what from pg_class where relowner = to_regrole($1)
+    union all select 'function ' || oid::regprocedure::text from pg_proc where proowner = to_regrole($1)
+    union all select 'schema ' || nspname from pg_namespace where nspowner = to_regrole($1)
+    union all select 'type ' || oid::regtype::text from pg_type where typowner = to_regrole($1)
+    union all select 'database ' || datname from pg_database where datdba = to_regrole($1)
+"""
+
+
+async def _executable_definers(conn: asyncpg.Connection, role: str) -> set[str]:
+    return {r["name"] for r in await conn.fetch(_DEFINERS, role) if r["x"]}
+
+
+async def _memberships(conn: asyncpg.Connection, role: str) -> set[str]:
+    return {r["rolname"] for r in await conn.fetch(
+        "select r.rolname from pg_auth_members m join pg_roles r on r.oid = m.roleid"
+        " where m.member = to_regrole($1)", role)}
 
 
 async def test_api_role_executes_only_the_auth_entry_points(admin_conn):
@@ -292,6 +293,79 @@ async def test_api_role_executes_only_the_auth_entry_points(admin_conn):
     executable = {r["proname"] for r in rows if r["x"]}
     assert executable == AUTH_API_FUNCTIONS, sorted(r["sig"] for r in rows if r["x"])
     assert {r["proname"] for r in rows} > AUTH_API_FUNCTIONS  # role_scopes etc. exist but are not callable
+
+
+async def test_api_role_opens_no_background_or_login_door(admin_conn):
+    """Every background duty's and the login role's definer functions: none is the API
+    role's (nor its restricted twin's, which holds the same)."""
+    from tenant_api.background import DUTIES
+
+    doors = {f for duty in DUTIES.values() for f in duty.functions} | {f"auth.{f}" for f in LOGIN_FUNCTIONS}
+    for role in (API, RESTRICTED):
+        executable = await _executable_definers(admin_conn, role)
+        assert doors <= {r["name"] for r in await admin_conn.fetch(_DEFINERS, role)}  # they exist
+        assert not executable & doors, sorted(executable & doors)
+
+
+async def test_background_duty_roles_hold_their_functions_alone(admin_conn):
+    """tenant_api.background.DUTIES: each duty's NOLOGIN role may execute exactly its own
+    definer functions, owns nothing, bypasses nothing, switches to nothing; no other
+    duty's role (nor the API role) may execute them."""
+    from tenant_api.background import DUTIES
+
+    everything: dict[str, str] = {}
+    for name, duty in DUTIES.items():
+        attrs = await admin_conn.fetchrow(
+            "select rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication, rolinherit"
+            " from pg_roles where rolname = $1", duty.role)
+        assert attrs is not None, duty.role
+        assert not any(dict(attrs).values()), (name, dict(attrs))
+        assert await admin_conn.fetch(_OWNED, duty.role) == [], duty.role
+        assert await _memberships(admin_conn, duty.role) == set(), duty.role
+        assert await _executable_definers(admin_conn, duty.role) == set(duty.functions), name
+        for function in duty.functions:
+            assert function not in everything, f"{function}: {everything.get(function)} and {duty.role}"
+            everything[function] = duty.role
+
+
+@pytest.mark.parametrize("login", BACKGROUND_LOGINS)
+async def test_background_logins_hold_their_process_duties_and_nothing_of_the_api(admin_conn, login):
+    """tenant_worker (the scheduler process) and tenant_api_jobs (the API process's
+    background threads): logins holding their process's duties, nothing more: no
+    request door, no table of their own, no BYPASSRLS."""
+    from tenant_api.background import DUTIES
+
+    duties = [d for d in DUTIES.values() if d.login == login]
+    assert duties
+    attrs = await admin_conn.fetchrow(
+        "select rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = $1",
+        login)
+    assert dict(attrs) == {"rolcanlogin": True, "rolsuper": False, "rolbypassrls": False, "rolcreaterole": False,
+                           "rolcreatedb": False}
+    assert await admin_conn.fetch(_OWNED, login) == []
+    assert await _memberships(admin_conn, login) == {d.role for d in duties}
+    assert await _executable_definers(admin_conn, login) == {f for d in duties for f in d.functions}
+    # No table privilege beyond what its duties need (the webhook worker reads an event
+    # as the owning credential, under the API role's own read policy).
+    tables = {r["t"] for r in await admin_conn.fetch(
+        "select c.oid::regclass::text as t from pg_class c"
+        " where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v', 'p')"
+        " and (has_table_privilege($1, c.oid, 'SELECT') or has_table_privilege($1, c.oid, 'INSERT')"
+        "      or has_table_privilege($1, c.oid, 'UPDATE') or has_table_privilege($1, c.oid, 'DELETE'))", login)}
+    assert tables == ({"webhook_event"} if login == "tenant_worker" else set()), tables
+
+
+async def test_login_role_is_the_api_role_plus_the_login_functions(admin_conn):
+    attrs = await admin_conn.fetchrow(
+        "select rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = $1",
+        LOGIN)
+    assert dict(attrs) == {"rolcanlogin": True, "rolsuper": False, "rolbypassrls": False, "rolcreaterole": False,
+                           "rolcreatedb": False}
+    assert await admin_conn.fetch(_OWNED, LOGIN) == []
+    assert await _memberships(admin_conn, LOGIN) == {API}
+    auth_functions = {f.removeprefix("auth.") for f in await _executable_definers(admin_conn, LOGIN)
+                      if f.startswith("auth.")}
+    assert auth_functions == AUTH_API_FUNCTIONS | LOGIN_FUNCTIONS, auth_functions
 
 
 async def test_security_definer_functions_have_a_fixed_search_path(admin_conn):

@@ -123,21 +123,25 @@ async def test_api_role_cannot_call_the_context_functions(api_conn, fn):
         await api_conn.fetchval(f"select {fn}")
 
 
-async def test_definer_functions_do_not_leave_their_context_behind(client, api_conn):
+async def test_definer_functions_do_not_leave_their_context_behind(client, worker_conn, jobs_conn):
     """Functions that act for someone else for a moment (the scheduler's fire, the mailer's
-    claim) put the caller's context back: none stays none."""
+    claim) put the caller's context back: none stays none. (Each as the login of the
+    process that runs it: the API role may call neither.)"""
     victim = await signup(client)
-    async with api_conn.transaction():
-        await api_conn.fetchval("select auth.fire_schedule($1, gen_random_uuid(), now(), now() + interval '1 day')",
-                                uuid.UUID(victim.organization_id))
-        await api_conn.fetch("select * from auth.claim_invite_mail(1, interval '1 minute')")
-        assert await api_conn.fetchval(f"select current_setting('{CONTEXT}')") == ""
-        assert await api_conn.fetchval("select count(*) from project") == 0
+    async with worker_conn.transaction():
+        await worker_conn.fetchval("select auth.fire_schedule($1, gen_random_uuid(), now(), now() + interval '1 day')",
+                                   uuid.UUID(victim.organization_id))
+        assert await worker_conn.fetchval(f"select current_setting('{CONTEXT}')") == ""
+    async with jobs_conn.transaction():
+        await jobs_conn.fetch("select * from auth.claim_invite_mail(1, interval '1 minute')")
+        assert await jobs_conn.fetchval(f"select current_setting('{CONTEXT}')") == ""
 
 
-async def test_login_functions_leave_no_context_behind(api_conn):
+async def test_login_functions_leave_no_context_behind(login_conn):
     """auth.create_session acts in the user's organization for its insert only: the
-    transaction that called it has no context afterwards."""
+    transaction that called it has no context afterwards. (As the login role: the API
+    role may call neither.)"""
+    api_conn = login_conn
     owner_email = f"{uuid.uuid4().hex}@e.com"
     async with api_conn.transaction():
         row = await api_conn.fetchrow(

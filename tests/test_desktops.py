@@ -85,9 +85,10 @@ def ws_url(vm_id: str, **params: str) -> str:
     return f"/v1/desktop-connections/ws?{query}"
 
 
-async def reap(api_conn, instance: str | None = None, stale: str = "120 seconds") -> int:
-    """The reaper exactly as the API runs it: the definer function, as the API role, no context."""
-    return await api_conn.fetchval("select auth.reap_desktop_connections($1::text::interval, $2)", stale, instance)
+async def reap(conn, instance: str | None = None, stale: str = "120 seconds") -> int:
+    """The reaper exactly as the API runs it: the definer function, as the API process's
+    background login (tenant_api_jobs: the ``jobs_conn`` fixture), no context."""
+    return await conn.fetchval("select auth.reap_desktop_connections($1::text::interval, $2)", stale, instance)
 
 
 async def insert_connection(admin_conn, t: Tenant, vm: dict, *, instance: str, seen_ago: str = "0 seconds") -> U:
@@ -436,7 +437,7 @@ async def test_idle_socket_is_closed_and_its_row_too(fast_client, admin_conn, t)
     assert (rows[0]["status"], rows[0]["close_reason"]) == ("disconnected", "idle_timeout")
 
 
-async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client, admin_conn, api_conn, t):
+async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client, admin_conn, jobs_conn, t):
     vm = await make_vm(fast_client, t)
     token = await make_token(fast_client, t, ["desktops:write"])
     with await fast_client.websocket_connect(ws_url(vm["id"]), headers=bearer(token["token"])) as ws:
@@ -449,14 +450,14 @@ async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client
     # the revoked credential cannot close its own row; the reaper does, attributed to it
     await asyncio.sleep(0.1)
     assert [r["status"] for r in await connection_rows(admin_conn, vm["id"])] == ["connected"]
-    assert await reap(api_conn) >= 1
+    assert await reap(jobs_conn) >= 1
     row = (await connection_rows(admin_conn, vm["id"]))[0]
     assert (row["status"], row["close_reason"]) == ("disconnected", "credential_revoked")
 
 
 # --- the reaper -------------------------------------------------------------------------
 
-async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_conn, api_conn, t, other):
+async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_conn, jobs_conn, t, other):
     vm, other_vm = await make_vm(client, t), await make_vm(client, other)
     dead = f"dead-{uuid.uuid4().hex}"
     stale = await insert_connection(admin_conn, t, vm, instance=f"gone-{uuid.uuid4().hex}", seen_ago="10 minutes")
@@ -464,10 +465,10 @@ async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_con
     alive = await insert_connection(admin_conn, t, vm, instance=f"alive-{uuid.uuid4().hex}", seen_ago="20 seconds")
 
     # the threshold cannot be pushed below 30 s: a live row is never closed by a careless caller
-    await reap(api_conn, stale="0 seconds")
+    await reap(jobs_conn, stale="0 seconds")
     assert await admin_conn.fetchval("select status from desktop_connection where id = $1", alive) == "connected"
 
-    await reap(api_conn, instance=dead)
+    await reap(jobs_conn, instance=dead)
     rows = {r["id"]: r for r in await admin_conn.fetch(
         "select * from desktop_connection where id = any($1::uuid[])", [stale, of_dead, alive])}
     assert (rows[stale]["status"], rows[stale]["close_reason"]) == ("disconnected", "stale")
@@ -482,10 +483,9 @@ async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_con
         assert tuple(audit) == (tenant.organization_id, tenant.token_id, tenant.user_id, "desktop-reaper")
     # and the context it set does not outlive the call
     await insert_connection(admin_conn, other, other_vm, instance=dead)
-    async with api_conn.transaction():
-        assert await reap(api_conn, instance=dead) == 1
-        assert await api_conn.fetchval("select app.current_organization_id()") is None
-        assert await api_conn.fetchval("select count(*) from desktop_connection") == 0
+    async with jobs_conn.transaction():
+        assert await reap(jobs_conn, instance=dead) == 1
+        assert await jobs_conn.fetchval("select current_setting('backtrace_functions')") == ""
 
 
 async def test_start_up_closes_this_instances_previous_life(settings, admin_conn, t):

@@ -95,7 +95,7 @@ async def mail_client(settings, smtp) -> AsyncIterator[AsyncTestClient]:
 async def make_mailer(settings) -> AsyncIterator[Callable[..., Mailer]]:
     """Mailers run by the test itself, one round at a time, on their own pool (the app's
     connections belong to the test client's event loop)."""
-    engine = create_api_engine(settings.database)
+    engine = create_api_engine(settings.database.jobs_database())  # the API process's background login
 
     def make(jwt_secret: str = settings.auth.jwt_secret, **invite_settings: Any) -> Mailer:
         return Mailer(create_sessionmaker(engine), InviteSettings(**invite_settings), jwt_secret)

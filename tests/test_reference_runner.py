@@ -135,7 +135,7 @@ async def test_a_killed_runner_s_job_is_requeued_and_run_again(client, live, set
                         f"if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; echo $$ > {pid_file};"
                         " echo first; exec sleep 60")
     # The scheduler process's duties in a thread of their own (as `make run` runs them).
-    _, stop_duties = scheduler.start_in_thread(settings.database, interval=0.5,
+    _, stop_duties = scheduler.start_in_thread(settings.database.worker_database(), interval=0.5,
                                                settings=settings.with_runners(reap_interval_seconds=0.2))
     first = start_runner(live, runner["token"], "--lease", "2", "--once")
     try:
@@ -179,7 +179,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
         "target": {"kind": "command", "ref": "sh", "args": ["-c", "echo tick from the schedule"]}})
     assert r.status_code == 201, r.text
     schedule = r.json()
-    _, stop_duties = scheduler.start_in_thread(settings.database, interval=0.3, settings=settings)
+    _, stop_duties = scheduler.start_in_thread(settings.database.worker_database(), interval=0.3, settings=settings)
     process = start_runner(live, runner["token"], "--label", "demo", "--project", t.project_id)
     try:
         deadline = time.monotonic() + 30

@@ -50,6 +50,9 @@ class Cluster:
     admin_url: str  # superuser, on the test database
     api_url: str
     owner_url: str
+    worker_url: str = ""
+    jobs_url: str = ""
+    login_url: str = ""
 
     def stop(self) -> None:
         # The embedded server runs as its own system user; -m fast terminates sessions
@@ -71,11 +74,13 @@ def cluster() -> Iterator[Cluster]:
     base = Path(tempfile.mkdtemp(prefix="tenant-api-restart-"))
     server = get_server(base / "pg", cleanup_mode="delete")
     admin = embedded.superuser_url(server.get_uri("postgres"))
-    result = asyncio.run(bootstrap(admin, database="restart", owner_password="owner-pw", api_password="api-pw"))
+    result = asyncio.run(bootstrap(admin, database="restart", owner_password="owner-pw", api_password="api-pw",
+                                   worker_password="worker-pw", jobs_password="jobs-pw", login_password="login-pw"))
     migrate.upgrade(asyncpg_url(result.owner_url))
     db_admin = admin.replace("/postgres?", "/restart?")
     try:
-        yield Cluster(server, db_admin, result.api_url, result.owner_url)
+        yield Cluster(server, db_admin, result.api_url, result.owner_url, result.worker_url, result.jobs_url,
+                      result.login_url)
     finally:
         server.cleanup()
         shutil.rmtree(base, ignore_errors=True)
@@ -251,13 +256,14 @@ async def setup(http: httpx.AsyncClient) -> dict[str, Any]:
 
 async def test_postgres_restart_under_mixed_load(cluster: Cluster, smtp: tuple[Inbox, str], tmp_path: Path) -> None:
     inbox, smtp_url = smtp
-    env = {"DATABASE_URL": cluster.api_url, "JWT_SECRET": JWT_SECRET, "SMTP_URL": smtp_url,
+    env = {"DATABASE_URL": cluster.api_url, "LOGIN_DATABASE_URL": cluster.login_url,
+           "JOBS_DATABASE_URL": cluster.jobs_url, "JWT_SECRET": JWT_SECRET, "SMTP_URL": smtp_url,
            "DATABASE_POOL_SIZE": "6", "DATABASE_POOL_TIMEOUT": "2", "AUDIT_USAGE_FLUSH_SECONDS": "0.2",
            # one credential's load, far over the default quota (the limiter stays in the path)
            "RATE_LIMIT_REQUESTS": "1000000"}
     with api_server(tmp_path / "api.log", env) as api, \
             tenant_api(["scheduler", "--interval", "0.2"], tmp_path / "scheduler.log",
-                       {"DATABASE_URL": cluster.api_url}) as scheduler:
+                       {"WORKER_DATABASE_URL": cluster.worker_url}) as scheduler:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
             world = await setup(http)
             h, seen, stop, stream_stop = world["h"], Seen(), asyncio.Event(), asyncio.Event()

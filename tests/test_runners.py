@@ -59,7 +59,7 @@ async def runner_token(client, t, scopes=("tasks:write",), **extra) -> tuple[dic
 
 
 async def reap(settings) -> list:
-    engine = create_api_engine(settings.database)
+    engine = create_api_engine(settings.database.worker_database())  # the scheduler process's login
     try:
         return await reap_once(engine)
     finally:

@@ -58,7 +58,7 @@ async def drain(scheduler: Scheduler) -> None:
 
 async def test_two_concurrent_schedulers_fire_each_due_run_exactly_once(client, orgs, settings, admin_conn):
     ids = await schedules(client, orgs[0], 12, YEARLY) + await schedules(client, orgs[1], 12, YEARLY)
-    engines = [scheduler_engine(settings.database), scheduler_engine(settings.database)]
+    engines = [scheduler_engine(settings.database.worker_database()), scheduler_engine(settings.database.worker_database())]
     # small batches so the two interleave many times within a round
     a, b = (Scheduler(e, batch=3) for e in engines)
     try:
@@ -94,7 +94,7 @@ async def test_fire_is_compare_and_set(client, orgs, settings, admin_conn):
     (sid,) = await schedules(client, orgs[0], 1)
     due = (await admin_conn.fetchval("select now()")) - dt.timedelta(minutes=5)
     await make_due(admin_conn, [sid], due)
-    engine = scheduler_engine(settings.database)
+    engine = scheduler_engine(settings.database.worker_database())
     org, other = uuid.UUID(orgs[0].organization_id), uuid.UUID(orgs[1].organization_id)
     later = text("select now() + interval '1 minute'")
     try:
@@ -107,8 +107,8 @@ async def test_fire_is_compare_and_set(client, orgs, settings, admin_conn):
             assert await admin_conn.fetchval("select next_run_at from job_schedule where id = $1", sid) == due
             first = await conn.scalar(FIRE, {"org": org, "schedule": sid, "due_at": due, "next_run_at": nxt})
             second = await conn.scalar(FIRE, {"org": org, "schedule": sid, "due_at": due, "next_run_at": nxt})
-            # the caller's context is restored: the API role sees nothing here
-            assert await conn.scalar(text("select count(*) from job")) == 0
+            # the caller's context is restored: none (and the scheduler's login reads no table)
+            assert await conn.scalar(text("select current_setting('backtrace_functions')")) == ""
             assert await conn.scalar(text("select coalesce(current_setting('app.organization_id', true), '')")) == ""
         assert first is not None and second is None
         # a next run that is not in the future is refused (it would be due again at once)
@@ -129,7 +129,7 @@ async def test_fire_is_compare_and_set(client, orgs, settings, admin_conn):
 async def test_claim_skips_rows_another_scheduler_holds(client, orgs, settings, admin_conn):
     ids = await schedules(client, orgs[0], 4)
     await make_due(admin_conn, ids, (await admin_conn.fetchval("select now()")) - dt.timedelta(minutes=1))
-    engines = [scheduler_engine(settings.database), scheduler_engine(settings.database)]
+    engines = [scheduler_engine(settings.database.worker_database()), scheduler_engine(settings.database.worker_database())]
     try:
         async with engines[0].begin() as first, engines[1].begin() as second:
             mine = {r.schedule_id for r in (await first.execute(CLAIM, {"limit": 1000})).all()}
@@ -159,7 +159,7 @@ async def test_one_failing_schedule_does_not_hold_back_the_others(client, orgs, 
         begin raise exception 'poisoned'; end $$;
         create trigger test_poison before insert on job for each row
           when (new.schedule_id = '{poison}') execute function public.test_poison();""")
-    engine = scheduler_engine(settings.database)
+    engine = scheduler_engine(settings.database.worker_database())
     try:
         sched = Scheduler(engine)
         await sched.tick()  # (may also fire due schedules other tests left behind)
@@ -175,7 +175,7 @@ async def test_one_failing_schedule_does_not_hold_back_the_others(client, orgs, 
 
 async def test_restart_runs_missed_schedule_once(client, orgs, settings, admin_conn):
     (sid,) = await schedules(client, orgs[0], 1)
-    engine = scheduler_engine(settings.database)
+    engine = scheduler_engine(settings.database.worker_database())
 
     async def run_until(predicate):
         stop = asyncio.Event()
@@ -235,7 +235,7 @@ async def test_scheduler_jobs_are_attributed_and_isolated(client, orgs, settings
     (sid,) = await schedules(client, orgs[1], 1)
     due = (await admin_conn.fetchval("select now()")) - dt.timedelta(minutes=1)
     await make_due(admin_conn, [sid], due)
-    engine = scheduler_engine(settings.database)
+    engine = scheduler_engine(settings.database.worker_database())
     try:
         await drain(Scheduler(engine))
     finally:
@@ -273,7 +273,7 @@ async def test_scheduler_process(client, orgs, database, admin_conn):
     """`tenant-api scheduler` as its own process: fires a due schedule, stops on SIGTERM."""
     (sid,) = await schedules(client, orgs[0], 1)
     src = Path(__file__).resolve().parents[1] / "src"
-    env = {**os.environ, "DATABASE_URL": database.api_url, "PYTHONPATH": str(src)}
+    env = {**os.environ, "WORKER_DATABASE_URL": database.worker_url, "PYTHONPATH": str(src)}
     proc = subprocess.Popen([sys.executable, "-m", "tenant_api.cli", "scheduler", "--interval", "0.1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -300,7 +300,7 @@ async def test_scheduler_process_seals_the_audit_trail_in_the_background(client,
     org = uuid.UUID(t.organization_id)
     before = await admin_conn.fetchval("select count(*) from audit_seal where organization_id = $1", org)
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings.database, interval=0.2, stop=stop, seal_every=0.2))
+    task = asyncio.create_task(serve(settings.database.worker_database(), interval=0.2, stop=stop, seal_every=0.2))
     try:
         for _ in range(100):
             if await admin_conn.fetchval("select count(*) from audit_seal where organization_id = $1", org) > before:

@@ -71,7 +71,8 @@ async def signup(http: httpx.AsyncClient, secrets: Secrets, name: str, admin_url
 
 async def test_no_secret_reaches_the_server_log(database, tmp_path: Path):
     secrets = Secrets()
-    env = {"DATABASE_URL": database.api_url, "JWT_SECRET": JWT_SECRET}
+    env = {"DATABASE_URL": database.api_url, "LOGIN_DATABASE_URL": database.login_url,
+           "JOBS_DATABASE_URL": database.jobs_url, "JWT_SECRET": JWT_SECRET}
     log = tmp_path / "api.log"
     with api_server(log, env) as api:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:

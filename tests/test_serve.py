@@ -50,6 +50,8 @@ def server_env(database: Database, settings, port: int) -> dict[str, str]:
     return {
         **keep,
         "DATABASE_URL": database.api_url,
+        "LOGIN_DATABASE_URL": database.login_url,
+        "JOBS_DATABASE_URL": database.jobs_url,
         "JWT_SECRET": settings.auth.jwt_secret,
         "HOST": "127.0.0.1",
         "PORT": str(port),

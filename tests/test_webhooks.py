@@ -136,7 +136,7 @@ class WorkerThread:
 
     async def _serve(self) -> None:
         self.stop = asyncio.Event()
-        engine = create_api_engine(self.settings.database)
+        engine = create_api_engine(self.settings.database.worker_database())
         deliverer = Deliverer(engine, self.webhook_settings, signing_key(self.settings))
         self.started.set()
         try:
@@ -462,7 +462,7 @@ async def test_private_targets_are_refused_without_the_setting(client, settings,
     p = path()
     hook = await new_webhook(client, t.h, f"http://localhost:{receiver.port}{p}", ["task.*"])
     await client.post("/v1/tasks", headers=t.h, json={"project_id": t.project_id, "summary": "ssrf"})
-    engine = create_api_engine(settings.database)
+    engine = create_api_engine(settings.database.worker_database())
     deliverer = Deliverer(engine, strict.webhooks, signing_key(settings))
     try:
         assert await deliverer.run_once(organization_id=U(t.organization_id)) == 1
@@ -690,7 +690,7 @@ async def test_retention_purges_settled_deliveries_their_attempts_and_orphaned_e
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await api_conn.execute(f"delete from {table} where id = $1", row)
 
-    engine = create_async_engine(settings.database.url)
+    engine = create_async_engine(settings.database.worker_url)  # the scheduler process's login
     window = RetentionSettings(jobs_days=0, desktop_connections_days=0, invite_mails_days=0, security_events_days=0,
                                webhook_deliveries_days=30, batch_size=1)
     try:

@@ -109,10 +109,19 @@ def _check_route_security(app: Litestar) -> None:
 def create_app(settings: Settings) -> Litestar:
     if not settings.database.url:
         raise ValueError("settings.database.url (DATABASE_URL) is required")
+    if not (settings.database.login_url and settings.database.jobs_url):
+        raise ValueError("LOGIN_DATABASE_URL (tenant_login) and JOBS_DATABASE_URL (tenant_api_jobs) are required:"
+                         " the API role's own login may neither log users in nor run the background duties")
     logredact.install()  # no query string in any log line of this process (docs/robustness.md)
     codec = SessionCodec(settings.auth.jwt_secret, settings.auth.jwt_issuer)
     engine = create_api_engine(settings.database)
     sessionmaker = create_sessionmaker(engine)
+    # Two small pools of other logins (docs/security.md): the public auth routes' (the
+    # only one that may read a password hash or open a session), and the background
+    # threads' (mailer, desktop reaper, usage writer).
+    login_engine = create_api_engine(settings.database.login_database())
+    jobs_engine = create_api_engine(settings.database.jobs_database())
+    jobs_sessionmaker = create_sessionmaker(jobs_engine)
     # Live streams: one LISTEN connection per process, opened by the first stream.
     hub = ConversationHub(settings.database.listen_url or settings.database.url,
                           fetch_concurrency=settings.database.pool_size // 2)
@@ -133,7 +142,7 @@ def create_app(settings: Settings) -> Litestar:
     async def start_mailer() -> None:
         # One mailer per API process; SKIP LOCKED keeps several from sending a mail twice.
         if settings.invites.mailer_enabled:
-            mailer = Mailer(sessionmaker, settings.invites, settings.auth.jwt_secret, settings.server.base_url)
+            mailer = Mailer(jobs_sessionmaker, settings.invites, settings.auth.jwt_secret, settings.server.base_url)
             mailer_tasks.append(asyncio.create_task(mailer.run_forever(), name="invite-mailer"))
         else:
             logging.getLogger("tenant_api.mailer").info(
@@ -141,7 +150,7 @@ def create_app(settings: Settings) -> Litestar:
 
     # Usage records are written by a thread of their own (audit/usage.py), started with
     # the app and flushed on graceful shutdown before the engine goes away.
-    recorder = UsageRecorder(settings.database, flush_seconds=settings.audit.usage_flush_seconds,
+    recorder = UsageRecorder(settings.database.jobs_database(), flush_seconds=settings.audit.usage_flush_seconds,
                              batch_size=settings.audit.usage_batch_size,
                              max_pending=settings.audit.usage_max_pending)
     usage_middleware = [UsageMiddleware(recorder)] if settings.audit.record_usage else []
@@ -174,6 +183,8 @@ def create_app(settings: Settings) -> Litestar:
             task.cancel()
         await asyncio.gather(*mailer_tasks, return_exceptions=True)
         await engine.dispose()
+        await login_engine.dispose()
+        await jobs_engine.dispose()
 
     openapi_config = _openapi_config()
     app = Litestar(
@@ -189,6 +200,7 @@ def create_app(settings: Settings) -> Litestar:
         type_decoders=TYPE_DECODERS,
         plugins=[InputSchemaPlugin()],
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
+                     "login_sessionmaker": create_sessionmaker(login_engine), "jobs_sessionmaker": jobs_sessionmaker,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
                      "usage": recorder, "rate_limiter": limiter, "drain": drain, "run_queue": run_queue,
                      "webhook_key": server_key(settings.webhooks.signing_key, settings.auth.jwt_secret)}),

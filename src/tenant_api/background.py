@@ -1,20 +1,23 @@
 """Every background duty, and the only doors into the database each one uses.
 
-The duties run as the API role with no request context (RLS shows them nothing), so each
-works through a few narrow SECURITY DEFINER functions owned by tenant_auth. When the
-duties get database roles of their own, this is the list to move: ``DUTIES`` names every
-such function per duty (tests/test_catalog.py checks it against the catalog).
+The duties run with no request context (RLS shows them nothing), so each works through a
+few narrow SECURITY DEFINER functions owned by tenant_auth (or tenant_audit). Each duty
+has a NOLOGIN role of its own holding EXECUTE on exactly its functions (``DUTIES``: the
+role, then the functions; policies/roles.sql, tests/test_catalog.py checks both against
+the catalog), held by the login of the process that runs it. The API role may call none
+of them.
 
-Where they run: the invite mailer and the desktop reaper in each API process
-(create_app); everything else in the scheduler process (``tenant-api scheduler``, and a
-thread of ``make run``): ``run`` below.
+Where they run: the invite mailer, the desktop reaper and the usage writer in each API
+process (create_app), as tenant_api_jobs (JOBS_DATABASE_URL); everything else in the
+scheduler process (``tenant-api scheduler``, and a thread of ``make run``: ``run``
+below), as tenant_worker (WORKER_DATABASE_URL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from sqlalchemy import text
 
@@ -24,17 +27,30 @@ from tenant_api.settings import Settings
 
 log = logging.getLogger("tenant_api.background")
 
-DUTIES: dict[str, tuple[str, ...]] = {
-    "job scheduler (scheduler.py)": ("claim_due_schedules", "fire_schedule"),
-    "invite mailer (invites/mailer.py)": ("claim_invite_mail", "finish_invite_mail"),
-    "desktop connection reaper (resources/desktop_connections.py)": ("reap_desktop_connections",),
-    "run lease reaper (runs/reaper.py)": ("requeue_expired_runs",),
-    "webhook delivery (webhooks/delivery.py)": ("claim_webhook_deliveries", "webhook_delivery_context",
-                                                "finish_webhook_delivery"),
-    "idempotency key purge (below)": ("purge_idempotency_keys",),
-    # (and app.purge_security_events, owned by tenant_audit)
-    "retention (ops/retention.py)": tuple(p.function.removeprefix("auth.") for p in PURGES
-                                          if p.function.startswith("auth.")),
+@dataclass(frozen=True)
+class Duty:
+    role: str  # the NOLOGIN role holding EXECUTE on the functions
+    login: str  # the login of the process that runs it
+    functions: tuple[str, ...]  # "<schema>.<name>"
+
+
+WORKER, JOBS = "tenant_worker", "tenant_api_jobs"
+
+DUTIES: dict[str, Duty] = {
+    "job scheduler (scheduler.py)": Duty("tenant_duty_scheduler", WORKER,
+                                         ("auth.claim_due_schedules", "auth.fire_schedule")),
+    "audit sealer (audit/sealing.py)": Duty("tenant_duty_sealer", WORKER,
+                                            ("app.audit_seal_candidates", "app.audit_seal")),
+    "retention (ops/retention.py)": Duty("tenant_duty_retention", WORKER, tuple(p.function for p in PURGES)),
+    "run lease reaper (runs/reaper.py)": Duty("tenant_duty_run_reaper", WORKER, ("auth.requeue_expired_runs",)),
+    "webhook delivery (webhooks/delivery.py)": Duty("tenant_duty_webhooks", WORKER, (
+        "auth.claim_webhook_deliveries", "auth.webhook_delivery_context", "auth.finish_webhook_delivery")),
+    "idempotency key purge (below)": Duty("tenant_duty_idempotency", WORKER, ("auth.purge_idempotency_keys",)),
+    "invite mailer (invites/mailer.py)": Duty("tenant_duty_mailer", JOBS,
+                                              ("auth.claim_invite_mail", "auth.finish_invite_mail")),
+    "desktop connection reaper (resources/desktop_connections.py)": Duty(
+        "tenant_duty_desktop_reaper", JOBS, ("auth.reap_desktop_connections",)),
+    "usage writer (audit/usage.py)": Duty("tenant_duty_usage", JOBS, ("app.record_usage",)),
 }
 
 PURGE = text("select auth.purge_idempotency_keys(:limit)")

@@ -3,19 +3,22 @@
   tenant-api dev               what `make run` does: embedded PostgreSQL (unless
                                DATABASE_URL is set), migrations, demo organization,
                                a fresh demo token, then serve on 127.0.0.1:8000
-  tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL)
+  tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL;
+                               OWNER_PASSWORD, API_PASSWORD, and WORKER_/JOBS_/LOGIN_PASSWORD
+                               or new random ones, whose URLs it prints once)
   tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
-  tenant-api serve             serve the API (DATABASE_URL, JWT_SECRET)
+  tenant-api serve             serve the API (DATABASE_URL, LOGIN_DATABASE_URL,
+                               JOBS_DATABASE_URL, JWT_SECRET)
   tenant-api scheduler         turn due job schedules into jobs, seal the audit trail, purge
                                what retention allows, return lost runner leases to the queue,
-                               deliver webhooks (DATABASE_URL, JWT_SECRET; run one or more)
+                               deliver webhooks (WORKER_DATABASE_URL, JWT_SECRET; run one or more)
   tenant-api runner --url URL  the reference runner: claims command jobs and runs them
                                (RUNNER_TOKEN: an API token with tasks:write; --help)
   tenant-api create-user       sign up a user with their own organization
   tenant-api openapi           print the OpenAPI document
   tenant-api rate-limit ORG --requests N --window S | --clear
                                an organization's quota per credential (OWNER_DATABASE_URL)
-  tenant-api audit seal        seal every final, unsealed audit event (DATABASE_URL or
+  tenant-api audit seal        seal every final, unsealed audit event (WORKER_DATABASE_URL or
                                OWNER_DATABASE_URL); the scheduler runs the same
   tenant-api audit purge --older-than 365d
                                delete sealed audit events older than the window, leaving
@@ -106,10 +109,11 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
 
     settings = Settings.from_env()
     configure(settings.observability)
-    if not settings.database.url:
-        sys.exit("DATABASE_URL (the API role) is required")
+    if not settings.database.worker_url:
+        sys.exit("WORKER_DATABASE_URL (tenant_worker, the scheduler process's login) is required")
     _metrics_port(settings)
-    scheduler.main(settings.database, interval=args.interval, batch=args.batch, settings=settings)
+    worker = settings.database.worker_database()
+    scheduler.main(worker, interval=args.interval, batch=args.batch, settings=settings.with_database(**vars(worker)))
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -128,11 +132,28 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     admin = os.environ.get("ADMIN_DATABASE_URL")
     if not admin:
         sys.exit("ADMIN_DATABASE_URL (a superuser) is required")
+    import secrets
+
+    # The logins added since the first bootstrap get a password of their own: given, or
+    # made here and shown once (their URLs), like an API token.
+    made = {name: secrets.token_urlsafe(24) for name in ("WORKER_PASSWORD", "JOBS_PASSWORD", "LOGIN_PASSWORD")
+            if not os.environ.get(name)}
+    passwords = {name: os.environ.get(name) or made[name] for name in ("WORKER_PASSWORD", "JOBS_PASSWORD",
+                                                                       "LOGIN_PASSWORD")}
     result = asyncio.run(bootstrap(admin, database=args.database,
                                    owner_password=os.environ["OWNER_PASSWORD"],
-                                   api_password=os.environ["API_PASSWORD"]))
-    print(json.dumps({"owner_url": "set OWNER_DATABASE_URL accordingly", "database": args.database}))
-    del result
+                                   api_password=os.environ["API_PASSWORD"],
+                                   worker_password=passwords["WORKER_PASSWORD"],
+                                   jobs_password=passwords["JOBS_PASSWORD"],
+                                   login_password=passwords["LOGIN_PASSWORD"]))
+    out: dict[str, str] = {"owner_url": "set OWNER_DATABASE_URL accordingly", "database": args.database}
+    urls = {"WORKER_PASSWORD": ("WORKER_DATABASE_URL", result.worker_url),
+            "JOBS_PASSWORD": ("JOBS_DATABASE_URL", result.jobs_url),
+            "LOGIN_PASSWORD": ("LOGIN_DATABASE_URL", result.login_url)}
+    for name, (setting, url) in urls.items():
+        # a made password is shown once, in its URL; a given one is the operator's already
+        out[setting] = url if name in made else f"set {setting} accordingly"
+    print(json.dumps(out, indent=2))
 
 
 def cmd_create_user(args: argparse.Namespace) -> None:
@@ -154,7 +175,8 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 
     settings = Settings.from_env()
     if not settings.database.url:
-        settings = settings.with_database(url="postgresql+asyncpg://unused@localhost/unused")
+        unused = "postgresql+asyncpg://unused@localhost/unused"
+        settings = settings.with_database(url=unused, login_url=unused, jobs_url=unused)
     if not settings.auth.jwt_secret:
         settings = settings.with_auth(jwt_secret="x" * 32)
     print(json.dumps(create_app(settings).openapi_schema.to_schema(), indent=2, default=str))
@@ -173,9 +195,9 @@ def cmd_audit_seal(args: argparse.Namespace) -> None:
     from tenant_api.audit import sealing
 
     settings = Settings.from_env()
-    url = settings.database.url or settings.database.owner_url
+    url = settings.database.worker_url or settings.database.owner_url
     if not url:
-        sys.exit("DATABASE_URL or OWNER_DATABASE_URL is required")
+        sys.exit("WORKER_DATABASE_URL or OWNER_DATABASE_URL is required")
     out = asyncio.run(sealing.seal(url, organization_id=args.org, block_size=settings.audit.seal_block_size))
     print(json.dumps(out, indent=2))
 

@@ -55,9 +55,14 @@ def prepare_database() -> Settings:
     if not settings.database.url:
         admin_url = embedded.start(DATA_DIR / "pg")
         db_password = _secret_file("db_password", lambda: secrets.token_urlsafe(24))
+        # A developer's sandbox: one password for every login (each role still has only its own grants).
         result = asyncio.run(bootstrap(admin_url, database="tenant", owner_password=db_password,
-                                       api_password=db_password))
-        settings = settings.with_database(url=asyncpg_url(result.api_url), owner_url=asyncpg_url(result.owner_url))
+                                       api_password=db_password, worker_password=db_password,
+                                       jobs_password=db_password, login_password=db_password))
+        settings = settings.with_database(url=asyncpg_url(result.api_url), owner_url=asyncpg_url(result.owner_url),
+                                          worker_url=asyncpg_url(result.worker_url),
+                                          jobs_url=asyncpg_url(result.jobs_url),
+                                          login_url=asyncpg_url(result.login_url))
     if settings.database.owner_url:
         migrate.upgrade(settings.database.owner_url,
                         lock_timeout_seconds=settings.database.migration_lock_timeout_seconds)
@@ -157,7 +162,8 @@ def run_dev() -> None:
     )
     from tenant_api.scheduler import start_in_thread
 
-    _, stop_scheduler = start_in_thread(settings.database, settings=settings)
+    worker = settings.database.worker_database()  # the scheduler process's own login, as in production
+    _, stop_scheduler = start_in_thread(worker, settings=settings.with_database(**vars(worker)))
     runner = _start_runner(f"http://{host}:{port}", token["runner_token"])
     try:
         _serve(settings)

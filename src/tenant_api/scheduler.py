@@ -1,7 +1,8 @@
 """The scheduler: turns due job schedules into queued jobs, exactly once.
 
 ``tenant-api scheduler`` runs it as its own process (``tenant-api dev`` also starts one
-in a background thread). It connects as the API role (DATABASE_URL) and has no request
+in a background thread). It connects as the scheduler process's own login (tenant_worker,
+WORKER_DATABASE_URL; never the API role, which may not call these) and has no request
 context, so it sees no tenant rows; everything goes through two SECURITY DEFINER
 functions (policies/scheduler.sql). One tick is one transaction:
 
@@ -121,7 +122,8 @@ class Scheduler:
 
 
 def scheduler_engine(database: DatabaseSettings) -> AsyncEngine:
-    """The API role's engine, one connection: a tick is a single transaction."""
+    """The scheduler process's engine (``database``: its own login), one connection: a
+    tick is a single transaction."""
     return create_api_engine(replace(database, pool_size=1, max_overflow=0))
 
 

@@ -47,6 +47,31 @@ class DatabaseSettings:
     """How long a migration waits for any one lock before it gives up (and rolls back, to
     be run again): a migration queued behind a long transaction would otherwise block
     every request queued behind it. MIGRATION_LOCK_TIMEOUT_SECONDS; 0 waits forever."""
+    login_url: str = ""
+    """The login role (tenant_login): the API process's public auth routes (signup, login,
+    email verification, invite preview and sign-up), the only connection that may read a
+    password hash or open a session. LOGIN_DATABASE_URL; required by serve."""
+    jobs_url: str = ""
+    """The API process's background login (tenant_api_jobs): the invite mailer, the desktop
+    reaper, the usage writer. JOBS_DATABASE_URL; required by serve."""
+    worker_url: str = ""
+    """The scheduler process's login (tenant_worker): schedules, audit sealing, retention,
+    run leases, webhook deliveries, idempotency keys. WORKER_DATABASE_URL; required by
+    the scheduler."""
+
+    def as_login(self, url: str, pool_size: int) -> DatabaseSettings:
+        """These settings for another login (its URL, its own small pool)."""
+        return replace(self, url=url, pool_size=pool_size, max_overflow=0, listen_url="")
+
+    def login_database(self) -> DatabaseSettings:
+        return self.as_login(self.login_url, max(2, self.pool_size // 4))
+
+    def jobs_database(self) -> DatabaseSettings:
+        return self.as_login(self.jobs_url, 2)
+
+    def worker_database(self) -> DatabaseSettings:
+        """The scheduler process's settings: its own login in place of the API role's."""
+        return replace(self, url=self.worker_url, listen_url="")
 
 
 @dataclass(frozen=True)
@@ -293,6 +318,9 @@ class Settings:
             pgbouncer=env.get("DATABASE_PGBOUNCER", "") in {"1", "true", "yes"},
             listen_url=asyncpg_url(env["LISTEN_DATABASE_URL"]) if env.get("LISTEN_DATABASE_URL") else "",
             migration_lock_timeout_seconds=float(env.get("MIGRATION_LOCK_TIMEOUT_SECONDS", "5")),
+            login_url=asyncpg_url(env["LOGIN_DATABASE_URL"]) if env.get("LOGIN_DATABASE_URL") else "",
+            jobs_url=asyncpg_url(env["JOBS_DATABASE_URL"]) if env.get("JOBS_DATABASE_URL") else "",
+            worker_url=asyncpg_url(env["WORKER_DATABASE_URL"]) if env.get("WORKER_DATABASE_URL") else "",
         )
         auth = AuthSettings(
             jwt_secret=env.get("JWT_SECRET", ""),

@@ -235,8 +235,9 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
 
 async def provide_public_db(state: State) -> AsyncGenerator[AsyncSession, None]:
     """A transaction with no context (signup, login): RLS shows nothing, only the
-    auth.* definer functions can act."""
-    session: AsyncSession = state.sessionmaker()
+    auth.* definer functions can act. On the login role's connection (tenant_login): the
+    login functions are its alone, never the API role's (docs/security.md)."""
+    session: AsyncSession = state.login_sessionmaker()
     try:
         yield session
         await session.commit()

@@ -282,8 +282,9 @@ REAP = text("select auth.reap_desktop_connections(make_interval(secs => :stale),
 
 async def reap(state: State, instance: str | None = None) -> int:
     """Close stale rows (and, given an instance id, every open row of that instance).
-    Runs with no credential: only the definer function can touch the rows."""
-    async with state.sessionmaker() as session, session.begin():
+    Runs with no credential, as the API process's background login (tenant_api_jobs):
+    only the definer function can touch the rows, and only that login may call it."""
+    async with state.jobs_sessionmaker() as session, session.begin():
         return await session.scalar(REAP, {"stale": state.settings.desktops.stale_after_seconds,
                                            "instance": instance}) or 0
 

@@ -14,7 +14,8 @@ Organization rules: only an unrestricted credential (not limited to some project
 change organization members; only an owner may make, change or remove an owner; the
 last owner can be neither removed nor demoted (409). POST adds a user the caller can
 see (in practice: a member of one of the organization's projects) to the organization;
-their project memberships then lie dormant (the organization role applies). Removing
+their project memberships there end (the database removes them: the organization role
+applies, and a stale project role must not linger beside it). Removing
 someone from the organization also removes their project memberships there.
 """
 
