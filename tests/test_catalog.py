@@ -58,6 +58,7 @@ AUTH_API_FUNCTIONS = {
     "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
     "claim_invite_mail", "finish_invite_mail",  # the mailer's queue spans organizations
     "claim_due_schedules", "fire_schedule",  # the scheduler's queue spans organizations
+    "enabled_schedule_count",  # the schedule quota: a number, of the request's own organization
     "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
     # retention (the scheduler): delete finished rows older than a cutoff, at least a day old
     "purge_finished_jobs", "purge_closed_desktop_connections", "purge_sent_invite_mails",
@@ -281,7 +282,7 @@ def test_background_duties_list_their_database_doors():
 
     request_path = {"begin_request", "login_lookup", "create_session", "signup", "accept_invite",
                     "verify_email", "invite_preview", "issue_verification", "my_organizations", "create_service_user",
-                    "rate_limit_of"}
+                    "rate_limit_of", "enabled_schedule_count"}
     assert {f for functions in DUTIES.values() for f in functions} == AUTH_API_FUNCTIONS - request_path
 
 
