@@ -3,7 +3,9 @@
 1. ``CredentialMiddleware`` (no database): reads ``Authorization: Bearer ...``, checks an
    API token's format and checksum or a session JWT's signature and expiry, and stores
    the resulting Credential. Anything malformed stops here with 401. Routes marked
-   ``opt={"public": True}`` (signup, login, health, docs) skip it.
+   ``opt={"public": True}`` (signup, login, health, docs) skip it. It runs inside
+   ``RefusedCredentials.guard`` (ops.ratelimit): an address that sent too many refused
+   credentials gets 429 before its next unknown credential is parsed or looked up.
 2. ``provide_db`` (one transaction per request): opens the session, begins the
    transaction (which runs auth.begin_request and sets the context, see db.context),
    refuses unknown/expired/revoked credentials with 401 and a missing scope with 403

@@ -15,6 +15,10 @@ Who is counted:
   is the connection's peer, or behind a proxy listed in TRUSTED_PROXIES the address that
   proxy forwarded.
 
+Refused credentials are counted per client address as well (``RefusedCredentials``,
+RATE_LIMIT_REFUSED_PER_MINUTE), failed logins per account (``FailedLogins``): floods of
+made-up tokens and password guesses are refused before the database or argon2 sees them.
+
 Routes with ``opt={"rate_limit": False}`` (health, ready, metrics) are not counted.
 
 The count is a fixed window per key: in this process's memory, or, with REDIS_URL, in
