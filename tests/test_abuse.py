@@ -192,6 +192,9 @@ async def test_schedule_quotas_name_their_limit(client, settings):
         # changing an enabled schedule's cron is checked against the interval
         r = await c.patch(url, headers=tenant.h, json={"cron": "* * * * * ?"})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cron"
+        # none of these may fire in another test's scheduler
+        for r in [*made, parked]:
+            assert (await c.delete(f"/v1/job-schedules/{r.json()['id']}", headers=tenant.h)).status_code == 204
 
 
 async def test_a_noisy_tenant_cannot_delay_another_tenants_due_schedule(client, settings, admin_conn):
