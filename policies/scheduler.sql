@@ -41,12 +41,36 @@ create or replace function auth.claim_due_schedules(p_limit integer)
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
+    -- Fair across organizations (issue 10): each organization's due schedules are
+    -- numbered in due order, and a batch takes every organization's first before anyone's
+    -- second (round-robin), so one organization's hundreds of due schedules cannot push
+    -- another's behind them. (FOR UPDATE cannot sit beside a window function: the
+    -- numbering is a subquery, the locking its join.)
     select s.organization_id, s.id, s.cron, s.timezone, s.next_run_at, now()
-      from public.job_schedule s
-     where s.enabled and s.next_run_at is not null and s.next_run_at <= now()
-     order by s.next_run_at
+      from (select d.organization_id, d.id,
+                   row_number() over (partition by d.organization_id order by d.next_run_at, d.id) as turn
+              from public.job_schedule d
+             where d.enabled and d.next_run_at is not null and d.next_run_at <= now()) as r
+      join public.job_schedule s on s.organization_id = r.organization_id and s.id = r.id
+     where r.turn <= least(greatest(p_limit, 1), 1000)
+       and s.enabled and s.next_run_at is not null and s.next_run_at <= now()
+     order by r.turn, s.next_run_at
      limit least(greatest(p_limit, 1), 1000)
        for update of s skip locked
+  $$;
+
+-- The request's organization's enabled schedules, every one of them: the quota
+-- (SCHEDULE_MAX_ENABLED_PER_ORGANIZATION) is the organization's, and a project-restricted
+-- credential sees only its projects' rows. A number of the caller's own organization only.
+create or replace function auth.enabled_schedule_count()
+  returns integer
+  language sql
+  stable
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select count(*)::integer from public.job_schedule s
+     where s.organization_id = app.current_organization_id() and s.enabled
   $$;
 
 create or replace function auth.fire_schedule(p_org uuid, p_schedule uuid, p_due_at timestamptz,
@@ -100,7 +124,10 @@ $$;
 grant create on schema auth to tenant_auth;
 alter function auth.claim_due_schedules(integer) owner to tenant_auth;
 alter function auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) owner to tenant_auth;
+alter function auth.enabled_schedule_count() owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
+revoke all on function auth.enabled_schedule_count() from public;
+grant execute on function auth.enabled_schedule_count() to tenant_api;
 revoke all on function auth.claim_due_schedules(integer),
                        auth.fire_schedule(uuid, uuid, timestamptz, timestamptz) from public, tenant_api;
 grant execute on function auth.claim_due_schedules(integer),

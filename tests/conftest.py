@@ -99,7 +99,11 @@ def settings(database: Database) -> Settings:
         .with_auth(jwt_secret=TEST_JWT_SECRET, auth_rate_per_minute=100_000)
         # The suite makes thousands of requests per token; tests/test_ratelimit.py
         # builds apps with small quotas.
-        .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000)
+        .with_rate_limit(requests=1_000_000, anonymous_per_minute=1_000_000, refused_per_minute=1_000_000)
+        # every-second schedules (runner tests) and many schedules per organization (the
+        # hostile suite); tests/test_abuse.py builds apps with the defaults
+        .with_schedules(min_interval_seconds=1, max_enabled_per_organization=100_000)
+        .with_auth(login_failures_per_account=1_000)
         # webhook receivers in the tests listen on loopback
         .with_webhooks(allow_private_targets=True)
     )

@@ -56,6 +56,7 @@ NOT_AUDITED = AUDIT_TABLES | BOOKKEEPING
 AUTH_API_FUNCTIONS = {
     "begin_request",  # a request's credential, before any context
     "accept_invite",  # the invitee acts in the inviting organization, whose context they don't have
+    "enabled_schedule_count",  # the schedule quota: a number, of the request's own organization
     "rate_limit_of",  # the limiter reads one organization's quota (two numbers)
     # policies/verification.sql: the request's own user only (issue_verification,
     # my_organizations), an admin's new service account identity (create_service_user)

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tenant_api.auth.passwords import hash_password
+from tenant_api.auth.passwords import PasswordWork
 from tests.conftest import bearer, make_token, signup
 
 
@@ -27,7 +27,7 @@ async def add_member(client, admin_conn, t, role: str = "member") -> dict[str, s
     email, password = f"{uuid.uuid4().hex[:10]}@example.com", "pw-second-member-long"
     uid = await admin_conn.fetchval(
         "insert into user_account (email, password_hash, display_name) values ($1, $2, 'second') returning id",
-        email, await hash_password(password))
+        email, await PasswordWork().hash(password))
     await admin_conn.execute("insert into organization_membership (organization_id, user_id, role) values ($1, $2, $3)",
                              UUID(t.organization_id), uid, role)
     r = await client.post("/v1/auth/login", json={"email": email, "password": password})

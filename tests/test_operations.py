@@ -164,8 +164,9 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
                              " where invite_id = $1", invite)
 
     events = [await admin_conn.fetchval(
-        "insert into unattributed_security_event (occurred_at, reason, method, route, status)"
-        " values (now() - $1::text::interval, 'unknown', 'GET', '/v1/me', 401) returning id", ago)
+        "insert into unattributed_security_event (occurred_at, last_occurred_at, minute, reason, method, route, status)"
+        " select at, at, date_trunc('minute', at, 'UTC'), 'unknown', 'GET', '/v1/me', 401"
+        " from (select now() - $1::text::interval as at) t returning id", ago)
         for ago in ("200 days", "100 days", "10 days")]
 
     # As the scheduler does it: the API role, no context, batches of 1 (bounded loops).

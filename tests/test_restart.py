@@ -260,7 +260,8 @@ async def test_postgres_restart_under_mixed_load(cluster: Cluster, smtp: tuple[I
            "JOBS_DATABASE_URL": cluster.jobs_url, "JWT_SECRET": JWT_SECRET, "SMTP_URL": smtp_url,
            "DATABASE_POOL_SIZE": "6", "DATABASE_POOL_TIMEOUT": "2", "AUDIT_USAGE_FLUSH_SECONDS": "0.2",
            # one credential's load, far over the default quota (the limiter stays in the path)
-           "RATE_LIMIT_REQUESTS": "1000000"}
+           "RATE_LIMIT_REQUESTS": "1000000",
+           "SCHEDULE_MIN_INTERVAL_SECONDS": "1"}  # an every-second schedule shows the scheduler resuming
     with api_server(tmp_path / "api.log", env) as api, \
             tenant_api(["scheduler", "--interval", "0.2"], tmp_path / "scheduler.log",
                        {"WORKER_DATABASE_URL": cluster.worker_url}) as scheduler:

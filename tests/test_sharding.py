@@ -102,6 +102,7 @@ FUNCTIONS: dict[str, str] = {
     "auth.my_organizations": "spans: the user's memberships in every organization",
     "auth.create_service_user": "organization: a user row (reference table) for the request's organization",
     "auth.rate_limit_of": "organization: one organization's quota (by id)",
+    "auth.enabled_schedule_count": "organization: the request's own enabled schedules (the quota)",
     "auth.set_rate_limit": "organization: one organization's quota (by id; operators)",
     # background duties: queues over every organization
     "auth.claim_due_schedules": "spans: the scheduler claims due schedules of every organization",

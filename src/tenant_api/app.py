@@ -17,6 +17,7 @@ from tenant_api.audit.controller import audit_router
 from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
+from tenant_api.auth.passwords import PasswordWork
 from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx, provide_db, provide_read
 from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
@@ -24,7 +25,13 @@ from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.idempotency import IdempotencyMiddleware, IdempotentReplay, ServerKeys, replay_response
 from tenant_api.invites.controller import invite_answers_router, organization_invites_router
 from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
-from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
+from tenant_api.ops.ratelimit import (
+    FailedLogins,
+    RateLimiter,
+    RateLimitMiddleware,
+    RefusedCredentials,
+    close_limiter,
+)
 from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
 from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
@@ -163,6 +170,12 @@ def create_app(settings: Settings) -> Litestar:
     # is checked; the client address is the peer's, or a trusted proxy's X-Forwarded-For.
     limiter = RateLimiter(settings.rate_limit, settings.auth.auth_rate_per_minute, engine)
     rate_limit_middleware = [RateLimitMiddleware(limiter)] if settings.rate_limit.enabled else []
+    # Refused credentials per address: a flood of them costs neither lookups nor rows.
+    refusals = (RefusedCredentials(limiter, settings.rate_limit.refused_per_minute)
+                if settings.rate_limit.enabled else None)
+    failed_logins = FailedLogins(limiter, settings.auth.login_failures_per_account,
+                                 settings.auth.login_failure_window_seconds)
+    passwords = PasswordWork.from_settings(settings.auth)
     proxy_middleware = [_trusted_proxies(settings.server.trusted_proxies)] if settings.server.trusted_proxies else []
 
     # Graceful shutdown (ops/shutdown.py): under uvicorn the app takes SIGTERM first and
@@ -177,6 +190,7 @@ def create_app(settings: Settings) -> Litestar:
         for restore in restore_signals:
             restore()
         await close_limiter(limiter)
+        passwords.close()
         await hub.close()
         await run_queue.close()
         for task in mailer_tasks:
@@ -192,7 +206,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
         middleware=[*proxy_middleware, RequestIdMiddleware(),
                     ObservabilityMiddleware(engine, access=settings.observability.access_log),
-                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec),
+                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec, refusals),
                     IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret))],
         exception_handlers={**EXCEPTION_HANDLERS, IdempotentReplay: replay_response},  # type: ignore[dict-item]
         # Bad input is refused before any recursion or the driver meets it (inputs.py).
@@ -202,7 +216,8 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"settings": settings, "sessionmaker": sessionmaker, "codec": codec, "engine": engine,
                      "login_sessionmaker": create_sessionmaker(login_engine), "jobs_sessionmaker": jobs_sessionmaker,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
-                     "usage": recorder, "rate_limiter": limiter, "drain": drain, "run_queue": run_queue,
+                     "usage": recorder, "rate_limiter": limiter, "failed_logins": failed_logins,
+                     "passwords": passwords, "drain": drain, "run_queue": run_queue,
                      "webhook_key": server_key(settings.webhooks.signing_key, settings.auth.jwt_secret)}),
         on_startup=[load_unique_keys, start_mailer, start_recorder, take_signals],
         lifespan=[desktop_reaper],

@@ -135,3 +135,23 @@ def next_run(cron: Cron | str, timezone: str, after: dt.datetime) -> dt.datetime
     except CroniterBadDateError:
         return None
     return None
+
+
+def shortest_interval(cron: Cron | str, timezone: str, after: dt.datetime, runs: int = 64) -> float | None:
+    """The shortest time in seconds between two consecutive runs among the next ``runs``
+    after ``after``; None if it runs fewer than twice. A cron's pattern repeats, so its
+    densest stretch (every second during one hour, say) shows up among its next runs."""
+    if isinstance(cron, str):
+        cron = parse(cron)
+    previous = next_run(cron, timezone, after)
+    shortest: float | None = None
+    for _ in range(runs - 1):
+        if previous is None:
+            break
+        upcoming = next_run(cron, timezone, previous)
+        if upcoming is None:
+            break
+        gap = (upcoming - previous).total_seconds()
+        shortest = gap if shortest is None else min(shortest, gap)
+        previous = upcoming
+    return shortest

@@ -132,6 +132,9 @@ def run_dev() -> None:
         settings = settings.with_invites(log_links=True, mail_dir=str(DATA_DIR / "mail"))
     # A developer's webhook receiver listens on this machine: let deliveries reach it.
     settings = settings.with_webhooks(allow_private_targets=True)
+    if "SCHEDULE_MIN_INTERVAL_SECONDS" not in os.environ:
+        # Trying schedules out (scripts/scenario.py: every 2 seconds) beats the quota's default.
+        settings = settings.with_schedules(min_interval_seconds=1)
     password = _secret_file("demo_password", lambda: secrets.token_urlsafe(12))
     token = asyncio.run(demo_token(settings, password))
     host, port = settings.server.host, settings.server.port

@@ -86,6 +86,22 @@ class AuthSettings:
     email_hold_hours: float = 24.0
     """How long an unverified account holds its email address (EMAIL_HOLD_HOURS): past
     it, a new sign-up with the address claims it (policies/verification.sql)."""
+    password_hash_concurrency: int = 1
+    """Password hashes and checks (argon2id: ~64 MiB and tens of ms of CPU each) run at
+    once per worker, in a pool of their own (tenant_api.auth.passwords): a login flood
+    queues there instead of taking every core from other requests.
+    PASSWORD_HASH_CONCURRENCY."""
+    password_hash_queue: int = 32
+    """Password checks waiting per worker beyond which a login or signup is answered 503
+    with Retry-After at once. PASSWORD_HASH_QUEUE."""
+    password_hash_wait_seconds: float = 5.0
+    """The longest a password check waits for its turn, then 503 with Retry-After.
+    PASSWORD_HASH_WAIT_SECONDS."""
+    login_failures_per_account: int = 10
+    """Failed logins per account (email) per LOGIN_FAILURE_WINDOW_SECONDS, from any
+    address; then 429 without any password work until the window ends. 0: no limit.
+    LOGIN_FAILURES_PER_ACCOUNT."""
+    login_failure_window_seconds: int = 900
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,10 @@ class RateLimitSettings:
     anonymous_per_minute: int = 120
     """Requests without a credential, per client address (docs, ...). Signup and login
     have AUTH_RATE_PER_MINUTE. RATE_LIMIT_ANONYMOUS_PER_MINUTE."""
+    refused_per_minute: int = 30
+    """Refused credentials (malformed, expired, revoked, unknown) per client address per
+    minute; past it the address's requests with a credential not recently accepted get
+    429 before any lookup (ops.ratelimit.RefusedCredentials). RATE_LIMIT_REFUSED_PER_MINUTE."""
     redis_url: str = ""
     """REDIS_URL: counts shared by every worker and instance. Unset: in this process's
     memory (one worker; with WORKERS>1 each worker counts on its own)."""
@@ -246,6 +266,21 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    """Per-organization bounds on job schedules (tenant_api.resources.jobs): one tenant's
+    schedules must not crowd out everyone else's (the scheduler also claims due schedules
+    round-robin across organizations, policies/scheduler.sql)."""
+
+    max_enabled_per_organization: int = 100
+    """Enabled schedules per organization; one more is a 409 naming the limit.
+    SCHEDULE_MAX_ENABLED_PER_ORGANIZATION (0: no limit)."""
+    min_interval_seconds: int = 10
+    """The shortest time between two runs of a schedule (checked over its next runs); a
+    cron running more often is a 422 naming the limit. SCHEDULE_MIN_INTERVAL_SECONDS (0:
+    no limit)."""
+
+
+@dataclass(frozen=True)
 class RunnerSettings:
     """The runner protocol (tenant_api.runs; docs/runners.md)."""
 
@@ -304,6 +339,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    schedules: ScheduleSettings = field(default_factory=ScheduleSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -327,6 +363,11 @@ class Settings:
             session_ttl_seconds=int(env.get("SESSION_TTL_SECONDS", str(12 * 3600))),
             auth_rate_per_minute=int(env.get("AUTH_RATE_PER_MINUTE", "30")),
             email_hold_hours=float(env.get("EMAIL_HOLD_HOURS", "24")),
+            password_hash_concurrency=int(env.get("PASSWORD_HASH_CONCURRENCY", "1")),
+            password_hash_queue=int(env.get("PASSWORD_HASH_QUEUE", "32")),
+            password_hash_wait_seconds=float(env.get("PASSWORD_HASH_WAIT_SECONDS", "5")),
+            login_failures_per_account=int(env.get("LOGIN_FAILURES_PER_ACCOUNT", "10")),
+            login_failure_window_seconds=int(env.get("LOGIN_FAILURE_WINDOW_SECONDS", "900")),
         )
         server = ServerSettings(
             host=env.get("HOST", "127.0.0.1"),
@@ -354,6 +395,7 @@ class Settings:
             requests=int(env.get("RATE_LIMIT_REQUESTS", "600")),
             window_seconds=int(env.get("RATE_LIMIT_WINDOW_SECONDS", "60")),
             anonymous_per_minute=int(env.get("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "120")),
+            refused_per_minute=int(env.get("RATE_LIMIT_REFUSED_PER_MINUTE", "30")),
             redis_url=env.get("REDIS_URL", ""),
         )
         observability = ObservabilitySettings(
@@ -381,9 +423,13 @@ class Settings:
             signing_key=env.get("WEBHOOK_SIGNING_KEY", ""),
             max_attempts=int(env.get("WEBHOOK_MAX_ATTEMPTS", "8")),
         )
+        schedules = ScheduleSettings(
+            max_enabled_per_organization=int(env.get("SCHEDULE_MAX_ENABLED_PER_ORGANIZATION", "100")),
+            min_interval_seconds=int(env.get("SCHEDULE_MIN_INTERVAL_SECONDS", "10")),
+        )
         return cls(database=database, auth=auth, server=server, desktops=desktops, invites=invites, audit=audit,
                    rate_limit=rate_limit, observability=observability, retention=retention,
-                   runners=runners, webhooks=webhooks)
+                   runners=runners, webhooks=webhooks, schedules=schedules)
 
     def with_database(self, **changes: Any) -> Settings:
         return replace(self, database=replace(self.database, **changes))
@@ -418,6 +464,9 @@ class Settings:
 
     def with_webhooks(self, **changes: Any) -> Settings:
         return replace(self, webhooks=replace(self.webhooks, **changes))
+
+    def with_schedules(self, **changes: Any) -> Settings:
+        return replace(self, schedules=replace(self.schedules, **changes))
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

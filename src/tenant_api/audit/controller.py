@@ -70,6 +70,9 @@ class AuditEvent(msgspec.Struct):
     user_agent: str | None
     prefix: str | None
     reason: str | None
+    request_count: int | None
+    """Requests the record stands for: 1, or more for a refused token's security event
+    (one per token, reason and minute; its first request's details)."""
 
 
 class AuditEventPage(msgspec.Struct):
@@ -126,7 +129,8 @@ class VerifyReport(msgspec.Struct):
 
 _COLUMNS = (
     "id, txid, occurred_at, kind, token_id, user_id, request_id, table_name, row_id, action,"
-    " changes, method, route, status, duration_ms, host(client_ip) as client_ip, user_agent, prefix, reason"
+    " changes, method, route, status, duration_ms, host(client_ip) as client_ip, user_agent, prefix, reason,"
+    " request_count"
 )
 _STATUS_CLASS = Literal["1xx", "2xx", "3xx", "4xx", "5xx"]
 
@@ -298,9 +302,9 @@ async def list_events(
 
 
 _USAGE = text(
-    "select token_id, date_trunc(:bucket, occurred_at, 'UTC') as bucket, count(*) as requests,"
+    "select token_id, date_trunc(:bucket, occurred_at, 'UTC') as bucket, sum(request_count)::bigint as requests,"
     " count(*) filter (where status >= 400 and status not in (401, 403)) as errors,"
-    " count(*) filter (where status in (401, 403)) as refused,"
+    " coalesce(sum(request_count) filter (where status in (401, 403)), 0)::bigint as refused,"
     " count(distinct client_ip) as distinct_ips, max(occurred_at) as last_seen"
     " from token_usage where organization_id = :org and occurred_at >= :since and occurred_at < :until"
     " and (cast(:token_id as uuid) is null or token_id = :token_id)"

@@ -12,10 +12,20 @@ never waits for its usage record, never shares a transaction with it, and a fail
 rolled-back request is still recorded. Being a thread, it does not depend on which event
 loop serves requests or runs the lifespan hooks (the test client uses two).
 
+Refused credentials are security events, and a flood of them must not cost a row each:
+the recorder aggregates them as they arrive. Unattributed ones (unknown, malformed or
+rate-limited credentials) by minute, client address, reason and prefix: the batch carries
+one record per key with ``request_count``, and ``app.record_usage`` adds it to the
+minute's row (an upsert, shared by every worker). Attributed ones (a known token refused
+as expired, revoked or no longer a member's) by minute, token and reason: the one record
+is held here until its minute ends (sealed rows are never updated), then written with its
+``request_count``.
+
 What can be lost: the records still waiting in memory when the process dies without a
 graceful shutdown (at most ``flush_seconds`` of traffic, at most ``max_pending``
-records). A graceful shutdown (SIGTERM to uvicorn: in-flight requests finish, then the
-lifespan shutdown) flushes everything first. If the database is unreachable records
+records), and a refused token's aggregated security events of the current minute. A
+graceful shutdown (SIGTERM to uvicorn: in-flight requests finish, then the lifespan
+shutdown) flushes everything first. If the database is unreachable records
 wait (bounded by ``max_pending``; beyond it they are dropped and counted in ``dropped``).
 """
 
@@ -45,6 +55,19 @@ log = logging.getLogger("tenant_api.usage")
 _MAX_UA = 256
 _REFUSED_KNOWN = {"expired", "revoked", "not_member"}
 
+_BucketKey = tuple[Any, ...]
+
+
+def _bucket_key(row: dict[str, Any]) -> _BucketKey | None:
+    """The aggregation key of a security event (a refused credential), None for a request."""
+    reason = row.get("reason")
+    if reason is None:
+        return None
+    minute = int(row["occurred_at"] // 60)
+    if row.get("organization_id") is None:
+        return ("unattributed", minute, row.get("client_ip"), reason, row.get("prefix"))
+    return ("attributed", minute, row["organization_id"], row.get("token_id"), reason)
+
 
 class UsageRecorder:
     def __init__(self, database: DatabaseSettings, *, flush_seconds: float = 1.0, batch_size: int = 500,
@@ -55,6 +78,10 @@ class UsageRecorder:
         self.batch_size = batch_size
         self.max_pending = max_pending
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        # security events being aggregated (the request side adds, the writer takes ripe ones)
+        self._buckets: dict[_BucketKey, dict[str, Any]] = {}
+        self._buckets_lock = threading.Lock()
+        self._force = False  # flush(): write the held buckets now
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._accepted = 0  # records accepted so far (record() is called from one loop's thread)
@@ -72,7 +99,21 @@ class UsageRecorder:
     def record(self, row: dict[str, Any]) -> None:
         if self._thread is None and not self._stopping:
             self.start()
-        if len(self._pending) >= self.max_pending:
+        key = _bucket_key(row)
+        if key is not None:
+            with self._buckets_lock:
+                bucket = self._buckets.get(key)
+                if bucket is not None:
+                    bucket["request_count"] += 1
+                    bucket["last_occurred_at"] = row["occurred_at"]
+                    self._accepted += 1
+                    return
+                if len(self._pending) + len(self._buckets) < self.max_pending:
+                    row["request_count"] = 1
+                    self._buckets[key] = row
+                    self._accepted += 1
+                    return
+        if len(self._pending) + len(self._buckets) >= self.max_pending:
             self.dropped += 1
             USAGE_DROPPED.inc()
             return
@@ -93,7 +134,8 @@ class UsageRecorder:
         """Block until every record accepted so far is written (tests, benchmarks)."""
         target = self._accepted
         if self._thread is None:
-            return not self._pending
+            return not self._pending and not self._buckets
+        self._force = True
         self._wake.set()
         with self._progress:
             return self._progress.wait_for(lambda: self._settled >= target, timeout)
@@ -105,8 +147,8 @@ class UsageRecorder:
         if thread is not None:
             self._wake.set()
             thread.join(timeout)
-        if self._pending:
-            log.error("usage recorder stopped with %d records unwritten", len(self._pending))
+        if self._pending or self._buckets:
+            log.error("usage recorder stopped with %d records unwritten", len(self._pending) + len(self._buckets))
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -128,11 +170,24 @@ class UsageRecorder:
                 loop.run_until_complete(self._disconnect())
             loop.close()
 
+    def _take_ripe_buckets(self, everything: bool) -> None:
+        """Move aggregated security events to the queue: unattributed ones at every tick
+        (the database adds them up), attributed ones once their minute has ended."""
+        current_minute = int(time.time() // 60)
+        with self._buckets_lock:
+            ripe = [key for key in self._buckets
+                    if everything or key[0] == "unattributed" or key[1] < current_minute]
+            for key in ripe:
+                self._pending.append(self._buckets.pop(key))
+
     async def _write_pending(self, final: bool) -> None:
+        force, self._force = self._force, False
+        self._take_ripe_buckets(everything=final or force)
         failures = 0
         while self._pending:
             n = min(len(self._pending), self.batch_size)
             batch = [self._pending.popleft() for _ in range(n)]
+            requests = sum(row.get("request_count", 1) for row in batch)
             started = time.perf_counter()
             try:
                 await self._insert(batch)
@@ -141,9 +196,9 @@ class UsageRecorder:
                 log_failure(log, "writing %d usage records failed", exc, n)
                 await self._disconnect()
                 if failures >= 3 and not database_unavailable(exc):  # a batch the database keeps refusing
-                    self.dropped += n
-                    USAGE_DROPPED.inc(n)
-                    self._settle(n)
+                    self.dropped += requests
+                    USAGE_DROPPED.inc(requests)
+                    self._settle(requests)
                     failures = 0
                     continue
                 self._pending.extendleft(reversed(batch))
@@ -152,10 +207,10 @@ class UsageRecorder:
                 await asyncio.sleep(0.2)
                 continue
             self.flushes += 1
-            self.written += n
-            USAGE_WRITTEN.inc(n)
+            self.written += requests
+            USAGE_WRITTEN.inc(requests)
             self.flush_seconds_total += time.perf_counter() - started
-            self._settle(n)
+            self._settle(requests)
 
     def _settle(self, n: int) -> None:
         with self._progress:
@@ -223,7 +278,9 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
         row.update(organization_id=None, prefix=credential.prefix, reason="unknown")
         return row
     if "credential_error" in state:
-        row.update(organization_id=None, prefix=state["credential_error"], reason="malformed")
+        # malformed, or refused unseen because the address refused too many (ops.ratelimit)
+        row.update(organization_id=None, prefix=state["credential_error"],
+                   reason=state.get("refusal_reason", "malformed"))
         return row
     return None
 

@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.scopes import Scope
-from tenant_api.auth.passwords import hash_password, verify_password
 from tenant_api.auth.request import provide_public_db
 from tenant_api.auth.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
 from tenant_api.auth.verification import SessionOut, open_session, verification_mail
@@ -146,7 +145,7 @@ async def signup(db: AsyncSession, data: SignupIn, request: Request, state: Stat
     email = data.email.strip()
     if not _EMAIL.match(email):
         raise invalid("email", "not an email address")
-    password_hash = await hash_password(data.password)
+    password_hash = await state.passwords.hash(data.password)
     request_id = request.scope["state"].get("request_id")
     hold = dt.timedelta(hours=state.settings.auth.email_hold_hours)
     mail = verification_mail(state.settings.auth.jwt_secret, email,
@@ -196,9 +195,16 @@ async def verify_email(db: AsyncSession, data: VerifyIn, request: Request, state
 @post("/login", opt={**SECRET_CHECKING_ROUTE, "problems": (401, 403)}, dependencies={"db": Provide(provide_public_db)},
       operation_id="login", tags=["auth"], status_code=200)
 async def login(db: AsyncSession, data: LoginIn, state: State, request: Request) -> LoginOut:
+    # An account that failed too often is refused before any password work (429).
+    await state.failed_logins.check(data.email)
     found = (await db.execute(text("select * from auth.login_lookup(:email)"), {"email": data.email.strip()})).first()
+    # The lookup's transaction ends here, and its connection goes back to the pool: a login
+    # waiting for its turn at password work (auth.passwords) must not hold a connection
+    # other tenants' requests need. The session begins again below.
+    await db.commit()
     # Same answer, and the same argon2 work, for an unknown email and a wrong password.
-    if not await verify_password(found.password_hash if found else None, data.password) or found is None:
+    if not await state.passwords.verify(found.password_hash if found else None, data.password) or found is None:
+        await state.failed_logins.failed(data.email)
         raise NotAuthorizedException("invalid email or password")
     ttl = dt.timedelta(seconds=state.settings.auth.session_ttl_seconds)
     session = (

@@ -3,7 +3,9 @@
 1. ``CredentialMiddleware`` (no database): reads ``Authorization: Bearer ...``, checks an
    API token's format and checksum or a session JWT's signature and expiry, and stores
    the resulting Credential. Anything malformed stops here with 401. Routes marked
-   ``opt={"public": True}`` (signup, login, health, docs) skip it.
+   ``opt={"public": True}`` (signup, login, health, docs) skip it. It runs inside
+   ``RefusedCredentials.guard`` (ops.ratelimit): an address that sent too many refused
+   credentials gets 429 before its next unknown credential is parsed or looked up.
 2. ``provide_db`` (one transaction per request): opens the session, begins the
    transaction (which runs auth.begin_request and sets the context, see db.context),
    refuses unknown/expired/revoked credentials with 401 and a missing scope with 403
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request
 from litestar.datastructures import State
@@ -29,16 +31,18 @@ from sqlalchemy.util import greenlet_spawn
 
 from tenant_api import idempotency
 from tenant_api.auth.credentials import (
-    DISPLAY_PREFIX_LEN,
-    TOKEN_PREFIX,
     InvalidCredential,
-    bearer_from_subprotocols,
     SessionCodec,
     expired_session,
     parse_bearer,
+    presented_credential,
+    refused_prefix,
 )
 from tenant_api.db.context import BEGIN_REQUEST_SQL, RESTRICTED_ROLE_SQL, Credential, Principal
 from tenant_api.errors import database_unavailable
+
+if TYPE_CHECKING:
+    from tenant_api.ops.ratelimit import RefusedCredentials
 
 _REFUSED = {
     "unknown": "unknown credential",
@@ -65,36 +69,32 @@ def is_public(handler: object) -> bool:
 class CredentialMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
 
-    def __init__(self, codec: SessionCodec) -> None:
+    def __init__(self, codec: SessionCodec, refusals: RefusedCredentials | None = None) -> None:
         self.codec = codec
+        self.refusals = refusals
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if not is_public(scope.get("route_handler")):
-            headers = dict(scope.get("headers") or [])
-            raw = headers.get(b"authorization")
-            if raw is None and scope["type"] == "websocket":
-                # Browsers cannot set headers on WebSockets: the credential may come as a
-                # subprotocol (never in the URL, which logs keep).
-                raw = bearer_from_subprotocols(headers.get(b"sec-websocket-protocol"))
-            try:
-                credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
-            except InvalidCredential as exc:
-                if raw:  # a credential was sent and refused: a security event (audit.usage)
-                    _note_refused(scope, raw, self.codec)
-                if scope["type"] == "websocket":  # a close code the client can read, not a 4500
-                    raise WebSocketException(detail=str(exc), code=4401) from None
-                raise NotAuthorizedException(str(exc)) from None
-            scope.setdefault("state", {})["credential"] = credential
+        if is_public(scope.get("route_handler")):
+            await next_app(scope, receive, send)
+        elif self.refusals is not None:
+            # An address that sent too many refused credentials gets 429 before any of them
+            # is looked up (ops.ratelimit.RefusedCredentials); each refusal is counted.
+            await self.refusals.guard(scope, lambda: self._check(scope, receive, send, next_app))
+        else:
+            await self._check(scope, receive, send, next_app)
+
+    async def _check(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
+        try:
+            credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
+        except InvalidCredential as exc:
+            if raw:  # a credential was sent and refused: a security event (audit.usage)
+                _note_refused(scope, raw, self.codec)
+            if scope["type"] == "websocket":  # a close code the client can read, not a 4500
+                raise WebSocketException(detail=str(exc), code=4401) from None
+            raise NotAuthorizedException(str(exc)) from None
+        scope.setdefault("state", {})["credential"] = credential
         await next_app(scope, receive, send)
-
-
-def refused_prefix(raw: bytes) -> str | None:
-    """What a security event may keep of a refused credential: an API token's display
-    prefix (as stored for real tokens), "session" for a JWT, nothing of anything else."""
-    value = raw.decode("latin-1").partition(" ")[2].strip()
-    if value.startswith(TOKEN_PREFIX):
-        return value[:DISPLAY_PREFIX_LEN]
-    return "session" if value.count(".") == 2 else None
 
 
 def _note_refused(scope: Scope, raw: bytes, codec: SessionCodec) -> None:

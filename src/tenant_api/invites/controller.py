@@ -32,7 +32,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import token_hash
-from tenant_api.auth.passwords import hash_password
 from tenant_api.auth.request import provide_public_db
 from tenant_api.auth.verification import LINK_LINE, SessionOut, enter_as_session, open_session
 from tenant_api.db.context import Principal
@@ -510,6 +509,9 @@ async def signup_with_invite(db: AsyncSession, data: InviteSignup, request: Requ
     """The mail's secret proves the mailbox: the account is created verified, and an
     unverified account holding the address (whatever its hold) gives it up. An account
     with a verified address is never replaced: sign in instead (409)."""
+    # Hashed before the first statement: waiting for a turn at password work (auth.passwords)
+    # must not hold a pooled connection that other requests need.
+    password_hash = await state.passwords.hash(data.password)
     preview = await _preview(db, data.invite_token)
     if not preview.via_mail:
         raise ProblemError(403, "signing up with an invite needs the secret of the invite mail's link")
@@ -519,7 +521,7 @@ async def signup_with_invite(db: AsyncSession, data: InviteSignup, request: Requ
     try:
         user = (await db.execute(
             text("select * from auth.signup(:email, :hash, :name, :rid, interval '0', null, null, null, null, true)"),
-            {"email": preview.email, "hash": await hash_password(data.password), "name": data.display_name,
+            {"email": preview.email, "hash": password_hash, "name": data.display_name,
              "rid": request_id})).one()
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) == "23505":

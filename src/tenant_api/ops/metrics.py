@@ -73,6 +73,8 @@ RUNNER_CLAIMS_WAITING = Gauge("tenant_api_runner_claims_waiting", "Runners' clai
 RATE_LIMITED = Counter("tenant_api_rate_limited_total", "Requests refused with 429, by quota.", ["quota"])
 RATE_LIMIT_STORE_ERRORS = Counter("tenant_api_rate_limit_store_errors_total",
                                   "Rate-limit counts that failed (the request was let through).")
+PASSWORD_WORK_REFUSED = Counter("tenant_api_password_work_refused_total",
+                                "Logins and signups answered 503: password work was saturated.", ["why"])
 RETENTION_PURGED = Counter("tenant_api_retention_purged_total", "Rows removed by retention, by kind.", ["kind"])
 WEBHOOK_DELIVERIES = Counter("tenant_api_webhook_deliveries_total",
                              "Webhook delivery attempts settled, by outcome (delivered, retry, failed, skipped,"

@@ -15,6 +15,10 @@ Who is counted:
   is the connection's peer, or behind a proxy listed in TRUSTED_PROXIES the address that
   proxy forwarded.
 
+Refused credentials are counted per client address as well (``RefusedCredentials``,
+RATE_LIMIT_REFUSED_PER_MINUTE), failed logins per account (``FailedLogins``): floods of
+made-up tokens and password guesses are refused before the database or argon2 sees them.
+
 Routes with ``opt={"rate_limit": False}`` (health, ready, metrics) are not counted.
 
 The count is a fixed window per key: in this process's memory, or, with REDIS_URL, in
@@ -36,17 +40,19 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, WebSocketException
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenant_api.auth.credentials import presented_credential
 from tenant_api.errors import ProblemError
 from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS, RATE_LIMITED
 from tenant_api.settings import RateLimitSettings
@@ -79,7 +85,19 @@ class Hit:
 class Counter(Protocol):
     async def hit(self, key: str, window: int) -> Hit: ...
 
+    async def peek(self, key: str, window: int) -> int: ...
+
     async def close(self) -> None: ...
+
+
+def credential_key(credential: bytes) -> str:
+    """A credential's counting key (never the credential itself)."""
+    return "c:" + hashlib.sha256(credential.strip()).hexdigest()[:32]
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 def _window(now: float, window: int) -> tuple[int, float]:
@@ -103,6 +121,11 @@ class MemoryCounter:
         if now >= self._next_prune:
             self._prune(now)
         return Hit(count, reset)
+
+    async def peek(self, key: str, window: int) -> int:
+        index, _ = _window(time.time(), window)
+        seen_index, count = self._counts.get(key, (index, 0))
+        return count if seen_index == index else 0
 
     def _prune(self, now: float) -> None:
         # Entries of ended windows: forget them (a key's window is at most an hour).
@@ -136,6 +159,10 @@ class RedisCounter:
             count, _ = await pipe.execute()
         return Hit(int(count), reset)
 
+    async def peek(self, key: str, window: int) -> int:
+        index, _ = _window(time.time(), window)
+        return int(await self._redis.get(f"{self._prefix}{key}:{window}:{index}") or 0)
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -163,14 +190,13 @@ class RateLimiter:
             if name == b"authorization":
                 scheme, _, credential = value.partition(b" ")
                 if scheme.lower() == b"bearer" and credential.strip():
-                    key = "c:" + hashlib.sha256(credential.strip()).hexdigest()[:32]
+                    key = credential_key(credential)
                     org = self._org_of.get(key)
                     if org is not None:
                         self._org_of.move_to_end(key)
                     return key, None, org
                 break
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
+        address = client_address(scope)
         quota = self.auth if opt.get("rate_limit") == "auth" else self.anonymous
         return f"a:{quota.name}:{address}", quota, None
 
@@ -221,6 +247,10 @@ class RateLimiter:
                 self._org_of.popitem(last=False)
         if org not in self._quotas:
             self._refresh(org)
+
+    def knows(self, credential: bytes) -> bool:
+        """Whether this credential made a request recently that the database accepted."""
+        return credential_key(credential) in self._org_of
 
     def forget_quota(self, org: UUID) -> None:
         self._quotas.pop(org, None)
@@ -304,6 +334,123 @@ class RateLimitMiddleware(ASGIMiddleware):
             principal = (scope.get("state") or {}).get("principal")
             if key.startswith("c:") and principal is not None and principal.organization_id is not None:
                 self.limiter.learn(key, principal.organization_id)
+
+
+class RefusedCredentials:
+    """Refused credentials per client address (issue 10): a flood of made-up, expired or
+    revoked tokens must cost neither a database lookup nor a security-event row each.
+
+    Every refusal (malformed, a bad signature, expired, or unknown/revoked to the
+    database) counts against the address: ``per_minute`` of them per fixed minute, in the
+    limiter's store (memory, or Redis shared by every worker). A request presenting a
+    credential this process has not seen accepted recently (``RateLimiter.knows``) is
+    let through to the check only while the address's refusals this minute plus its
+    checks still in flight stay under ``per_minute``; otherwise it gets a 429 with
+    Retry-After before its credential is parsed or looked up, recorded as a
+    ``rate_limited`` security event (aggregated per minute, audit.usage). So an address
+    causes at most ``per_minute`` lookups per minute, however it spreads or bursts them
+    (each worker learns the shared count from its own next refusal). A known good
+    credential from the same address (the office behind the attacker's NAT) goes on.
+    The decision needs no I/O.
+
+    One call site: ``await refusals.guard(scope, check)`` around the credential check
+    (``check`` parses the credential, stores it or its refusal in ``scope["state"]``, and
+    runs the rest of the app)."""
+
+    _MAX_ADDRESSES = 100_000
+
+    def __init__(self, limiter: RateLimiter, per_minute: int) -> None:
+        self.limiter = limiter
+        self.quota = Quota("refused", per_minute, 60)
+        self._refused: dict[str, tuple[int, int]] = {}  # address -> (minute, refusals seen so far)
+        self._in_flight: dict[str, int] = {}  # address -> checks of not-yet-known credentials running
+
+    async def guard(self, scope: Scope, check: Callable[[], Awaitable[None]]) -> None:
+        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
+        if raw is None or self.limiter.knows(raw.partition(b" ")[2]):
+            try:
+                await check()
+            finally:
+                await self._count_if_refused(scope)
+            return
+        address = client_address(scope)
+        minute, reset = _window(time.time(), 60)
+        seen_minute, refused = self._refused.get(address, (minute, 0))
+        refused = refused if seen_minute == minute else 0
+        in_flight = self._in_flight.get(address, 0)
+        if refused + in_flight >= self.quota.limit:
+            self._refuse(scope, max(math.ceil(reset), 1) if refused >= self.quota.limit else 1)
+        self._in_flight[address] = in_flight + 1
+        try:
+            await check()
+        finally:
+            try:
+                await self._count_if_refused(scope)
+            finally:  # only now: a refusal is counted before its check stops being in flight
+                left = self._in_flight.get(address, 1) - 1
+                if left > 0:
+                    self._in_flight[address] = left
+                else:
+                    self._in_flight.pop(address, None)
+
+    def _refuse(self, scope: Scope, retry_after: int) -> None:
+        RATE_LIMITED.labels(self.quota.name).inc()
+        state = scope.setdefault("state", {})
+        state["credential_error"] = None  # rate-limited events keep no prefix: one row per minute
+        state["refusal_reason"] = "rate_limited"
+        detail = (f"too many refused credentials from this address: {self.quota.limit} per minute; "
+                  f"retry in {retry_after}s")
+        if scope["type"] == "websocket":
+            raise WebSocketException(detail=detail, code=4429)
+        raise ProblemError(429, detail, headers={"Retry-After": str(retry_after)})
+
+    async def _count_if_refused(self, scope: Scope) -> None:
+        state = scope.get("state") or {}
+        if "credential_error" not in state and "refused" not in state:
+            return
+        address = client_address(scope)
+        hit = await self.limiter.hit(f"r:{address}", self.quota)
+        if hit is None:
+            return
+        if len(self._refused) >= self._MAX_ADDRESSES:
+            minute = _window(time.time(), 60)[0]
+            self._refused = {a: v for a, v in self._refused.items() if v[0] == minute}
+            if len(self._refused) >= self._MAX_ADDRESSES:  # that many attacking addresses: keep the newest half
+                self._refused = dict(list(self._refused.items())[self._MAX_ADDRESSES // 2:])
+        self._refused[address] = (_window(time.time(), 60)[0], hit.count)
+
+
+class FailedLogins:
+    """Failed logins per account (the email as typed, case-folded and hashed), whatever
+    the address: ``limit`` per ``window`` seconds, then 429 with Retry-After before any
+    password work until the window ends. Unknown emails count the same (an answer must
+    not tell which accounts exist). In the limiter's store (memory or Redis)."""
+
+    def __init__(self, limiter: RateLimiter, limit: int, window: int) -> None:
+        self.limiter = limiter
+        self.quota = Quota("login", limit, window)
+
+    @staticmethod
+    def _key(email: str) -> str:
+        return "l:" + hashlib.sha256(email.strip().casefold().encode()).hexdigest()[:32]
+
+    async def check(self, email: str) -> None:
+        if self.quota.limit <= 0:
+            return
+        try:
+            failures = await self.limiter.counter.peek(self._key(email), self.quota.window)
+        except Exception:  # the store is down: let the login through (and its argon2 bound holds)
+            RATE_LIMIT_STORE_ERRORS.inc()
+            return
+        if failures >= self.quota.limit:
+            RATE_LIMITED.labels(self.quota.name).inc()
+            retry = max(math.ceil(_window(time.time(), self.quota.window)[1]), 1)
+            raise ProblemError(429, f"too many failed logins for this account: {self.quota.limit} per "
+                               f"{self.quota.window}s; retry in {retry}s", headers={"Retry-After": str(retry)})
+
+    async def failed(self, email: str) -> None:
+        if self.quota.limit > 0:
+            await self.limiter.hit(self._key(email), self.quota)
 
 
 async def close_limiter(limiter: RateLimiter) -> None:

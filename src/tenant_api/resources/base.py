@@ -30,6 +30,7 @@ from advanced_alchemy.filters import ComparisonFilter, LimitOffset, OrderBy, Sta
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Router, delete, get, patch, post
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Parameter
 from sqlalchemy import bindparam, exists, select
@@ -43,6 +44,7 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase
 from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.inputs import Timestamp, plain
+from tenant_api.settings import Settings
 
 M = TypeVar("M", bound=TenantBase)
 
@@ -84,6 +86,8 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     label: ClassVar[str] = "row"
     parents: ClassVar[dict[str, type[TenantBase]]] = {}
     newest_first: ClassVar[bool] = False  # list order (histories read newest first)
+
+    app_settings: Settings | None = None  # for rules that have settings (set by the generic routes)
 
     def __init__(self, session: AsyncSession, ctx: Principal) -> None:
         super().__init__(session=session, auto_expunge=False, auto_refresh=False)
@@ -357,8 +361,10 @@ def resource_router(res: Resource) -> Router:
     nest = res.nest
     parent_param = nest.param if nest else None
 
-    async def provide_service(db: AsyncSession, ctx: Principal) -> TenantService:
-        return Service(db, ctx)
+    async def provide_service(db: AsyncSession, ctx: Principal, state: State) -> TenantService:
+        service = Service(db, ctx)
+        service.app_settings = state.settings
+        return service
 
     async def scope_of(service: TenantService, kw: dict[str, Any]) -> dict[str, Any]:
         return await service.parent_scope(nest, kw.pop(parent_param) if parent_param else None)

@@ -18,14 +18,15 @@ import msgspec
 from litestar import Router, get, post
 from litestar.params import Parameter
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.cron import CronError, next_run, parse, zone
+from tenant_api.cron import CronError, next_run, parse, shortest_interval, zone
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Job, JobLog, JobSchedule, Project
-from tenant_api.errors import invalid, not_found
+from tenant_api.errors import conflict, invalid, not_found
 from tenant_api.inputs import INT64_MAX
+from tenant_api.settings import Settings
 from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Resource, TenantService
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, RunStatus, json_size, release_claim
@@ -100,12 +101,45 @@ class JobScheduleUpdate(Input):
     max_attempts: MaxAttempts | UnsetType = UNSET
 
 
+_LOCK_SCHEDULE_QUOTA = text("select pg_advisory_xact_lock(hashtextextended('job_schedule_quota:' || :org, 0))")
+_ENABLED_SCHEDULES = text("select auth.enabled_schedule_count()")
+
+
 class JobScheduleService(TenantService[JobSchedule]):
     async def before_write(self, values: dict[str, Any], existing: JobSchedule | None) -> dict[str, Any]:
         if "target" in values:
             values["target"] = target_json(values["target"])
         if existing is not None and not values.keys() & {"cron", "timezone", "enabled"}:
             return values  # nothing that moves the next run
+        values = await self._next_run(values, existing)
+        if values.get("enabled", existing.enabled if existing else True):
+            await self._check_quota(values, existing)
+        return values
+
+    async def _check_quota(self, values: dict[str, Any], existing: JobSchedule | None) -> None:
+        """The organization's bounds (ScheduleSettings): the shortest interval between
+        runs (422 naming cron), and the number of enabled schedules (409), counted over
+        the whole organization whatever the credential sees, one writer at a time."""
+        limits = (self.app_settings or Settings()).schedules
+        if limits.min_interval_seconds > 0 and ("cron" in values or "timezone" in values or existing is None):
+            cron_text = values.get("cron", existing.cron if existing else "")
+            timezone = values.get("timezone", existing.timezone if existing else "UTC")
+            now = await self.repository.session.scalar(select(func.now()))
+            shortest = shortest_interval(cron_text, timezone, now)
+            if shortest is not None and shortest < limits.min_interval_seconds:
+                raise invalid("cron", f"runs every {shortest:g}s at times; the minimum interval between runs is "
+                                      f"{limits.min_interval_seconds}s (SCHEDULE_MIN_INTERVAL_SECONDS)")
+        if limits.max_enabled_per_organization > 0 and (existing is None or not existing.enabled):
+            session = self.repository.session
+            await session.execute(_LOCK_SCHEDULE_QUOTA, {"org": str(self.org)})
+            enabled = await session.scalar(_ENABLED_SCHEDULES)
+            if enabled >= limits.max_enabled_per_organization:
+                raise conflict(
+                    f"the organization has {enabled} enabled schedules, its limit "
+                    f"(SCHEDULE_MAX_ENABLED_PER_ORGANIZATION); disable or delete one first",
+                    limit="max_enabled_schedules", max_enabled_schedules=limits.max_enabled_per_organization)
+
+    async def _next_run(self, values: dict[str, Any], existing: JobSchedule | None) -> dict[str, Any]:
         cron_text = values["cron"].strip() if "cron" in values else existing.cron  # type: ignore[union-attr]
         timezone = values.get("timezone", existing.timezone if existing else "UTC")
         enabled = values.get("enabled", existing.enabled if existing else True)

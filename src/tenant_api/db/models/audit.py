@@ -31,6 +31,8 @@ class TokenUsage(TenantBase):
     user_agent: Mapped[str | None]
     request_id: Mapped[str | None]
     reason: Mapped[str | None]
+    request_count: Mapped[int]
+    """Requests this row stands for: above 1 only for a refused token's requests of one minute."""
 
 
 class AuditSeal(TenantBase):
