@@ -14,7 +14,7 @@ recorder aggregates them (tenant_api.audit.usage) and a row stands for several r
   so every existing row's content, and every existing seal, stays as it was.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-10
 """
 
