@@ -145,7 +145,7 @@ async def test_a_refused_tokens_security_events_are_one_row_per_minute_with_a_co
     assert sum(b["requests"] for b in r.json()["items"]) == 200
     assert sum(b["refused"] for b in r.json()["items"]) == 200
     # a sealed trail with such a row verifies, and a changed count is caught
-    await sealing.seal(database.api_url, organization_id=uuid.UUID(tenant.organization_id))
+    await sealing.seal(database.worker_url, organization_id=uuid.UUID(tenant.organization_id))
     r = await client.get("/v1/audit/verify", headers=tenant.hs)
     assert r.status_code == 200 and r.json()["status"] == "intact", r.json()
     await admin_conn.execute("update token_usage set request_count = request_count + 1 where token_id = $1",
@@ -214,7 +214,7 @@ async def test_a_noisy_tenant_cannot_delay_another_tenants_due_schedule(client, 
                              now - dt.timedelta(hours=1), noisy_ids)
     await admin_conn.execute("update job_schedule set next_run_at = $1 where id = $2",
                              now - dt.timedelta(minutes=1), quiet_id)
-    engine = scheduler_engine(settings.database)
+    engine = scheduler_engine(settings.database.worker_database())  # the scheduler process's own login
     scheduler = Scheduler(engine, batch=25)
     try:
         await scheduler.tick()  # ONE batch of 25, with 301 due
