@@ -24,10 +24,11 @@ lock:
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION); }
 	$(UV) lock
 
-# Lint and types (pyproject.toml: [tool.ruff], [tool.mypy]); .ci/run runs it.
+# Lint, types and import layers (pyproject.toml: [tool.ruff], [tool.mypy]; .importlinter); .ci/run runs it.
 lint: install
 	$(BIN)/ruff check src tests tests_pgbouncer scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 run: install
 	$(BIN)/tenant-api dev

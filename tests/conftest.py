@@ -150,7 +150,7 @@ class Tenant:
 async def verification_secret(user_id: str) -> str:
     """The secret of the user's latest verification mail, as the mail's link carries it
     (re-derived from the outbox row like the mailer does): reading the user's mailbox."""
-    from tenant_api.invites import tokens
+    from tenant_api.auth import mail_secrets as tokens
 
     conn = await connect(_ADMIN_URL[0])
     try:
@@ -164,7 +164,7 @@ async def verification_secret(user_id: str) -> str:
 
 async def signup(client: AsyncTestClient, name: str | None = None, verified: bool = True) -> Tenant:
     """Sign up (and, unless ``verified`` is false, follow the verification mail's link)."""
-    from tenant_api.auth.scopes import ROLE_SCOPES
+    from tenant_api.scopes import ROLE_SCOPES
 
     name = name or uuid.uuid4().hex[:10]
     email, password = f"{name}@example.com", f"pw-{name}-long-enough"

@@ -8,17 +8,17 @@ back to this file.
 
 What to add, and when:
 
-* A new generic resource (``tenant_api.resources.REGISTRY``) with a create route usually
+* A new generic resource (``tenant_api.routes.RESOURCES``) with a create route usually
   needs nothing: a row is created through ``POST <path>`` with a body generated from the
   OpenAPI schema, and ``<path>/{item_id}`` is mapped to its table (a nested resource's
   parent parameter to its parent's table). Resources are created parents first (their
   ``parents`` and ``nest``), so a body can name a row of a resource listed after it in
-  REGISTRY. If its body has a UUID field that is not in ``UUID_FIELDS`` (e.g.
+  RESOURCES. If its body has a UUID field that is not in ``UUID_FIELDS`` (e.g.
   ``agent_id``), add the field there.
 * A tenant table with no create route (or one needing a special body): add an async
   function to ``ROW_FACTORIES`` that gives the tenant at least one row in it (through
   the HTTP API whenever a route exists).
-* A route whose path has a parameter other than a REGISTRY ``{item_id}``: add it to
+* A route whose path has a parameter other than a RESOURCES ``{item_id}``: add it to
   ``PATH_PARAMS`` (path template as in the OpenAPI document -> parameter -> table).
 * A route that must work without a credential: add it to ``PUBLIC_OPERATIONS``.
 * A body field the generator cannot invent a valid value for: ``BODY_OVERRIDES``.
@@ -41,7 +41,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from tenant_api.audit import sealing
-from tenant_api.resources import REGISTRY
+from tenant_api.routes import RESOURCES
 from tests.conftest import Tenant, make_token, signup
 
 # Body / query fields holding the id of another row -> the table that row lives in.
@@ -140,7 +140,7 @@ PUBLIC_OPERATIONS: set[tuple[str, str]] = {
     ("POST", "/v1/invites/signup"),
 }
 
-# Path parameters of non-REGISTRY routes: path template -> {parameter: table}.
+# Path parameters of non-RESOURCES routes: path template -> {parameter: table}.
 # "<table>.<column>" takes that column of the table's rows instead of their ids.
 _VM = {"vm_id": "desktop_virtual_machine"}
 _CONVERSATION = {"conversation_id": "conversation"}
@@ -220,21 +220,21 @@ def resource_paths() -> dict[str, str]:
     """Collection path template -> table, for every generic resource (nested ones too:
     "/v1/agents/{agent_id}/email-rules"), parents before children: a resource comes after
     the tables its body references (``parents``) and its ``nest`` parent."""
-    pending = list(REGISTRY)
+    pending = list(RESOURCES)
     ordered: dict[str, str] = {}
     while pending:
-        placed = {res.model.__tablename__ for res in REGISTRY} - {r.model.__tablename__ for r in pending}
+        placed = {res.model.__tablename__ for res in RESOURCES} - {r.model.__tablename__ for r in pending}
         for res in pending:
             needs = {m.__tablename__ for m in res.parents.values()}
             if getattr(res, "nest", None):
                 needs.add(res.nest.model.__tablename__)
-            needs &= {r.model.__tablename__ for r in REGISTRY}  # tables made elsewhere (signup) are there
+            needs &= {r.model.__tablename__ for r in RESOURCES}  # tables made elsewhere (signup) are there
             if needs - {res.model.__tablename__} <= placed:
                 ordered[template(res.path)] = res.model.__tablename__
                 pending.remove(res)
                 break
         else:
-            raise AssertionError(f"REGISTRY resources with circular parents: {[r.name for r in pending]}")
+            raise AssertionError(f"RESOURCES with circular parents: {[r.name for r in pending]}")
     return ordered
 
 
@@ -242,7 +242,7 @@ def path_params(path: str) -> dict[str, str] | None:
     """{parameter: table} for a path template of the OpenAPI document, or None if unknown."""
     if path in PATH_PARAMS:
         return PATH_PARAMS[path]
-    for res in REGISTRY:
+    for res in RESOURCES:
         collection = template(res.path)
         params = {res.nest.param: res.nest.model.__tablename__} if getattr(res, "nest", None) else {}
         if path == collection:
@@ -384,7 +384,7 @@ async def _audit_seal(client: AsyncTestClient, tenant: Tenant, refs: dict[str, s
     assert sealed, "row factory: sealing the tenant's audit trail sealed nothing"
 
 
-# Tables needing more than (or something else than) the generic REGISTRY creation, run
+# Tables needing more than (or something else than) the generic RESOURCES creation, run
 # in this order after it. organization, organization_membership, workspace, project and
 # token_audit_log rows are created by signup itself (and by every write, for the audit
 # log); token_usage rows by every request; invite_outbox rows with every invite.

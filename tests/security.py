@@ -295,7 +295,7 @@ class World:
 
 
 async def populate(client: AsyncTestClient, admin: asyncpg.Connection, tenant: Tenant) -> None:
-    """At least one row of the tenant in every table: REGISTRY creates, then ROW_FACTORIES."""
+    """At least one row of the tenant in every table: RESOURCES creates, then ROW_FACTORIES."""
     doc = openapi(client)
     for collection, table in factories.resource_paths().items():
         op = doc["paths"].get(collection, {}).get("post")

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from tenant_api.app import create_app
 from tenant_api.audit import controller as audit_controller
 from tenant_api.auth.credentials import SessionCodec, new_api_token
-from tenant_api.auth.scopes import ROLE_SCOPES
+from tenant_api.scopes import ROLE_SCOPES
 from tests.conftest import bearer, connect, make_token, signup
 
 

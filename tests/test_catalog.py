@@ -8,7 +8,7 @@ import re
 import asyncpg
 import pytest
 
-from tenant_api.auth import scopes as scope_catalog
+from tenant_api import scopes as scope_catalog
 from tests.security import tenant_tables
 
 API = "tenant_api"

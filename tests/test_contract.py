@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tenant_api.app import create_app
-from tenant_api.auth.scopes import SCOPES
+from tenant_api.scopes import SCOPES
 from tenant_api.problems import PROBLEM_KINDS, TYPE_PREFIX
 from tests.conftest import bearer, make_token, signup
 from tests.security import openapi, operations

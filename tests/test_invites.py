@@ -25,7 +25,7 @@ from tenant_api.db.context import RESTRICTED_ROLE_SQL
 from tenant_api.app import create_app
 from tenant_api.auth.credentials import token_hash
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets as tokens
 from tenant_api.invites.mailer import Mailer
 from tenant_api.settings import InviteSettings
 from tests.conftest import bearer, make_token, signup

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets as tokens
 from tests.conftest import TEST_JWT_SECRET, bearer, make_token, signup, verification_secret
 from tests.members_flow import join, login, new_agent
 

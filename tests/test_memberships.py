@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from tenant_api.auth.credentials import token_hash
-from tenant_api.auth.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
-from tenant_api.invites.tokens import invite_hash
+from tenant_api.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
+from tenant_api.auth.mail_secrets import invite_hash
 from tests.conftest import bearer, signup
 from tests.members_flow import invite, join, login, new_agent, new_project
 

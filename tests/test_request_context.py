@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tenant_api.auth.scopes import ROLE_SCOPES, SCOPE_BITS, SCOPES, expand, scopes_of_mask
+from tenant_api.scopes import ROLE_SCOPES, SCOPE_BITS, SCOPES, expand, scopes_of_mask
 from tenant_api.db.context import BEGIN_REQUEST_SQL
 from tests.conftest import signup
 

@@ -230,7 +230,7 @@ async def setup(http: httpx.AsyncClient) -> dict[str, Any]:
     project = r.json()["project_id"]
     session = (await http.post("/v1/auth/login", json={"email": email, "password": password})).json()["access_token"]
     hs = {"Authorization": f"Bearer {session}"}
-    from tenant_api.auth.scopes import ROLE_SCOPES
+    from tenant_api.scopes import ROLE_SCOPES
 
     r = await http.post("/v1/tokens", headers=hs, json={"name": "load", "scopes": sorted(ROLE_SCOPES["owner"])})
     token = r.json()["token"]

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import websockets
 
-from tenant_api.auth.scopes import ROLE_SCOPES
-from tenant_api.invites import tokens
+from tenant_api.scopes import ROLE_SCOPES
+from tenant_api.auth import mail_secrets as tokens
 from tests.conftest import connect
 from tests.live_server import api_server
 

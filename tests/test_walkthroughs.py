@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tenant_api.auth.scopes import ROLE_SCOPES  # noqa: F401
+from tenant_api.scopes import ROLE_SCOPES  # noqa: F401
 from tests.live import Live, chromium, live_server
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "walkthroughs.md"

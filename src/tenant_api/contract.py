@@ -40,7 +40,7 @@ from litestar.routes import HTTPRoute, WebSocketRoute
 
 from tenant_api import idempotency
 from tenant_api.auth.request import is_public
-from tenant_api.auth.scopes import Scope
+from tenant_api.scopes import Scope
 from tenant_api.problems import PROBLEM_KINDS, FieldError, Problem, kinds_of
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"

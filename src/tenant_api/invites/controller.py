@@ -10,7 +10,7 @@
 
 Lists and gets are the generic resource (``invites``); what is the invite's own lives
 here: the secret (returned once, stored as a hash, re-derivable only by the mailer, see
-invites.tokens), the outbox row written in the same transaction, one open invite per
+auth.mail_secrets), the outbox row written in the same transaction, one open invite per
 (project, email), and accepting, which runs as the invitee through auth.accept_invite.
 """
 
@@ -46,20 +46,13 @@ from tenant_api.db.models import (
     UserAccount,
 )
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets
 from tenant_api.ops.ratelimit import SECRET_CHECKING_ROUTE
-from tenant_api.resources.base import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Input,
-    Nest,
-    Resource,
-    TenantService,
-    decode_cursor,
-    encode_cursor,
-    to_read,
-)
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
 from tenant_api.settings import InviteSettings
+from tenant_api.routing import Routes
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -213,14 +206,12 @@ class InviteBaseService(TenantService[ProjectInvite]):
                            status: str | None) -> InvitePage:
         await self._project(project_id)
         where = [ProjectInvite.organization_id == self.org, self._same_target(project_id)]
-        if cursor:
-            where.append(ProjectInvite.id > decode_cursor(cursor))
         if status:
             where.append(ProjectInvite.status == status)
-        rows = (await self.repository.session.scalars(
-            select(ProjectInvite).where(*where).order_by(ProjectInvite.id).limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-        return InvitePage(items=[to_read(InviteRead, r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(ProjectInvite)
+        rows, next_cursor = keyset.page((await self.repository.session.scalars(
+            keyset.query(select(ProjectInvite).where(*where), cursor, limit))).all(), limit)
+        return InvitePage(items=[to_read(InviteRead, r) for r in rows], next_cursor=next_cursor)
 
     async def _cancel_mail(self, row: ProjectInvite) -> None:
         """A mail not sent yet carries a link that no longer works: never send it."""
@@ -258,10 +249,10 @@ class InviteBaseService(TenantService[ProjectInvite]):
         earlier one not yet sent: its link would no longer work)."""
         session = self.repository.session
         now = await session.scalar(select(func.now()))
-        nonce = tokens.new_nonce()
-        secret = tokens.derive(keys.link, nonce)
+        nonce = mail_secrets.new_nonce()
+        secret = mail_secrets.derive(keys.link, nonce)
         row.token_hash = token_hash(secret)
-        row.mail_token_hash = token_hash(tokens.derive(keys.mail, nonce))
+        row.mail_token_hash = token_hash(mail_secrets.derive(keys.mail, nonce))
         row.expires_at = now + dt.timedelta(days=settings.ttl_days)
         await session.flush()  # the invite row first: the outbox row references it
         await self._cancel_mail(row)
@@ -346,7 +337,7 @@ def invite_url(base_url: str, secret: str) -> str:
 
 def _keys(state: State) -> InviteKeys:
     secret = state.settings.auth.jwt_secret
-    return InviteKeys(link=tokens.link_key(secret), mail=tokens.mail_key(secret),
+    return InviteKeys(link=mail_secrets.link_key(secret), mail=mail_secrets.mail_key(secret),
                       base_url=state.settings.server.base_url)
 
 
@@ -446,8 +437,8 @@ _UNVERIFIED = ("your email address is not verified yet: open the link in the inv
 
 def _digest(token: str) -> bytes:
     try:
-        return tokens.invite_hash(token.strip())
-    except tokens.MalformedInvite:
+        return mail_secrets.invite_hash(token.strip())
+    except mail_secrets.MalformedInvite:
         raise invalid("invite_token", "not an invite token") from None
 
 
@@ -537,3 +528,6 @@ async def signup_with_invite(db: AsyncSession, data: InviteSignup, request: Requ
 
 invite_answers_router = Router(path="/v1/invites",
                                route_handlers=[accept_invite, decline_invite, preview_invite, signup_with_invite])
+
+
+ROUTES = Routes(resources=[invites], handlers=[organization_invites_router, invite_answers_router])

@@ -19,7 +19,10 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import UserTrial
 from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import Input, service_for, set_fields
+from tenant_api.inputs import Input
+from tenant_api.resources.base import service_for
+from tenant_api.resources.schemas import set_fields
+from tenant_api.routing import Routes
 
 Plan = Annotated[str, Meta(min_length=1, max_length=100)]
 
@@ -90,3 +93,6 @@ async def put_trial(db: AsyncSession, ctx: Principal, data: TrialIn) -> TrialRea
 
 
 trial_router = Router(path="/v1/trial", route_handlers=[get_trial, put_trial])
+
+
+ROUTES = Routes(handlers=[trial_router])

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Router, post
+from litestar import post
 from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +18,9 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import Agent, OrganizationMembership, Project, VideoCall
 from tenant_api.errors import conflict, invalid
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import Input, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, TenantService, to_read
+from tenant_api.routing import Routes
 
 Title = Annotated[str, Meta(max_length=200)]
 
@@ -123,4 +125,5 @@ async def end_call(db: AsyncSession, ctx: Principal, item_id: UUID) -> VideoCall
     return to_read(VideoCallRead, row)
 
 
-video_call_router = Router(path="/v1/video-calls", route_handlers=[end_call])
+video_calls.actions.append(end_call)
+ROUTES = Routes(resources=[video_calls])

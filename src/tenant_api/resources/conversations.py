@@ -37,8 +37,11 @@ from tenant_api.db.models import (
 )
 from tenant_api.inputs import INT64_MAX
 from tenant_api.errors import conflict, database_unavailable, invalid, log_failure, not_found
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Nest, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tenant_api.resources.conversation_hub import ConversationHub
+from tenant_api.routing import Routes
 
 log = logging.getLogger("tenant_api.stream")
 
@@ -428,5 +431,7 @@ async def stream_conversation(
         ctx.organization_id, conversation_id, min(start, last_seq)))
 
 
-conversation_router = Router(path="/v1/conversations/{conversation_id:uuid}",
-                             route_handlers=[post_message, list_messages, stream_conversation])
+# A conversation's messages and stream, under its path: in the conversations router.
+conversations.actions.append(Router(path="/{conversation_id:uuid}",
+                                    route_handlers=[post_message, list_messages, stream_conversation]))
+ROUTES = Routes(resources=[conversations, conversation_members])

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Router, post
+from litestar import post
 from msgspec import UNSET, Meta, UnsetType
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,9 +22,11 @@ from tenant_api.db.models import (
     RobotMacroExecution,
 )
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
 from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, release_claim
+from tenant_api.routing import Routes
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=2000)]
@@ -195,11 +197,8 @@ def _vm_action(action: str, target: str) -> Any:
                 summary=f"{action.capitalize()} a VM (status → {target})", tags=["desktops"], status_code=200)(handler)
 
 
-desktop_vm_actions = Router(
-    path="/v1/desktop-vms",
-    route_handlers=[_vm_action("start", "running"), _vm_action("stop", "stopped"),
-                    _vm_action("terminate", "terminated")],
-)
+desktop_vms.actions.extend([_vm_action("start", "running"), _vm_action("stop", "stopped"),
+                            _vm_action("terminate", "terminated")])
 
 
 # --- robot_macro ------------------------------------------------------------------------
@@ -339,3 +338,6 @@ robot_macro_executions = Resource(
     service=RobotMacroExecutionService, deletable=False,
     nest=Nest(param="macro_id", model=RobotMacro, column="macro_id", inherit=("project_id",), label="robot macro"),
 )
+
+
+ROUTES = Routes(resources=[desktop_configs, desktop_vms, robot_macros, robot_macro_executions])

@@ -18,7 +18,9 @@ from sqlalchemy import select
 
 from tenant_api.db.models import Project, Service
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.base import Input, Resource, TenantService
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, TenantService
+from tenant_api.routing import Routes
 
 Status = Literal["pending", "ready", "failed", "stopped"]
 ServiceName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
@@ -117,3 +119,6 @@ services = Resource(
     parents={"project_id": Project}, filters={"project_id": UUID, "status": Status, "name": str},
     service=ServiceService,
 )
+
+
+ROUTES = Routes(resources=[services])

@@ -11,8 +11,10 @@ from sqlalchemy import exists, select
 from tenant_api.db.models import Agent, ComputerUseTask, Project, Task
 from tenant_api.db.models.desktops import DesktopVirtualMachine
 from tenant_api.errors import invalid
-from tenant_api.resources.base import Input, Resource
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
+from tenant_api.routing import Routes
 
 # Must equal the moves given to app.guard_status in policies/task.sql (tested).
 TASK_LIFECYCLE = lifecycle("task", "todo", {
@@ -172,3 +174,6 @@ computer_use_tasks = Resource(
     filters={"project_id": UUID, "status": RunStatus, "desktop_vm_id": UUID},
     service=ComputerUseTaskService,
 )
+
+
+ROUTES = Routes(resources=[tasks, computer_use_tasks])

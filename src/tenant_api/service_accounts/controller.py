@@ -33,13 +33,16 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import display_prefix, new_api_token, token_hash
-from tenant_api.auth.scopes import ROLE_SCOPES, expand, unknown
+from tenant_api.scopes import ROLE_SCOPES, expand, unknown
 from tenant_api.db.context import Principal
 from tenant_api.db.models import OrganizationMembership, PlatformToken, Project, ServiceAccount
 from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, decode_cursor, encode_cursor, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
 from tenant_api.tokens.controller import TokenPage, TokenRead, TokenSecret
+from tenant_api.routing import Routes
 
 ServiceRole = Literal["admin", "member", "auditor"]
 
@@ -120,12 +123,10 @@ class ServiceAccounts:
         return row
 
     async def page(self, limit: int, cursor: str | None) -> ServiceAccountPage:
-        query = self._query()
-        if cursor:
-            query = query.where(ServiceAccount.id > decode_cursor(cursor))
-        rows = (await self.db.execute(query.order_by(ServiceAccount.id).limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
-        return ServiceAccountPage(items=[self._read(r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(ServiceAccount)
+        rows = (await self.db.execute(keyset.query(self._query(), cursor, limit))).all()
+        page, next_cursor = keyset.page(rows, limit, lambda row: (row[0].id,))
+        return ServiceAccountPage(items=[self._read(r) for r in page], next_cursor=next_cursor)
 
     async def _projects(self, field: str, project_ids: list[UUID], within: list[UUID] | None) -> list[UUID]:
         wanted = sorted(set(project_ids))
@@ -193,11 +194,9 @@ class ServiceAccounts:
     async def tokens(self, sa_id: UUID, limit: int, cursor: str | None) -> TokenPage:
         sa, _ = await self.one(sa_id)
         where = [PlatformToken.organization_id == self.org, PlatformToken.user_id == sa.user_id]
-        if cursor:
-            where.append(PlatformToken.id > decode_cursor(cursor))
-        rows = (await self.db.scalars(select(PlatformToken).where(*where).order_by(PlatformToken.id)
-                                      .limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+        keyset = by_id(PlatformToken)
+        rows, next_cursor = keyset.page((await self.db.scalars(
+            keyset.query(select(PlatformToken).where(*where), cursor, limit))).all(), limit)
         return TokenPage(items=[to_read(TokenRead, r) for r in rows[:limit]], next_cursor=next_cursor)
 
     async def mint(self, sa_id: UUID, data: ServiceTokenCreate, default_days: int, max_days: int) -> TokenSecret:
@@ -307,3 +306,6 @@ service_accounts_router = Router(
                     delete_service_account, list_service_account_tokens, create_service_account_token],
     dependencies={"accounts": Provide(provide_accounts)},
 )
+
+
+ROUTES = Routes(handlers=[service_accounts_router])

@@ -14,14 +14,17 @@ from msgspec import Meta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth import scopes as scope_catalog
-from tenant_api.auth.scopes import Scope
+from tenant_api import scopes as scope_catalog
+from tenant_api.scopes import Scope
 from tenant_api.auth.credentials import display_prefix, new_api_token, token_hash
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, Project
 from tenant_api.errors import ProblemError, conflict, invalid
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, TenantService, service_for, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import TenantService, service_for, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from tenant_api.routing import Routes
 
 
 class TokenRead(msgspec.Struct):
@@ -199,3 +202,6 @@ tokens_router = Router(
     route_handlers=[create_token, list_tokens, get_token, revoke_token, rotate_token],
     dependencies={"tokens": Provide(provide_tokens)},
 )
+
+
+ROUTES = Routes(handlers=[tokens_router])

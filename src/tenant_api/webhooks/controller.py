@@ -24,18 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Project, Webhook, WebhookAttempt, WebhookDelivery
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.resources.base import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Input,
-    TenantService,
-    decode_cursor,
-    encode_cursor,
-    service_for,
-    set_fields,
-    to_read,
-)
+from tenant_api.inputs import Input
+from tenant_api.resources.base import TenantService, service_for, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
+from tenant_api.resources.schemas import set_fields
 from tenant_api.webhooks import events, signing, targets
+from tenant_api.routing import Routes
 
 SCOPE = "org:write"
 Url = Annotated[str, Meta(min_length=8, max_length=2000)]
@@ -234,11 +228,10 @@ class WebhookBaseService(TenantService[Webhook]):
                                              WebhookDelivery.webhook_id == webhook_id)
         if status is not None:
             stmt = stmt.where(WebhookDelivery.status == status)
-        if cursor:
-            stmt = stmt.where(WebhookDelivery.id < decode_cursor(cursor))
-        rows = list(await self.repository.session.scalars(stmt.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-        return DeliveryPage(items=[to_read(DeliveryRead, r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(WebhookDelivery, descending=True)  # newest first
+        found = (await self.repository.session.scalars(keyset.query(stmt, cursor, limit))).all()
+        rows, next_cursor = keyset.page(found, limit)
+        return DeliveryPage(items=[to_read(DeliveryRead, r) for r in rows], next_cursor=next_cursor)
 
     async def delivery(self, webhook_id: UUID, delivery_id: UUID) -> WebhookDelivery:
         await self.get_visible(webhook_id)
@@ -354,3 +347,6 @@ webhooks_router = Router(
                     rotate_webhook_secret, list_webhook_deliveries, get_webhook_delivery, redeliver_webhook],
     dependencies={"webhooks": Provide(provide_webhooks)},
 )
+
+
+ROUTES = Routes(handlers=[webhooks_router])

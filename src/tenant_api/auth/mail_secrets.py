@@ -1,6 +1,6 @@
-"""Invite secrets: ``tinv_`` + 32 base62 characters + a 6-character CRC32 checksum, the
-API token format with its own prefix (recognizable by secret scanners; typos refused
-before any database work). Stored only as SHA-256, like API tokens.
+"""Mailed secrets, invites' and email verifications': ``tinv_`` (``tver_``) + 32 base62
+characters + a 6-character CRC32 checksum, the API token format with its own prefix
+(recognizable by secret scanners; typos refused before any database work). Stored only as SHA-256, like API tokens.
 
 The secret is not random bytes kept somewhere until the mail goes out: it is
 HMAC-SHA256(key, nonce), where the nonce (32 random bytes) sits in the invite's outbox
