@@ -162,7 +162,7 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
-class InviteBaseService(TenantService[ProjectInvite]):
+class ProjectInviteService(TenantService[ProjectInvite]):
     """Invites to a project (``project_id``) or to the organization (``project_id`` None)."""
 
     async def _project(self, project_id: UUID | None) -> Project | None:
@@ -346,7 +346,7 @@ def _keys(state: State) -> InviteKeys:
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_invite", summary="Invite an email to the project",
       tags=["members"])
-async def create_invite(service: InviteBaseService, project_id: UUID, data: InviteCreate,
+async def create_invite(service: ProjectInviteService, project_id: UUID, data: InviteCreate,
                         state: State) -> Response[InviteSecret]:
     secret, created = await service.invite(project_id, data.email, data.role, data.resend, state.settings.invites,
                                            _keys(state))
@@ -355,21 +355,22 @@ async def create_invite(service: InviteBaseService, project_id: UUID, data: Invi
 
 @post("/{item_id:uuid}/resend", opt={"scope": "members:write"}, operation_id="resend_invite",
       summary="New secrets and expiry; the old ones stop working", tags=["members"], status_code=200)
-async def resend_invite(service: InviteBaseService, project_id: UUID, item_id: UUID, state: State) -> InviteSecret:
+async def resend_invite(service: ProjectInviteService, project_id: UUID, item_id: UUID, state: State) -> InviteSecret:
     return await service.resend(project_id, item_id, state.settings.invites, _keys(state))
 
 
 @delete("/{item_id:uuid}", opt={"scope": "members:write"}, operation_id="revoke_invite",
         summary="Revoke an invite", tags=["members"])
-async def revoke_invite(service: InviteBaseService, project_id: UUID, item_id: UUID) -> None:
+async def revoke_invite(service: ProjectInviteService, project_id: UUID, item_id: UUID) -> None:
     await service.revoke(project_id, item_id)
 
 
 invites = Resource(
     name="invite", path="/v1/projects/{project_id:uuid}/invites", model=ProjectInvite, area="members",
-    read=InviteRead, service=InviteBaseService, deletable=False, filters={"status": InviteStatus},
+    read=InviteRead, service=ProjectInviteService, deletable=False, filters={"status": InviteStatus},
     nest=Nest(param="project_id", model=Project, column="project_id", label="project"),
     actions=[create_invite, resend_invite, revoke_invite],
+    read_path="orm",  # delivery_status is the outbox's, not a column
 )
 
 
@@ -377,18 +378,18 @@ invites = Resource(
 
 
 # Built once (service_class() makes a new class per call), like the resource router's own.
-_invite_service_class = invites.service_class()
+invite_service = invites.service_class()
 
 
-async def provide_invite_service(db: AsyncSession, ctx: Principal) -> InviteBaseService:
-    service = _invite_service_class(db, ctx)
-    assert isinstance(service, InviteBaseService)  # invites.service is InviteBaseService
+async def provide_invite_service(db: AsyncSession, ctx: Principal) -> ProjectInviteService:
+    service = invite_service(db, ctx)
+    assert isinstance(service, ProjectInviteService)  # invites.service is ProjectInviteService
     return service
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_organization_invites", tags=["members"],
      summary="Invites to the organization itself")
-async def list_org_invites(service: InviteBaseService,
+async def list_org_invites(service: ProjectInviteService,
                            limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                            cursor: str | None = Parameter(default=None, max_length=64),
                            status: InviteStatus | None = None) -> InvitePage:
@@ -396,13 +397,14 @@ async def list_org_invites(service: InviteBaseService,
 
 
 @get("/{invite_id:uuid}", opt={"scope": "members:read"}, operation_id="get_organization_invite", tags=["members"])
-async def get_org_invite(service: InviteBaseService, invite_id: UUID) -> InviteRead:
+async def get_org_invite(service: ProjectInviteService, invite_id: UUID) -> InviteRead:
     return await service.get_invite(None, invite_id)
 
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_organization_invite", tags=["members"],
       summary="Invite an email to the organization, as admin, member or auditor")
-async def create_org_invite(service: InviteBaseService, data: OrgInviteCreate, state: State) -> Response[InviteSecret]:
+async def create_org_invite(service: ProjectInviteService, data: OrgInviteCreate,
+                            state: State) -> Response[InviteSecret]:
     secret, created = await service.invite(None, data.email, data.role, data.resend, state.settings.invites,
                                            _keys(state))
     return Response(secret, status_code=201 if created else 200)
@@ -410,13 +412,13 @@ async def create_org_invite(service: InviteBaseService, data: OrgInviteCreate, s
 
 @post("/{invite_id:uuid}/resend", opt={"scope": "members:write"}, operation_id="resend_organization_invite",
       tags=["members"], status_code=200, summary="New secrets and expiry; the old ones stop working")
-async def resend_org_invite(service: InviteBaseService, invite_id: UUID, state: State) -> InviteSecret:
+async def resend_org_invite(service: ProjectInviteService, invite_id: UUID, state: State) -> InviteSecret:
     return await service.resend(None, invite_id, state.settings.invites, _keys(state))
 
 
 @delete("/{invite_id:uuid}", opt={"scope": "members:write"}, operation_id="revoke_organization_invite",
         tags=["members"], summary="Revoke an organization invite")
-async def revoke_org_invite(service: InviteBaseService, invite_id: UUID) -> None:
+async def revoke_org_invite(service: ProjectInviteService, invite_id: UUID) -> None:
     await service.revoke(None, invite_id)
 
 

@@ -23,6 +23,7 @@ from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.inputs import Input
 from tenant_api.resources.base import Nest, Resource, TenantService, to_read
 from tenant_api.resources.pagination import CursorCodec, Keyset
+from tenant_api.resources.schemas import update_of
 from tenant_api.routing import Routes
 
 AgentStatus = Literal["active", "paused", "archived"]
@@ -151,15 +152,10 @@ class TemplateCreate(Input):
     default_profile: ProfileDefaults = msgspec.field(default_factory=ProfileDefaults)
 
 
-class TemplateUpdate(Input):
-    slug: Slug | UnsetType = UNSET
-    name: Name | UnsetType = UNSET
-    category: AgentType | UnsetType = UNSET
-    tools: Tools | UnsetType = UNSET
-    default_profile: ProfileDefaults | UnsetType = UNSET
+TemplateUpdate = update_of(TemplateCreate)
 
 
-class TemplateService(TenantService[AgentTemplate]):
+class AgentTemplateService(TenantService[AgentTemplate]):
     """Templates are organization-wide: a project-restricted credential reads them but
     may not change them (the policy refuses it too; this makes it a clear 403 rather
     than an UPDATE or DELETE that matches no row)."""
@@ -189,7 +185,7 @@ class TemplateService(TenantService[AgentTemplate]):
 agent_templates = Resource(
     name="agent_template", path="/v1/agent-templates", model=AgentTemplate, area="agents",
     read=TemplateRead, create=TemplateCreate, update=TemplateUpdate,
-    filters={"category": str, "slug": str}, service=TemplateService, tag="agents",
+    filters={"category": str, "slug": str}, service=AgentTemplateService, tag="agents",
 )
 
 
@@ -217,10 +213,7 @@ class AgentCreate(Input):
     """Start from this template: type from its category, a profile from its default profile."""
 
 
-class AgentUpdate(Input):
-    name: Name | UnsetType = UNSET
-    type: AgentType | UnsetType = UNSET
-    status: AgentStatus | UnsetType = UNSET
+AgentUpdate = update_of(AgentCreate, exclude=("project_id", "template_id"))
 
 
 class AgentService(TenantService[Agent]):
@@ -290,19 +283,13 @@ class EmailRuleCreate(Input):
     enabled: bool = True
 
 
-class EmailRuleUpdate(Input):
-    direction: Direction | UnsetType = UNSET
-    pattern: Pattern | UnsetType = UNSET
-    action: RuleAction | UnsetType = UNSET
-    target: Target | None | UnsetType = UNSET
-    priority: Priority | UnsetType = UNSET
-    enabled: bool | UnsetType = UNSET
+EmailRuleUpdate = update_of(EmailRuleCreate)
 
 
 RULE_ORDER = Keyset((AgentEmailRule.priority, AgentEmailRule.id), CursorCodec(("u32", "uuid")))
 
 
-class EmailRuleService(TenantService[AgentEmailRule]):
+class AgentEmailRuleService(TenantService[AgentEmailRule]):
     async def before_write(self, values: dict[str, Any], existing: AgentEmailRule | None) -> dict[str, Any]:
         if "pattern" in values:
             try:
@@ -333,7 +320,8 @@ agent_email_rules = Resource(
     name="agent_email_rule", path="/v1/agents/{agent_id:uuid}/email-rules", model=AgentEmailRule,
     area="agents", read=EmailRuleRead, create=EmailRuleCreate, update=EmailRuleUpdate,
     filters={"direction": Direction, "action": RuleAction, "enabled": bool},
-    service=EmailRuleService, nest=AGENT_NEST, tag="agents",
+    service=AgentEmailRuleService, nest=AGENT_NEST, tag="agents",
+    read_path="orm",  # evaluation order, (priority, id): its own page
 )
 
 
@@ -358,9 +346,8 @@ class AgentConversationCreate(Input):
     external_conversation_id: ExternalId
 
 
-class AgentConversationUpdate(Input):
-    # the key is the mapping's identity: to re-key, delete and create
-    external_conversation_id: ExternalId | UnsetType = UNSET
+# The key is the mapping's identity: to re-key, delete and create.
+AgentConversationUpdate = update_of(AgentConversationCreate, exclude=("conversation_key",))
 
 
 class AgentConversationService(TenantService[AgentConversation]):

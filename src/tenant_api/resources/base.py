@@ -20,7 +20,7 @@ Writes go through the service and the ORM.
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -193,6 +193,13 @@ class Resource:
     # The resource's own actions (handlers taking ``service``), mounted in its router so
     # they share its path and dependencies: e.g. a create that returns a secret.
     actions: list[Any] = field(default_factory=list)
+    # --- the read path (issue 14): stated, never inferred ---
+    # "fast": list and get run as Core statements on the request's asyncpg connection
+    # (ReadQueries), the hot path. "orm": the service's reads, for a service with read
+    # rules of its own (it overrides page or get_visible, reads newest first) or a Read
+    # struct with fields that are not columns. A resource that says "fast" but cannot be
+    # read that way refuses to mount; tests/test_read_path.py lists every resource's.
+    read_path: Literal["fast", "orm"] = "fast"
 
     def service_class(self) -> type[TenantService]:
         base = self.service or TenantService
@@ -343,7 +350,11 @@ def resource_router(res: Resource) -> Router:
         scope = await scope_of(service, kw)
         return to_read(Read, await service.get_visible(item_id, scope))
 
-    fast = ReadQueries.for_resource(res, Service)
+    fast = ReadQueries.for_resource(res, Service) if res.read_path == "fast" else None
+    if res.read_path == "fast" and fast is None:
+        raise RuntimeError(f"resource {res.name} says read_path='fast' but its service has read rules of its own "
+                           "(page, get_visible, newest_first) or its Read struct fields that are not columns: "
+                           "say read_path='orm'")
     if fast is not None:
         # The same routes on the request's asyncpg connection (see ReadQueries).
 

@@ -49,7 +49,7 @@ class TrialIn(Input):
     cancelled_at: Timestamp | None | UnsetType = UNSET
 
 
-TrialService = service_for(UserTrial, "trial")
+UserTrialService = service_for(UserTrial, "trial")
 TRIAL_FIELDS = ("plan", "started_at", "ends_at", "converted_at", "cancelled_at")
 
 
@@ -87,7 +87,7 @@ async def put_trial(db: AsyncSession, ctx: Principal, data: TrialIn) -> TrialRea
     if merged.get("converted_at") is not None and merged.get("cancelled_at") is not None:
         field = "cancelled_at" if "cancelled_at" in sent else "converted_at"
         raise invalid(field, "a trial cannot be both converted and cancelled")
-    service = TrialService(db, ctx)
+    service = UserTrialService(db, ctx)
     row = await (service.update_row(existing.id, sent) if existing else service.create_row(sent))
     return _read(row)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import func, select
 
 from tenant_api.cron import CronError, next_run, parse, zone
@@ -20,6 +20,7 @@ from tenant_api.inputs import Input
 from tenant_api.resources.base import Resource, TenantService
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, RunStatus, json_size, release_claim
+from tenant_api.resources.schemas import update_of
 from tenant_api.routing import Routes
 
 # Must equal the moves given to app.guard_status in policies/job.sql (tested).
@@ -80,14 +81,7 @@ class JobScheduleCreate(Input):
     """Its jobs' attempts: a job whose runner's lease runs out is queued again up to this."""
 
 
-class JobScheduleUpdate(Input):
-    name: Name | UnsetType = UNSET
-    cron: CronText | UnsetType = UNSET
-    timezone: TimeZone | UnsetType = UNSET
-    enabled: bool | UnsetType = UNSET
-    target: Target | UnsetType = UNSET
-    labels: Labels | UnsetType = UNSET
-    max_attempts: MaxAttempts | UnsetType = UNSET
+JobScheduleUpdate = update_of(JobScheduleCreate, exclude=("project_id",))
 
 
 class JobScheduleService(TenantService[JobSchedule]):
@@ -163,11 +157,10 @@ class JobCreate(Input):
 ExitCode = Annotated[int, Meta(ge=-(2**31), lt=2**31)]
 
 
-class JobUpdate(Input):
-    """Cancel a job (a runner running it finds out at its next heartbeat). Running and
-    finishing are the runner protocol's (POST /v1/jobs/claim, docs/runners.md)."""
-
-    status: CancelStatus | UnsetType = UNSET
+JobUpdate = update_of(
+    JobCreate, keep=(), extra={"status": CancelStatus},
+    doc="""Cancel a job (a runner running it finds out at its next heartbeat). Running and
+    finishing are the runner protocol's (POST /v1/jobs/claim, docs/runners.md).""")
 
 
 class JobService(LifecycleService[Job]):

@@ -68,6 +68,7 @@ device_tokens = Resource(
     name="device_token", path="/v1/device-tokens", model=DeviceToken, area="notifications",
     read=DeviceTokenRead, create=DeviceTokenCreate, filters={"platform": Platform},
     service=DeviceTokenService,
+    read_path="orm",  # a user's own tokens only: its own page and get
 )
 
 

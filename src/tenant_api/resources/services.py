@@ -13,13 +13,14 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import select
 
 from tenant_api.db.models import Project, Service
 from tenant_api.errors import conflict, invalid
 from tenant_api.inputs import Input
 from tenant_api.resources.base import Resource, TenantService
+from tenant_api.resources.schemas import update_of
 from tenant_api.routing import Routes
 
 Status = Literal["pending", "ready", "failed", "stopped"]
@@ -66,11 +67,7 @@ class ServiceCreate(Input):
     env: Env = []
 
 
-class ServiceUpdate(Input):
-    name: ServiceName | UnsetType = UNSET
-    image: Image | UnsetType = UNSET
-    env: Env | UnsetType = UNSET
-    status: Status | UnsetType = UNSET
+ServiceUpdate = update_of(ServiceCreate, exclude=("project_id",), extra={"status": Status})
 
 
 class ServiceService(TenantService[Service]):

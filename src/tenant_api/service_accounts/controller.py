@@ -95,7 +95,7 @@ def _admin(ctx: Principal) -> None:
         raise ProblemError(403, "a credential restricted to projects cannot manage service accounts")
 
 
-class ServiceAccounts:
+class ServiceAccountService:
     def __init__(self, db: AsyncSession, ctx: Principal) -> None:
         self.db = db
         self.ctx = ctx
@@ -247,15 +247,15 @@ class _Base(msgspec.Struct):
     updated_at: dt.datetime
 
 
-async def provide_accounts(db: AsyncSession, ctx: Principal) -> ServiceAccounts:
-    return ServiceAccounts(db, ctx)
+async def provide_accounts(db: AsyncSession, ctx: Principal) -> ServiceAccountService:
+    return ServiceAccountService(db, ctx)
 
 
 TAGS = ["service accounts"]
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_service_accounts", tags=TAGS)
-async def list_service_accounts(accounts: ServiceAccounts,
+async def list_service_accounts(accounts: ServiceAccountService,
                                 limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                                 cursor: str | None = Parameter(default=None, max_length=64)) -> ServiceAccountPage:
     return await accounts.page(limit, cursor)
@@ -263,30 +263,30 @@ async def list_service_accounts(accounts: ServiceAccounts,
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_service_account", tags=TAGS,
       summary="A principal of the organization for an integration, with a role (and optional limits)")
-async def create_service_account(accounts: ServiceAccounts, data: ServiceAccountCreate) -> ServiceAccountRead:
+async def create_service_account(accounts: ServiceAccountService, data: ServiceAccountCreate) -> ServiceAccountRead:
     return await accounts.create(data)
 
 
 @get("/{account_id:uuid}", opt={"scope": "members:read"}, operation_id="get_service_account", tags=TAGS)
-async def get_service_account(accounts: ServiceAccounts, account_id: UUID) -> ServiceAccountRead:
+async def get_service_account(accounts: ServiceAccountService, account_id: UUID) -> ServiceAccountRead:
     return accounts._read(await accounts.one(account_id))
 
 
 @patch("/{account_id:uuid}", opt={"scope": "members:write"}, operation_id="update_service_account", tags=TAGS)
-async def update_service_account(accounts: ServiceAccounts, account_id: UUID,
+async def update_service_account(accounts: ServiceAccountService, account_id: UUID,
                                  data: ServiceAccountUpdate) -> ServiceAccountRead:
     return await accounts.update(account_id, data)
 
 
 @delete("/{account_id:uuid}", opt={"scope": "members:write"}, operation_id="delete_service_account", tags=TAGS,
         summary="Delete it: its tokens stop working at once")
-async def delete_service_account(accounts: ServiceAccounts, account_id: UUID) -> None:
+async def delete_service_account(accounts: ServiceAccountService, account_id: UUID) -> None:
     await accounts.delete(account_id)
 
 
 @get("/{account_id:uuid}/tokens", opt={"scope": "members:read"}, operation_id="list_service_account_tokens",
      tags=TAGS)
-async def list_service_account_tokens(accounts: ServiceAccounts, account_id: UUID,
+async def list_service_account_tokens(accounts: ServiceAccountService, account_id: UUID,
                                       limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                                       cursor: str | None = Parameter(default=None, max_length=64)) -> TokenPage:
     return await accounts.tokens(account_id, limit, cursor)
@@ -294,7 +294,7 @@ async def list_service_account_tokens(accounts: ServiceAccounts, account_id: UUI
 
 @post("/{account_id:uuid}/tokens", opt={"scope": "members:write"}, operation_id="create_service_account_token",
       tags=TAGS, summary="Mint an API token that acts as the service account (the secret is shown once)")
-async def create_service_account_token(accounts: ServiceAccounts, account_id: UUID, data: ServiceTokenCreate,
+async def create_service_account_token(accounts: ServiceAccountService, account_id: UUID, data: ServiceTokenCreate,
                                        state: State) -> TokenSecret:
     auth = state.settings.auth
     return await accounts.mint(account_id, data, auth.token_default_ttl_days, auth.token_max_ttl_days)
