@@ -42,7 +42,7 @@ from litestar.testing import AsyncTestClient
 
 from tenant_api.audit import sealing
 from tenant_api.routes import RESOURCES
-from tests.conftest import Tenant, make_token, signup
+from tests.support.tenants import Tenant, make_token, signup
 
 # Body / query fields holding the id of another row -> the table that row lives in.
 # Generated bodies use the tenant's oldest row of that table (signup's defaults for
@@ -271,38 +271,38 @@ async def _platform_token(client: AsyncTestClient, tenant: Tenant, refs: dict[st
 
 async def _agent_profile(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # The oldest agent (made from a template, so it has a profile already): PUT replaces it.
-    _ok(await client.put(f"/v1/agents/{refs['agent']}/profile", headers=tenant.h,
+    _ok(await client.put(f"/v1/agents/{refs['agent']}/profile", headers=tenant.token_auth,
                          json={"display_name": "Ada", "role": "support"}), 200)
 
 
 async def _user_trial(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     ends = (dt.datetime.now(dt.UTC) + dt.timedelta(days=14)).isoformat()
-    _ok(await client.put("/v1/trial", headers=tenant.h, json={"plan": "pro", "ends_at": ends}), 200)
+    _ok(await client.put("/v1/trial", headers=tenant.token_auth, json={"plan": "pro", "ends_at": ends}), 200)
 
 
 async def _notification_preference(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     body = {"email": {"enabled": False}, "push": {"enabled": True, "events": {"agent.failed": False}}}
-    _ok(await client.put("/v1/notification-preferences", headers=tenant.h, json=body), 200)
+    _ok(await client.put("/v1/notification-preferences", headers=tenant.token_auth, json=body), 200)
 
 
 async def _conversation_member(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # The generated conversation already lists the tenant's user (its members field):
     # add the oldest agent, of the same (oldest) project.
-    _ok(await client.post(f"/v1/conversations/{refs['conversation']}/members", headers=tenant.h,
+    _ok(await client.post(f"/v1/conversations/{refs['conversation']}/members", headers=tenant.token_auth,
                           json={"member_type": "AGENT", "member_id": refs["agent"]}))
 
 
 async def _conversation_message(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     for body in ("hi", "hello again"):
-        _ok(await client.post(f"/v1/conversations/{refs['conversation']}/messages", headers=tenant.h,
+        _ok(await client.post(f"/v1/conversations/{refs['conversation']}/messages", headers=tenant.token_auth,
                               json={"body": body}))
 
 
 async def _robot_macro_execution(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # An execution needs a running VM: start the oldest one (the macros' VM), keep it running.
     vm = refs["desktop_virtual_machine"]
-    _ok(await client.post(f"/v1/desktop-vms/{vm}/start", headers=tenant.h), 200)
-    _ok(await client.post(f"/v1/robot-macros/{refs['robot_macro']}/executions", headers=tenant.h,
+    _ok(await client.post(f"/v1/desktop-vms/{vm}/start", headers=tenant.token_auth), 200)
+    _ok(await client.post(f"/v1/robot-macros/{refs['robot_macro']}/executions", headers=tenant.token_auth,
                           json={"vm_id": vm}))
 
 
@@ -310,14 +310,14 @@ async def _desktop_connection(client: AsyncTestClient, tenant: Tenant, refs: dic
     # Rows are written by the robot clients' WebSocket only: connect, ping, leave, and
     # wait until the handler has closed the row (so nothing changes under the tests).
     vm = refs["desktop_virtual_machine"]
-    with await client.websocket_connect(f"/v1/desktop-connections/ws?vm_id={vm}", headers=tenant.h) as ws:
+    with await client.websocket_connect(f"/v1/desktop-connections/ws?vm_id={vm}", headers=tenant.token_auth) as ws:
         hello = ws.receive_json(timeout=5)
         assert hello.get("type") == "connected", hello
         ws.send_json({"type": "ping"})
         assert ws.receive_json(timeout=5) == {"type": "pong"}
     deadline = time.monotonic() + 10
     while True:
-        row = _ok(await client.get(f"/v1/desktop-connections/{hello['connection_id']}", headers=tenant.h), 200)
+        row = _ok(await client.get(f"/v1/desktop-connections/{hello['connection_id']}", headers=tenant.token_auth), 200)
         if row["status"] == "disconnected":
             return
         assert time.monotonic() < deadline, f"desktop connection still open: {row}"
@@ -327,33 +327,33 @@ async def _desktop_connection(client: AsyncTestClient, tenant: Tenant, refs: dic
 async def _project_membership(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # Someone of another organization accepts an invite to the tenant's default project.
     invitee = await signup(client, f"invitee{uuid.uuid4().hex[:8]}")
-    invite = _ok(await client.post(f"/v1/projects/{tenant.project_id}/invites", headers=tenant.h,
+    invite = _ok(await client.post(f"/v1/projects/{tenant.project_id}/invites", headers=tenant.token_auth,
                                    json={"email": invitee.email, "role": "viewer"}))
-    _ok(await client.post("/v1/invites/accept", headers=invitee.hs, json={"invite_token": invite["invite_token"]}))
+    _ok(await client.post("/v1/invites/accept", headers=invitee.session_auth, json={"invite_token": invite["invite_token"]}))
 
 
 async def _service_account(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
-    sa = _ok(await client.post("/v1/service-accounts", headers=tenant.h,
+    sa = _ok(await client.post("/v1/service-accounts", headers=tenant.token_auth,
                                json={"name": f"sa-{uuid.uuid4().hex[:6]}", "role": "member"}))
-    _ok(await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=tenant.h,
+    _ok(await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=tenant.token_auth,
                           json={"name": "t", "scopes": ["agents:read"]}))
 
 
 async def _organization_invite(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # project_invite rows with project_id null: invites to the organization itself.
-    _ok(await client.post("/v1/organization/invites", headers=tenant.h,
+    _ok(await client.post("/v1/organization/invites", headers=tenant.token_auth,
                           json={"email": f"org-{uuid.uuid4().hex[:8]}@example.com", "role": "auditor"}))
 
 
 async def _job_log(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
     # Only a job's running attempt writes its log: claim the oldest queued job (left running).
-    claim = _ok(await client.post("/v1/jobs/claim", headers=tenant.h, json={"project_ids": [tenant.project_id]}), 200)
-    _ok(await client.post(f"/v1/jobs/{claim['job']['id']}/logs", headers=tenant.h,
+    claim = _ok(await client.post("/v1/jobs/claim", headers=tenant.token_auth, json={"project_ids": [tenant.project_id]}), 200)
+    _ok(await client.post(f"/v1/jobs/{claim['job']['id']}/logs", headers=tenant.token_auth,
                           json={"claim_secret": claim["claim_secret"], "data": "started\n"}))
 
 
 async def _idempotency_key(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]) -> None:
-    _ok(await client.post("/v1/agents", headers={**tenant.h, "Idempotency-Key": uuid.uuid4().hex},
+    _ok(await client.post("/v1/agents", headers={**tenant.token_auth, "Idempotency-Key": uuid.uuid4().hex},
                           json={"project_id": tenant.project_id, "name": f"idem-{uuid.uuid4().hex[:8]}"}))
 
 
@@ -364,9 +364,9 @@ async def _webhook(client: AsyncTestClient, tenant: Tenant, refs: dict[str, str]
     from tenant_api.db.engine import create_api_engine
     from tenant_api.webhooks.delivery import Deliverer
 
-    _ok(await client.post("/v1/webhooks", headers=tenant.h,
+    _ok(await client.post("/v1/webhooks", headers=tenant.token_auth,
                           json={"url": f"http://127.0.0.1:9/hooks/{uuid.uuid4().hex[:8]}", "event_types": ["*"]}))
-    _ok(await client.post("/v1/tasks", headers=tenant.h, json={"project_id": tenant.project_id, "summary": "hook"}))
+    _ok(await client.post("/v1/tasks", headers=tenant.token_auth, json={"project_id": tenant.project_id, "summary": "hook"}))
     settings = client.app.state.settings
     engine = create_api_engine(settings.database)
     deliverer = Deliverer(engine, settings.webhooks, client.app.state.webhook_key)

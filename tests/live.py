@@ -22,7 +22,7 @@ from litestar import Litestar
 
 from tenant_api.app import create_app
 from tenant_api.settings import Settings
-from tests.test_invites import Inbox, _free_port, body_of
+from tests.support.mail import Inbox, body_of, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -66,10 +66,10 @@ def live_server(settings: Settings, smtp: bool = True) -> Iterator[Live]:
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     if smtp:
         controller.start()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     live_settings = settings.with_server(public_url=url).with_invites(poll_seconds=0.05)
     if smtp:

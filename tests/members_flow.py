@@ -9,11 +9,11 @@ from typing import Any
 import jwt
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import Tenant, bearer
+from tests.support.tenants import Tenant, bearer
 
 
 async def new_project(client: AsyncTestClient, admin: Tenant, workspace_id: str | None = None) -> dict:
-    r = await client.post("/v1/projects", headers=admin.h,
+    r = await client.post("/v1/projects", headers=admin.token_auth,
                           json={"workspace_id": workspace_id or admin.workspace_id, "name": f"p-{uuid.uuid4().hex[:8]}"})
     assert r.status_code == 201, r.text
     return r.json()
@@ -47,8 +47,8 @@ async def join(client: AsyncTestClient, admin: Tenant, member: Tenant, project_i
                role: str = "editor") -> dict[str, str]:
     """Invite ``member`` to ``project_id`` of ``admin``'s organization, accept, and log in
     there. Returns the member's session headers in the inviting organization."""
-    inv = await invite(client, admin.h, project_id, member.email, role)
-    r = await client.post("/v1/invites/accept", headers=member.hs, json={"invite_token": inv["invite_token"]})
+    inv = await invite(client, admin.token_auth, project_id, member.email, role)
+    r = await client.post("/v1/invites/accept", headers=member.session_auth, json={"invite_token": inv["invite_token"]})
     assert r.status_code == 201, r.text
     return await login(client, member, admin.organization_id)
 

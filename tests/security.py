@@ -23,7 +23,8 @@ from litestar.testing import AsyncTestClient
 from tenant_api.auth.credentials import token_hash
 from tenant_api.db.context import RESTRICTED_ROLE_SQL
 from tests import factories
-from tests.conftest import Database, Tenant, connect, signup
+from tests.support.database import Database, connect
+from tests.support.tenants import Tenant, signup
 
 PROBLEM = "application/problem+json"
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -307,7 +308,7 @@ async def populate(client: AsyncTestClient, admin: asyncpg.Connection, tenant: T
         path = await own_path(admin, tenant, collection, op)
         body = gen_body(doc, schema, refs, uuid.uuid4().hex[:8], f"POST {collection}",
                         factories.BODY_OVERRIDES.get(("POST", collection)))
-        r = await client.post(path, headers=tenant.h, json=body)
+        r = await client.post(path, headers=tenant.token_auth, json=body)
         assert r.status_code == 201, (
             f"creating a {table} row with POST {collection} {body} failed ({r.status_code}: {r.text}); "
             "fix UUID_FIELDS/BODY_OVERRIDES or add a ROW_FACTORIES entry in tests/factories.py")

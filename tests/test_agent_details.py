@@ -3,19 +3,19 @@
 import uuid
 from uuid import UUID
 
-from tests.conftest import bearer, make_token, signup
+from tests.support.tenants import bearer, make_token, signup
 
 
-async def new_agent(client, t, name=None, **extra) -> dict:
-    r = await client.post("/v1/agents", headers=t.h,
-                          json={"project_id": t.project_id, "name": name or uuid.uuid4().hex[:8], **extra})
+async def new_agent(client, tenant, name=None, **extra) -> dict:
+    r = await client.post("/v1/agents", headers=tenant.token_auth,
+                          json={"project_id": tenant.project_id, "name": name or uuid.uuid4().hex[:8], **extra})
     assert r.status_code == 201, r.text
     return r.json()
 
 
-async def new_template(client, t, slug=None, **extra) -> dict:
+async def new_template(client, tenant, slug=None, **extra) -> dict:
     body = {"slug": slug or f"tpl-{uuid.uuid4().hex[:8]}", "name": "Support bot", "category": "support", **extra}
-    r = await client.post("/v1/agent-templates", headers=t.h, json=body)
+    r = await client.post("/v1/agent-templates", headers=tenant.token_auth, json=body)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -39,20 +39,20 @@ async def test_profile_upsert_replace_validation_and_cascade(client, admin_conn)
     agent = await new_agent(client, t)
     path = f"/v1/agents/{agent['id']}/profile"
 
-    r = await client.get(path, headers=t.h)
+    r = await client.get(path, headers=t.token_auth)
     assert r.status_code == 404 and r.json()["detail"] == "agent profile not found"
 
     full = {"display_name": "Ada", "avatar_url": "https://cdn.example.com/a.png", "voice": "alloy",
             "role": "Support lead", "bio": "Answers tickets."}
-    r = await client.put(path, headers=t.h, json=full)
+    r = await client.put(path, headers=t.token_auth, json=full)
     assert r.status_code == 200, r.text
     created = r.json()
     assert {k: created[k] for k in full} == full
     assert created["agent_id"] == agent["id"] and created["project_id"] == agent["project_id"]
-    assert (await client.get(path, headers=t.h)).json() == created
+    assert (await client.get(path, headers=t.token_auth)).json() == created
 
     # PUT replaces: what is left out is cleared; same row
-    r = await client.put(path, headers=t.h, json={"display_name": "Ada II"})
+    r = await client.put(path, headers=t.token_auth, json={"display_name": "Ada II"})
     assert r.status_code == 200, r.text
     replaced = r.json()
     assert replaced["id"] == created["id"]
@@ -61,23 +61,23 @@ async def test_profile_upsert_replace_validation_and_cascade(client, admin_conn)
 
     for bad in ("ftp://cdn.example.com/a.png", "javascript:alert(1)", "cdn.example.com/a.png",
                 "https://user:pw@cdn.example.com/a.png", "https:///nohost"):
-        r = await client.put(path, headers=t.h, json={"display_name": "x", "avatar_url": bad})
+        r = await client.put(path, headers=t.token_auth, json={"display_name": "x", "avatar_url": bad})
         assert field_of(r) == "avatar_url", bad
-    r = await client.put(path, headers=t.h, json={"display_name": ""})
+    r = await client.put(path, headers=t.token_auth, json={"display_name": ""})
     assert r.status_code == 422 and "display_name" in r.text
-    r = await client.put(path, headers=t.h, json={"display_name": "x", "mood": "happy"})
+    r = await client.put(path, headers=t.token_auth, json={"display_name": "x", "mood": "happy"})
     assert r.status_code == 422 and "mood" in r.text
 
     # audit: the insert and the replacement, attributed to the token; an identical PUT adds nothing
     rows = await audit(admin_conn, created["id"])
     assert [(a["action"], a["token_id"]) for a in rows] == [("INSERT", t.token_id), ("UPDATE", t.token_id)]
-    assert (await client.put(path, headers=t.h, json={"display_name": "Ada II"})).status_code == 200
+    assert (await client.put(path, headers=t.token_auth, json={"display_name": "Ada II"})).status_code == 200
     assert len(await audit(admin_conn, created["id"])) == 2
 
-    r = await client.get(f"/v1/agents/{uuid.uuid4()}/profile", headers=t.h)
+    r = await client.get(f"/v1/agents/{uuid.uuid4()}/profile", headers=t.token_auth)
     assert r.status_code == 404 and r.json()["detail"] == "agent not found"
 
-    assert (await client.delete(f"/v1/agents/{agent['id']}", headers=t.h)).status_code == 204
+    assert (await client.delete(f"/v1/agents/{agent['id']}", headers=t.token_auth)).status_code == 204
     assert await admin_conn.fetchval("select count(*) from agent_profile where id = $1", UUID(created["id"])) == 0
 
 
@@ -90,40 +90,40 @@ async def test_template_slug_rules_filters_and_update(client):
                              default_profile={"voice": "alloy"})
     assert tpl["tools"] == ["email", "web_search"] and tpl["default_profile"] == {"voice": "alloy"}
 
-    r = await client.post("/v1/agent-templates", headers=t.h,
+    r = await client.post("/v1/agent-templates", headers=t.token_auth,
                           json={"slug": "support-bot", "name": "again", "category": "support"})
     assert r.status_code == 409 and "support-bot" in r.json()["detail"], r.text
     # slugs are per organization
     await new_template(client, other, slug="support-bot")
 
     for bad in ("Support-Bot", "support bot", "a--b", "-a", "a-", "", "ü"):
-        r = await client.post("/v1/agent-templates", headers=t.h, json={"slug": bad, "name": "n", "category": "c"})
+        r = await client.post("/v1/agent-templates", headers=t.token_auth, json={"slug": bad, "name": "n", "category": "c"})
         assert r.status_code == 422 and "slug" in r.text, bad
-    r = await client.post("/v1/agent-templates", headers=t.h,
+    r = await client.post("/v1/agent-templates", headers=t.token_auth,
                           json={"slug": "dup-tools", "name": "n", "category": "c", "tools": ["a", "a"]})
     assert field_of(r) == "tools"
-    r = await client.post("/v1/agent-templates", headers=t.h,
+    r = await client.post("/v1/agent-templates", headers=t.token_auth,
                           json={"slug": "bad-avatar", "name": "n", "category": "c",
                                 "default_profile": {"avatar_url": "ftp://x.example/a.png"}})
     assert field_of(r) == "default_profile.avatar_url"
-    r = await client.post("/v1/agent-templates", headers=t.h,
+    r = await client.post("/v1/agent-templates", headers=t.token_auth,
                           json={"slug": "bad-key", "name": "n", "category": "c", "default_profile": {"mood": "x"}})
     assert r.status_code == 422 and "mood" in r.text
 
     sales = await new_template(client, t, category="sales")
-    r = await client.get("/v1/agent-templates?category=sales", headers=t.h)
+    r = await client.get("/v1/agent-templates?category=sales", headers=t.token_auth)
     assert [i["id"] for i in r.json()["items"]] == [sales["id"]]
-    r = await client.get("/v1/agent-templates?category=support", headers=t.h)
+    r = await client.get("/v1/agent-templates?category=support", headers=t.token_auth)
     assert [i["id"] for i in r.json()["items"]] == [tpl["id"]]
 
-    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.h, json={"slug": "support-bot"})
+    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.token_auth, json={"slug": "support-bot"})
     assert r.status_code == 409, r.text
-    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.h,
+    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.token_auth,
                            json={"slug": "sales-bot", "default_profile": {"role": "Closer"}})
     assert r.status_code == 200 and r.json()["slug"] == "sales-bot", r.text
     assert r.json()["default_profile"] == {"role": "Closer"}
     # keeping one's own slug is not a conflict
-    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.h, json={"slug": "sales-bot"})
+    r = await client.patch(f"/v1/agent-templates/{sales['id']}", headers=t.token_auth, json={"slug": "sales-bot"})
     assert r.status_code == 200, r.text
 
 
@@ -135,7 +135,7 @@ async def test_agent_from_template_gets_type_and_profile(client, admin_conn):
 
     agent = await new_agent(client, t, name="helper", template_id=tpl["id"])
     assert agent["type"] == "support" and agent["template_id"] == tpl["id"]
-    r = await client.get(f"/v1/agents/{agent['id']}/profile", headers=t.h)
+    r = await client.get(f"/v1/agents/{agent['id']}/profile", headers=t.token_auth)
     assert r.status_code == 200, r.text
     profile = r.json()
     assert (profile["display_name"], profile["voice"], profile["role"], profile["avatar_url"], profile["bio"]) == \
@@ -149,8 +149,8 @@ async def test_agent_from_template_gets_type_and_profile(client, admin_conn):
     assert explicit["type"] == "custom"
     plain = await new_agent(client, t)
     assert plain["type"] == "assistant" and plain["template_id"] is None
-    assert (await client.get(f"/v1/agents/{plain['id']}/profile", headers=t.h)).status_code == 404
-    r = await client.get(f"/v1/agents?template_id={tpl['id']}", headers=t.h)
+    assert (await client.get(f"/v1/agents/{plain['id']}/profile", headers=t.token_auth)).status_code == 404
+    r = await client.get(f"/v1/agents?template_id={tpl['id']}", headers=t.token_auth)
     assert {i["id"] for i in r.json()["items"]} == {agent["id"], explicit["id"]}
 
     # another organization's template, or none at all: 422 naming the field, nothing created
@@ -158,17 +158,17 @@ async def test_agent_from_template_gets_type_and_profile(client, admin_conn):
                                        UUID(t.organization_id))
     foreign = await new_template(client, other)
     for template_id in (foreign["id"], str(uuid.uuid4())):
-        r = await client.post("/v1/agents", headers=t.h,
+        r = await client.post("/v1/agents", headers=t.token_auth,
                               json={"project_id": t.project_id, "name": "x", "template_id": template_id})
         assert field_of(r) == "template_id"
     assert await admin_conn.fetchval("select count(*) from agent where organization_id = $1",
                                      UUID(t.organization_id)) == before
 
     # deleting the template keeps the agent and its profile, forgetting only template_id
-    assert (await client.delete(f"/v1/agent-templates/{tpl['id']}", headers=t.h)).status_code == 204
-    r = await client.get(f"/v1/agents/{agent['id']}", headers=t.h)
+    assert (await client.delete(f"/v1/agent-templates/{tpl['id']}", headers=t.token_auth)).status_code == 204
+    r = await client.get(f"/v1/agents/{agent['id']}", headers=t.token_auth)
     assert r.status_code == 200 and r.json()["template_id"] is None
-    assert (await client.get(f"/v1/agents/{agent['id']}/profile", headers=t.h)).status_code == 200
+    assert (await client.get(f"/v1/agents/{agent['id']}/profile", headers=t.token_auth)).status_code == 200
 
 
 # -- email rules ------------------------------------------------------------------------------
@@ -180,42 +180,42 @@ async def test_email_rule_validation(client):
     path = f"/v1/agents/{agent['id']}/email-rules"
     ok = {"direction": "inbound", "pattern": r".*@example\.com$", "action": "forward", "target": "ops@example.com"}
 
-    r = await client.post(path, headers=t.h, json={**ok, "pattern": "(unclosed"})
+    r = await client.post(path, headers=t.token_auth, json={**ok, "pattern": "(unclosed"})
     assert field_of(r) == "pattern"
     assert "not a valid regular expression" in r.json()["detail"] and "missing )" in r.json()["detail"]
-    r = await client.post(path, headers=t.h, json={**ok, "pattern": "a" * 501})
+    r = await client.post(path, headers=t.token_auth, json={**ok, "pattern": "a" * 501})
     assert r.status_code == 422 and "pattern" in r.text
-    r = await client.post(path, headers=t.h, json={**ok, "pattern": "*oops"})
+    r = await client.post(path, headers=t.token_auth, json={**ok, "pattern": "*oops"})
     assert field_of(r) == "pattern"
-    assert field_of(await client.post(path, headers=t.h, json={**ok, "target": None})) == "target"
-    assert field_of(await client.post(path, headers=t.h, json={**ok, "target": "not-an-address"})) == "target"
-    assert field_of(await client.post(path, headers=t.h, json={**ok, "action": "drop"})) == "target"
-    assert field_of(await client.post(path, headers=t.h, json={**ok, "action": "assign", "target": None})) == "target"
-    r = await client.post(path, headers=t.h, json={**ok, "priority": -1})
+    assert field_of(await client.post(path, headers=t.token_auth, json={**ok, "target": None})) == "target"
+    assert field_of(await client.post(path, headers=t.token_auth, json={**ok, "target": "not-an-address"})) == "target"
+    assert field_of(await client.post(path, headers=t.token_auth, json={**ok, "action": "drop"})) == "target"
+    assert field_of(await client.post(path, headers=t.token_auth, json={**ok, "action": "assign", "target": None})) == "target"
+    r = await client.post(path, headers=t.token_auth, json={**ok, "priority": -1})
     assert r.status_code == 422 and "priority" in r.text
-    r = await client.post(path, headers=t.h, json={**ok, "direction": "sideways"})
+    r = await client.post(path, headers=t.token_auth, json={**ok, "direction": "sideways"})
     assert r.status_code == 422 and "direction" in r.text
 
-    r = await client.post(path, headers=t.h, json=ok)
+    r = await client.post(path, headers=t.token_auth, json=ok)
     assert r.status_code == 201, r.text
     rule = r.json()
     assert rule["agent_id"] == agent["id"] and rule["project_id"] == agent["project_id"] and rule["priority"] == 100
     # PATCH is checked against the merged row
-    r = await client.patch(f"{path}/{rule['id']}", headers=t.h, json={"action": "drop"})
+    r = await client.patch(f"{path}/{rule['id']}", headers=t.token_auth, json={"action": "drop"})
     assert field_of(r) == "target"
-    r = await client.patch(f"{path}/{rule['id']}", headers=t.h, json={"action": "drop", "target": None})
+    r = await client.patch(f"{path}/{rule['id']}", headers=t.token_auth, json={"action": "drop", "target": None})
     assert r.status_code == 200 and r.json()["target"] is None, r.text
-    assert field_of(await client.patch(f"{path}/{rule['id']}", headers=t.h, json={"pattern": "[z-a]"})) == "pattern"
-    r = await client.post(path, headers=t.h, json={"direction": "outbound", "pattern": "x", "action": "reply"})
+    assert field_of(await client.patch(f"{path}/{rule['id']}", headers=t.token_auth, json={"pattern": "[z-a]"})) == "pattern"
+    r = await client.post(path, headers=t.token_auth, json={"direction": "outbound", "pattern": "x", "action": "reply"})
     assert r.status_code == 201, r.text
 
     # a rule is reachable only under its own agent
     other_agent = await new_agent(client, t)
-    r = await client.get(f"/v1/agents/{other_agent['id']}/email-rules/{rule['id']}", headers=t.h)
+    r = await client.get(f"/v1/agents/{other_agent['id']}/email-rules/{rule['id']}", headers=t.token_auth)
     assert r.status_code == 404
-    r = await client.get(f"/v1/agents/{other_agent['id']}/email-rules", headers=t.h)
+    r = await client.get(f"/v1/agents/{other_agent['id']}/email-rules", headers=t.token_auth)
     assert r.json()["items"] == []
-    r = await client.get(f"{path}?direction=outbound", headers=t.h)
+    r = await client.get(f"{path}?direction=outbound", headers=t.token_auth)
     assert [i["direction"] for i in r.json()["items"]] == ["outbound"]
 
 
@@ -225,7 +225,7 @@ async def test_email_rules_listed_by_priority_with_keyset_cursor(client):
     path = f"/v1/agents/{agent['id']}/email-rules"
     created = []
     for priority in (50, 10, 50, 0, 10, 1_000_000, 10):
-        r = await client.post(path, headers=t.h, json={"direction": "inbound", "pattern": f"p{priority}",
+        r = await client.post(path, headers=t.token_auth, json={"direction": "inbound", "pattern": f"p{priority}",
                                                         "action": "reply", "priority": priority})
         assert r.status_code == 201, r.text
         created.append(r.json())
@@ -233,7 +233,7 @@ async def test_email_rules_listed_by_priority_with_keyset_cursor(client):
 
     seen, cursor = [], None
     while True:
-        r = await client.get(path, headers=t.h, params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        r = await client.get(path, headers=t.token_auth, params={"limit": 2, **({"cursor": cursor} if cursor else {})})
         assert r.status_code == 200, r.text
         seen += [i["id"] for i in r.json()["items"]]
         cursor = r.json()["next_cursor"]
@@ -242,12 +242,12 @@ async def test_email_rules_listed_by_priority_with_keyset_cursor(client):
     assert seen == expected
 
     # a rule moved while paging keeps the order consistent for what is still to come
-    r = await client.patch(f"{path}/{expected[0]}", headers=t.h, json={"priority": 999})
+    r = await client.patch(f"{path}/{expected[0]}", headers=t.token_auth, json={"priority": 999})
     assert r.status_code == 200
-    r = await client.get(path, headers=t.h, params={"limit": 200})
+    r = await client.get(path, headers=t.token_auth, params={"limit": 200})
     assert [i["id"] for i in r.json()["items"]][-2:] == [expected[0], expected[-1]]
 
-    assert field_of(await client.get(path, headers=t.h, params={"cursor": "AAAA"})) == "cursor"
+    assert field_of(await client.get(path, headers=t.token_auth, params={"cursor": "AAAA"})) == "cursor"
 
 
 # -- conversation mappings ---------------------------------------------------------------------
@@ -257,28 +257,28 @@ async def test_agent_conversation_key_is_unique_per_agent(client, admin_conn):
     t = await signup(client)
     a1, a2 = await new_agent(client, t), await new_agent(client, t)
     path = f"/v1/agents/{a1['id']}/conversations"
-    r = await client.post(path, headers=t.h, json={"conversation_key": "slack:C1", "external_conversation_id": "ext-1"})
+    r = await client.post(path, headers=t.token_auth, json={"conversation_key": "slack:C1", "external_conversation_id": "ext-1"})
     assert r.status_code == 201, r.text
     conv = r.json()
     assert conv["agent_id"] == a1["id"] and conv["project_id"] == a1["project_id"]
 
-    r = await client.post(path, headers=t.h, json={"conversation_key": "slack:C1", "external_conversation_id": "ext-2"})
+    r = await client.post(path, headers=t.token_auth, json={"conversation_key": "slack:C1", "external_conversation_id": "ext-2"})
     assert r.status_code == 409, r.text
     assert "slack:C1" in r.json()["detail"] and r.json()["existing_id"] == conv["id"]
-    r = await client.post(f"/v1/agents/{a2['id']}/conversations", headers=t.h,
+    r = await client.post(f"/v1/agents/{a2['id']}/conversations", headers=t.token_auth,
                           json={"conversation_key": "slack:C1", "external_conversation_id": "ext-3"})
     assert r.status_code == 201, r.text
 
-    r = await client.get(path, headers=t.h, params={"conversation_key": "slack:C1"})
+    r = await client.get(path, headers=t.token_auth, params={"conversation_key": "slack:C1"})
     assert [i["external_conversation_id"] for i in r.json()["items"]] == ["ext-1"]
-    r = await client.patch(f"{path}/{conv['id']}", headers=t.h, json={"external_conversation_id": "ext-9"})
+    r = await client.patch(f"{path}/{conv['id']}", headers=t.token_auth, json={"external_conversation_id": "ext-9"})
     assert r.status_code == 200 and r.json()["external_conversation_id"] == "ext-9"
-    r = await client.patch(f"{path}/{conv['id']}", headers=t.h, json={"conversation_key": "other"})
+    r = await client.patch(f"{path}/{conv['id']}", headers=t.token_auth, json={"conversation_key": "other"})
     assert r.status_code == 422
     rows = await audit(admin_conn, conv["id"])
     assert [(a["action"], a["token_id"]) for a in rows] == [("INSERT", t.token_id), ("UPDATE", t.token_id)]
     # the agent goes, its mappings go
-    assert (await client.delete(f"/v1/agents/{a1['id']}", headers=t.h)).status_code == 204
+    assert (await client.delete(f"/v1/agents/{a1['id']}", headers=t.token_auth)).status_code == 204
     assert await admin_conn.fetchval("select count(*) from agent_conversation where agent_id = $1", UUID(a1["id"])) == 0
 
 
@@ -289,11 +289,11 @@ async def test_another_organizations_ids_are_404_on_every_agents_route(client):
     a, b = await signup(client), await signup(client)
     agent = await new_agent(client, a)
     tpl = await new_template(client, a)
-    assert (await client.put(f"/v1/agents/{agent['id']}/profile", headers=a.h,
+    assert (await client.put(f"/v1/agents/{agent['id']}/profile", headers=a.token_auth,
                              json={"display_name": "A"})).status_code == 200
-    rule = (await client.post(f"/v1/agents/{agent['id']}/email-rules", headers=a.h,
+    rule = (await client.post(f"/v1/agents/{agent['id']}/email-rules", headers=a.token_auth,
                               json={"direction": "inbound", "pattern": "x", "action": "reply"})).json()
-    conv = (await client.post(f"/v1/agents/{agent['id']}/conversations", headers=a.h,
+    conv = (await client.post(f"/v1/agents/{agent['id']}/conversations", headers=a.token_auth,
                               json={"conversation_key": "k", "external_conversation_id": "e"})).json()
     b_agent = await new_agent(client, b)
 
@@ -322,15 +322,15 @@ async def test_another_organizations_ids_are_404_on_every_agents_route(client):
         ("DELETE", f"/v1/agents/{b_agent['id']}/conversations/{conv['id']}", None),
     ]
     for method, path, body in calls:
-        r = await client.request(method, path, headers=b.h, json=body)
+        r = await client.request(method, path, headers=b.token_auth, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
     # everything of A's is still there, unchanged
-    assert (await client.get(f"/v1/agents/{agent['id']}/profile", headers=a.h)).json()["display_name"] == "A"
-    assert (await client.get(f"/v1/agent-templates/{tpl['id']}", headers=a.h)).status_code == 200
-    assert (await client.get(f"{rules}/{rule['id']}", headers=a.h)).json()["priority"] == 100
-    assert (await client.get(f"{convs}/{conv['id']}", headers=a.h)).json()["external_conversation_id"] == "e"
+    assert (await client.get(f"/v1/agents/{agent['id']}/profile", headers=a.token_auth)).json()["display_name"] == "A"
+    assert (await client.get(f"/v1/agent-templates/{tpl['id']}", headers=a.token_auth)).status_code == 200
+    assert (await client.get(f"{rules}/{rule['id']}", headers=a.token_auth)).json()["priority"] == 100
+    assert (await client.get(f"{convs}/{conv['id']}", headers=a.token_auth)).json()["external_conversation_id"] == "e"
     # B's list of templates does not show A's
-    assert tpl["id"] not in (await client.get("/v1/agent-templates", headers=b.h)).text
+    assert tpl["id"] not in (await client.get("/v1/agent-templates", headers=b.token_auth)).text
 
 
 async def test_agents_routes_name_the_missing_scope(client):
@@ -376,4 +376,4 @@ async def test_project_restricted_token_reads_templates_but_cannot_change_them(c
     assert r.status_code == 403, r.text
     r = await client.post("/v1/agent-templates", headers=restricted, json={"slug": "r", "name": "n", "category": "c"})
     assert r.status_code == 403, r.text
-    assert (await client.get(f"/v1/agent-templates/{tpl['id']}", headers=t.h)).json()["name"] == "Support bot"
+    assert (await client.get(f"/v1/agent-templates/{tpl['id']}", headers=t.token_auth)).json()["name"] == "Support bot"

@@ -19,12 +19,9 @@ from tenant_api.app import create_app
 from tenant_api.audit import controller as audit_controller
 from tenant_api.auth.credentials import SessionCodec, new_api_token
 from tenant_api.scopes import ROLE_SCOPES
-from tests.conftest import bearer, connect, make_token, signup
-
-
-async def flush(client: AsyncTestClient) -> None:
-    """Wait until the app's usage recorder has written everything it was handed."""
-    assert await asyncio.to_thread(client.app.state.usage.flush, 10.0)
+from tests.support.database import connect
+from tests.support.tenants import bearer, make_token, signup
+from tests.support.usage import flush
 
 
 async def usage_rows(admin_conn: asyncpg.Connection, token_id: str) -> list[asyncpg.Record]:
@@ -52,7 +49,7 @@ async def test_every_authenticated_request_leaves_a_usage_record(client, admin_c
     refused = await client.post("/v1/agents", headers=h, json={"project_id": t.project_id, "name": "x"})
     missing = await client.get(f"/v1/agents/{uuid.uuid4()}", headers=h)
     assert (ok.status_code, refused.status_code, missing.status_code) == (200, 403, 404)
-    created = await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "u1"})
+    created = await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "u1"})
     assert created.status_code == 201
     await flush(client)
 
@@ -81,7 +78,7 @@ async def test_every_authenticated_request_leaves_a_usage_record(client, admin_c
 async def test_refused_credentials_are_security_events_with_the_prefix_only(client, admin_conn, api_conn):
     t = await signup(client)
     revoked = await make_token(client, t, ["agents:read"])
-    assert (await client.delete(f"/v1/tokens/{revoked['id']}", headers=t.hs)).status_code == 204
+    assert (await client.delete(f"/v1/tokens/{revoked['id']}", headers=t.session_auth)).status_code == 204
     expired = await make_token(client, t, ["agents:read"])
     await admin_conn.execute("update platform_token set expires_at = now() - interval '1 minute' where id = $1",
                              uuid.UUID(expired["id"]))
@@ -122,7 +119,7 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
             assert hits == 0, (table, secret[:11])
     # Auditors see their organization's refusals in the timeline; nobody sees the
     # unattributed ones through the API role.
-    events = await all_events(client, t.h, kind="security")
+    events = await all_events(client, t.token_auth, kind="security")
     assert {(e["token_id"], e["reason"], e["status"]) for e in events} == {
         (revoked["id"], "revoked", 401), (expired["id"], "expired", 401), (str(session_id), "expired", 401)}
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -132,31 +129,31 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
 async def test_events_filters_and_token_activity(client, admin_conn):
     t = await signup(client)
     reader = await make_token(client, t, ["agents:read"])
-    a = (await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "f1"})).json()
-    await client.patch(f"/v1/agents/{a['id']}", headers=t.h, json={"name": "f2"})
+    a = (await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "f1"})).json()
+    await client.patch(f"/v1/agents/{a['id']}", headers=t.token_auth, json={"name": "f2"})
     await client.get("/v1/agents", headers=bearer(reader["token"]))
     await client.delete(f"/v1/agents/{a['id']}", headers=bearer(reader["token"]))  # 403
     await flush(client)
 
-    activity = await all_events(client, t.h, token_id=reader["id"])
+    activity = await all_events(client, t.token_auth, token_id=reader["id"])
     assert [(e["kind"], e["method"], e["route"], e["status"]) for e in activity] == [
         ("request", "GET", "/v1/agents", 200), ("request", "DELETE", "/v1/agents/{item_id}", 403)]
-    refused = await all_events(client, t.h, token_id=reader["id"], status="4xx")
+    refused = await all_events(client, t.token_auth, token_id=reader["id"], status="4xx")
     assert [e["status"] for e in refused] == [403]
-    changes = await all_events(client, t.h, table="agent")
+    changes = await all_events(client, t.token_auth, table="agent")
     assert [e["action"] for e in changes] == ["INSERT", "UPDATE"]
     assert all(e["kind"] == "change" and e["token_id"] == t.token_id for e in changes)
-    assert [e["action"] for e in await all_events(client, t.h, table="agent", action="UPDATE")] == ["UPDATE"]
-    assert await all_events(client, t.h, user_id=str(uuid.uuid4())) == []
-    by_request = await all_events(client, t.h, request_id=changes[0]["request_id"])
+    assert [e["action"] for e in await all_events(client, t.token_auth, table="agent", action="UPDATE")] == ["UPDATE"]
+    assert await all_events(client, t.token_auth, user_id=str(uuid.uuid4())) == []
+    by_request = await all_events(client, t.token_auth, request_id=changes[0]["request_id"])
     assert {e["kind"] for e in by_request} == {"change", "request"}
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
-    assert await all_events(client, t.h, since=future) == []
-    assert len(await all_events(client, t.h, until=future, table="agent")) == 2
+    assert await all_events(client, t.token_auth, since=future) == []
+    assert len(await all_events(client, t.token_auth, until=future, table="agent")) == 2
     # Another organization's auditor sees none of it.
     other = await signup(client)
-    assert await all_events(client, other.h, token_id=reader["id"]) == []
-    r = await client.get("/v1/audit/events", headers=t.h, params={"cursor": "not-a-cursor"})
+    assert await all_events(client, other.token_auth, token_id=reader["id"]) == []
+    r = await client.get("/v1/audit/events", headers=t.token_auth, params={"cursor": "not-a-cursor"})
     assert r.status_code == 422
     # Without audit:read: 403 naming it, on every audit route and the export.
     for path, accept in (("/v1/audit/events", "application/json"), ("/v1/audit/events", "text/csv"),
@@ -169,7 +166,7 @@ async def test_pagination_is_stable_while_events_commit_late(client, admin_conn,
     """A transaction that wrote an event earlier but commits later must not land behind
     a page already served (UUIDv7 order alone would skip it)."""
     t = await signup(client)
-    (await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "p0"}))
+    (await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "p0"}))
     slow = await connect(database.admin_url)
     try:
         tx = slow.transaction()
@@ -178,21 +175,21 @@ async def test_pagination_is_stable_while_events_commit_late(client, admin_conn,
             "insert into token_audit_log (organization_id, table_name, action, changes)"
             " values ($1, 'agent', 'UPDATE', '{}') returning id", uuid.UUID(t.organization_id))
         for i in range(3):  # committed after the late one was written
-            await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": f"p{i + 1}"})
+            await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": f"p{i + 1}"})
         seen: list[str] = []
-        r = await client.get("/v1/audit/events", headers=t.h, params={"table": "agent", "limit": "1"})
+        r = await client.get("/v1/audit/events", headers=t.token_auth, params={"table": "agent", "limit": "1"})
         page = r.json()
         seen += [e["id"] for e in page["items"]]
         # Everything written after the open transaction began is withheld until it ends:
         # nothing committed later can fall behind this cursor.
         assert len(seen) == 1 and page["next_cursor"] is None
         cursor = page["resume_cursor"]
-        r = await client.get("/v1/audit/events", headers=t.h, params={"table": "agent", "cursor": cursor})
+        r = await client.get("/v1/audit/events", headers=t.token_auth, params={"table": "agent", "cursor": cursor})
         assert r.json()["items"] == [] and r.json()["resume_cursor"] == cursor
         await tx.commit()
     finally:
         await slow.close()
-    r = await client.get("/v1/audit/events", headers=t.h, params={"table": "agent", "limit": "10", "cursor": cursor})
+    r = await client.get("/v1/audit/events", headers=t.token_auth, params={"table": "agent", "limit": "10", "cursor": cursor})
     seen += [e["id"] for e in r.json()["items"]]
     ids = await admin_conn.fetch("select id::text from token_audit_log where organization_id = $1"
                                  " and table_name = 'agent'", uuid.UUID(t.organization_id))
@@ -221,20 +218,20 @@ async def test_usage_buckets(client, api_conn):
 
     params = {"since": day.isoformat(), "until": (day + dt.timedelta(days=2)).isoformat(), "bucket": "day",
               "token_id": reader["id"]}
-    r = await client.get("/v1/audit/usage", headers=t.h, params=params)
+    r = await client.get("/v1/audit/usage", headers=t.token_auth, params=params)
     assert r.status_code == 200, r.text
     got = [(i["bucket"][:10], i["requests"], i["errors"], i["refused"], i["distinct_ips"]) for i in r.json()["items"]]
     assert got == [("2026-03-10", 3, 1, 1, 2), ("2026-03-11", 2, 1, 1, 1)]
     assert r.json()["items"][1]["last_seen"].startswith("2026-03-11T03:00")
-    r = await client.get("/v1/audit/usage", headers=t.h, params={**params, "bucket": "hour"})
+    r = await client.get("/v1/audit/usage", headers=t.token_auth, params={**params, "bucket": "hour"})
     assert [(i["bucket"][11:13], i["requests"]) for i in r.json()["items"]] == [
         ("01", 2), ("02", 1), ("00", 1), ("03", 1)]
     # Without token_id: every token of the organization, including today's real traffic.
     await client.get("/v1/agents", headers=bearer(reader["token"]))
     await flush(client)
-    r = await client.get("/v1/audit/usage", headers=t.h)
+    r = await client.get("/v1/audit/usage", headers=t.token_auth)
     assert any(i["token_id"] == reader["id"] and i["requests"] >= 1 for i in r.json()["items"])
-    r = await client.get("/v1/audit/usage", headers=t.h, params={**params, "bucket": "hour",
+    r = await client.get("/v1/audit/usage", headers=t.token_auth, params={**params, "bucket": "hour",
                                                                   "since": "2025-01-01T00:00:00Z"})
     assert r.status_code == 422
 
@@ -243,12 +240,12 @@ async def test_export_csv_and_ndjson_stream_every_matching_event(client, monkeyp
     monkeypatch.setattr(audit_controller, "EXPORT_BATCH", 3)  # several batches, one transaction each
     t = await signup(client)
     for i in range(4):
-        await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": f"=cmd|{i}"})
-    await client.get("/v1/agents", headers={**t.h, "User-Agent": "=HYPERLINK(1)"})
+        await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": f"=cmd|{i}"})
+    await client.get("/v1/agents", headers={**t.token_auth, "User-Agent": "=HYPERLINK(1)"})
     await flush(client)
-    listed = await all_events(client, t.h)
+    listed = await all_events(client, t.token_auth)
 
-    r = await client.get("/v1/audit/events", headers={**t.h, "Accept": "text/csv"})
+    r = await client.get("/v1/audit/events", headers={**t.token_auth, "Accept": "text/csv"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
     table = list(csv.DictReader(io.StringIO(r.text)))
@@ -258,7 +255,7 @@ async def test_export_csv_and_ndjson_stream_every_matching_event(client, monkeyp
     request = next(row for row in table if row["method"] == "GET" and row["route"] == "/v1/agents")
     assert request["user_agent"] == "'=HYPERLINK(1)"  # defused for spreadsheets
 
-    r = await client.get("/v1/audit/events", headers={**t.h, "Accept": "application/x-ndjson"},
+    r = await client.get("/v1/audit/events", headers={**t.token_auth, "Accept": "application/x-ndjson"},
                          params={"kind": "change", "table": "agent"})
     assert r.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in r.text.splitlines()]
@@ -277,7 +274,7 @@ async def test_auditor_reads_everything_and_changes_nothing(client, admin_conn, 
                                                   "organization_id": t.organization_id})
     assert r.status_code == 200, r.text
     auditor_session = r.json()["access_token"]
-    agent = (await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "ro"})).json()
+    agent = (await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "ro"})).json()
     await flush(client)
 
     for h in (bearer(audit_only["token"]), bearer(auditor_session)):
@@ -323,7 +320,7 @@ async def test_graceful_shutdown_writes_pending_usage(client, settings, admin_co
     app = create_app(settings.with_audit(usage_flush_seconds=3600, usage_batch_size=10_000))
     async with AsyncTestClient(app) as c:
         for _ in range(3):
-            assert (await c.get("/v1/me", headers=t.h)).status_code == 200
+            assert (await c.get("/v1/me", headers=t.token_auth)).status_code == 200
         assert app.state.usage.written == 0  # nothing flushed yet: an hour to go
     rows = await admin_conn.fetch("select route from token_usage where token_id = $1", uuid.UUID(t.token_id))
     assert [r["route"] for r in rows] == ["/v1/me"] * 3
@@ -349,10 +346,10 @@ async def test_usage_recording_adds_no_round_trip_to_the_request(client, setting
         event.listen(app.state.engine.sync_engine, "connect",
                      lambda dbapi_conn, _record: dbapi_conn.driver_connection.add_query_logger(log_query))
         async with AsyncTestClient(app) as c:
-            assert (await c.get("/v1/agents", headers=t.h)).status_code == 200
+            assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
             await asyncio.sleep(0.2)  # (the warm-up's own log calls land first)
             recording = True
-            assert (await c.get("/v1/agents", headers=t.h)).status_code == 200
+            assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
             await asyncio.sleep(0.2)  # query loggers are called soon after, not during
             recording = False
         return seen

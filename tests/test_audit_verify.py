@@ -12,32 +12,32 @@ import pytest
 
 from tenant_api import cli
 from tenant_api.audit import sealing
-from tests.conftest import signup
-from tests.test_audit_usage import flush
+from tests.support.tenants import signup
+from tests.support.usage import flush
 
 
-async def activity(client, t, n: int = 3) -> None:
+async def activity(client, tenant, n: int = 3) -> None:
     for i in range(n):
-        a = (await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id,
+        a = (await client.post("/v1/agents", headers=tenant.token_auth, json={"project_id": tenant.project_id,
                                                                "name": f"v{uuid.uuid4().hex[:6]}"})).json()
-        await client.patch(f"/v1/agents/{a['id']}", headers=t.h, json={"status": "paused"})
+        await client.patch(f"/v1/agents/{a['id']}", headers=tenant.token_auth, json={"status": "paused"})
     await flush(client)
 
 
-async def seal(database, t, block_size: int = 1000) -> list[dict]:
+async def seal(database, tenant, block_size: int = 1000) -> list[dict]:
     # As the API role: the scheduler's path.
-    return await sealing.seal(database.api_url, organization_id=uuid.UUID(t.organization_id), block_size=block_size)
+    return await sealing.seal(database.api_url, organization_id=uuid.UUID(tenant.organization_id), block_size=block_size)
 
 
-async def verify(client, t, **params: str) -> dict:
-    r = await client.get("/v1/audit/verify", headers=t.h, params=params)
+async def verify(client, tenant, **params: str) -> dict:
+    r = await client.get("/v1/audit/verify", headers=tenant.token_auth, params=params)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-async def trail(admin_conn, t) -> list[asyncpg.Record]:
+async def trail(admin_conn, tenant) -> list[asyncpg.Record]:
     return await admin_conn.fetch("select kind, id, txid from audit_event where organization_id = $1"
-                                  " order by txid, id", uuid.UUID(t.organization_id))
+                                  " order by txid, id", uuid.UUID(tenant.organization_id))
 
 
 async def test_sealed_trail_verifies_and_unsealed_events_are_reported(client, database, admin_conn):

@@ -7,15 +7,12 @@ import logging
 import time
 import uuid
 
-import asyncpg
 import jwt
 import pytest
-import sqlalchemy.exc
 
 from tenant_api.auth.credentials import new_api_token
-from tenant_api.errors import client_value_error, database_unavailable
-from tenant_api.inputs import MAX_JSON_DEPTH, TIMESTAMP_EXAMPLE, too_deep
-from tests.conftest import bearer, make_token
+from tenant_api.inputs import TIMESTAMP_EXAMPLE
+from tests.support.tenants import bearer, make_token
 from tests.members_flow import join, new_project
 from tests.security import PROBLEM, assert_problem, flatten, openapi, operations, request_schema, schema_type
 
@@ -26,22 +23,12 @@ def nested(depth: int, open_: str = "[", close: str = "]") -> str:
     return open_ * depth + close * depth
 
 
-@pytest.mark.parametrize("text,deep", [
-    ("[]", False), ('{"a": [1, {"b": "[[[[[["}]}', False),
-    (nested(MAX_JSON_DEPTH), False), (nested(MAX_JSON_DEPTH + 1), True),
-    ('{"a":' * 40 + "1" + "}" * 40, True), ('"' + "[" * 100 + '"', False), ('["\\"[[[[", 1]', False),
-    ("[" * 40, True),  # unbalanced: will not decode either
-])
-def test_depth_scanner(text, deep):
-    assert too_deep(text) is deep
-
-
-async def test_deep_json_is_400_with_and_without_a_credential(client, t, caplog):
+async def test_deep_json_is_400_with_and_without_a_credential(client, tenant, caplog):
     caplog.set_level(logging.DEBUG)
     body = '{"email": ' + nested(DEEP) + "}"
     forged = bearer(new_api_token())  # passes the checksum: only the database can refuse it
     cases = [("POST", "/v1/auth/login", {}), ("POST", "/v1/auth/signup", {}),
-             ("POST", "/v1/agents", t.h), ("POST", "/v1/agents", forged), ("PATCH", "/v1/organization", t.hs),
+             ("POST", "/v1/agents", tenant.token_auth), ("POST", "/v1/agents", forged), ("PATCH", "/v1/organization", tenant.session_auth),
              ("PUT", "/v1/trial", forged)]
     started = time.monotonic()
     for method, path, headers in cases * 20:
@@ -56,11 +43,11 @@ async def test_deep_json_is_400_with_and_without_a_credential(client, t, caplog)
     assert sum(len(rec.getMessage()) for rec in caplog.records if rec.name.startswith("tenant_api")) < 20_000
 
 
-async def test_deeply_nested_websocket_frame_gets_an_error_and_the_socket_lives(client, t):
-    vm = (await client.post("/v1/desktop-configs", headers=t.h, json={
-        "project_id": t.project_id, "name": f"c{uuid.uuid4().hex[:6]}", "image": "img"})).json()
-    vm = (await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": vm["id"], "name": "vm"})).json()
-    with await client.websocket_connect(f"/v1/desktop-connections/ws?vm_id={vm['id']}", headers=t.h) as ws:
+async def test_deeply_nested_websocket_frame_gets_an_error_and_the_socket_lives(client, tenant):
+    vm = (await client.post("/v1/desktop-configs", headers=tenant.token_auth, json={
+        "project_id": tenant.project_id, "name": f"c{uuid.uuid4().hex[:6]}", "image": "img"})).json()
+    vm = (await client.post("/v1/desktop-vms", headers=tenant.token_auth, json={"config_id": vm["id"], "name": "vm"})).json()
+    with await client.websocket_connect(f"/v1/desktop-connections/ws?vm_id={vm['id']}", headers=tenant.token_auth) as ws:
         assert ws.receive_json(timeout=5)["type"] == "connected"
         ws.send_text(nested(DEEP))
         error = ws.receive_json(timeout=5)
@@ -71,23 +58,23 @@ async def test_deeply_nested_websocket_frame_gets_an_error_and_the_socket_lives(
         assert ws.receive_json(timeout=5) == {"type": "pong"}
 
 
-async def test_integers_beyond_their_column_are_422(client, t):
-    conversation = (await client.post("/v1/conversations", headers=t.h, json={
-        "project_id": t.project_id, "kind": "CHANNEL", "name": f"c{uuid.uuid4().hex[:6]}"})).json()
-    job = (await client.post("/v1/jobs", headers=t.h, json={
-        "project_id": t.project_id, "target": {"kind": "command", "ref": "echo"}})).json()
+async def test_integers_beyond_their_column_are_422(client, tenant):
+    conversation = (await client.post("/v1/conversations", headers=tenant.token_auth, json={
+        "project_id": tenant.project_id, "kind": "CHANNEL", "name": f"c{uuid.uuid4().hex[:6]}"})).json()
+    job = (await client.post("/v1/jobs", headers=tenant.token_auth, json={
+        "project_id": tenant.project_id, "target": {"kind": "command", "ref": "echo"}})).json()
     messages = f"/v1/conversations/{conversation['id']}/messages"
     # 2^31 was refused by the driver as an int4: seq is bigint, so it is a valid cursor now
     for params in ({"before": 2**31}, {"after": 2**31}, {"after": 2**63 - 1}):
-        r = await client.get(messages, headers=t.h, params=params)
+        r = await client.get(messages, headers=tenant.token_auth, params=params)
         assert r.status_code == 200 and r.json()["items"] == [], (params, r.text)
     for params in ({"before": 2**63}, {"after": 2**63}, {"after": -1}, {"before": -(2**63) - 1}):
-        r = await client.get(messages, headers=t.h, params=params)
+        r = await client.get(messages, headers=tenant.token_auth, params=params)
         body = assert_problem(r, 422)
         assert next(iter(params)) in body["detail"], body
-    r = await client.get(f"/v1/jobs/{job['id']}/logs", headers=t.h, params={"after": 2**63})
+    r = await client.get(f"/v1/jobs/{job['id']}/logs", headers=tenant.token_auth, params={"after": 2**63})
     assert "after" in assert_problem(r, 422)["detail"]
-    r = await client.get(f"/v1/conversations/{conversation['id']}/stream", headers={**t.h, "Last-Event-ID": str(2**63)})
+    r = await client.get(f"/v1/conversations/{conversation['id']}/stream", headers={**tenant.token_auth, "Last-Event-ID": str(2**63)})
     assert_problem(r, 422)
     # OpenAPI shows the bounds
     doc = client.app.openapi_schema.to_schema()
@@ -101,44 +88,44 @@ OUT_OF_RANGE = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
 @pytest.mark.parametrize("value", [*OUT_OF_RANGE, "2030-01-01T00:00:00", "not a time",
                                    # the driver's -infinity and infinity
                                    "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"])
-async def test_times_outside_the_range_or_without_a_zone_are_422_naming_the_field(client, t, value):
+async def test_times_outside_the_range_or_without_a_zone_are_422_naming_the_field(client, tenant, value):
     checks = [
         ("GET", "/v1/audit/events", {"params": {"since": value}}, "since"),
         ("GET", "/v1/audit/usage", {"params": {"until": value}}, "until"),
         ("GET", "/v1/audit/verify", {"params": {"since": value}}, "since"),
         ("PUT", "/v1/trial", {"json": {"plan": "pro", "ends_at": value}}, "ends_at"),
-        ("POST", "/v1/video-calls", {"json": {"project_id": t.project_id, "started_at": value}}, "started_at"),
+        ("POST", "/v1/video-calls", {"json": {"project_id": tenant.project_id, "started_at": value}}, "started_at"),
         ("POST", "/v1/tokens", {"json": {"name": "x", "scopes": ["agents:read"], "expires_at": value}}, "expires_at"),
     ]
     for method, path, kwargs, field in checks:
-        r = await client.request(method, path, headers=t.h, **kwargs)
+        r = await client.request(method, path, headers=tenant.token_auth, **kwargs)
         body = assert_problem(r, 422)
         assert field in body["detail"] and body["errors"][0]["field"] == field, (path, body)
 
 
-async def test_extreme_but_valid_times_work(client, t):
-    r = await client.get("/v1/audit/events", headers=t.h, params={"since": "0001-01-01T00:00:01Z",
+async def test_extreme_but_valid_times_work(client, tenant):
+    r = await client.get("/v1/audit/events", headers=tenant.token_auth, params={"since": "0001-01-01T00:00:01Z",
                                                                   "until": "9999-12-31T23:59:59Z"})
     assert r.status_code == 200, r.text
-    r = await client.get("/v1/audit/verify", headers=t.h, params={"since": "0001-01-01T00:00:00-14:00"})
+    r = await client.get("/v1/audit/verify", headers=tenant.token_auth, params={"since": "0001-01-01T00:00:00-14:00"})
     assert r.status_code == 200, r.text
 
 
-async def test_project_restricted_credential_cannot_change_organization_rows(client, t):
-    project = await new_project(client, t)
-    restricted = await make_token(client, t, ["org:write", "tokens:write", "members:write"],
+async def test_project_restricted_credential_cannot_change_organization_rows(client, tenant):
+    project = await new_project(client, tenant)
+    restricted = await make_token(client, tenant, ["org:write", "tokens:write", "members:write"],
                                   project_ids=[project["id"]])
     r = await client.patch("/v1/organization", headers=bearer(restricted["token"]), json={"name": "taken over"})
     assert r.status_code in (403, 404), r.text
     assert_problem(r, r.status_code)
-    r = await client.get("/v1/organization", headers=t.h)
+    r = await client.get("/v1/organization", headers=tenant.token_auth)
     assert r.json()["name"] != "taken over"
 
     # another user's token, seen through a project restriction
-    from tests.conftest import signup
+    from tests.support.tenants import signup
     member = await signup(client)
-    member_session = await join(client, t, member, project["id"])
-    tokens = (await client.get("/v1/tokens", headers=t.h, params={"user_id": member.user_id})).json()["items"]
+    member_session = await join(client, tenant, member, project["id"])
+    tokens = (await client.get("/v1/tokens", headers=tenant.token_auth, params={"user_id": member.user_id})).json()["items"]
     assert tokens
     for token in tokens:
         r = await client.delete(f"/v1/tokens/{token['id']}", headers=bearer(restricted["token"]))
@@ -166,40 +153,6 @@ async def test_session_claims_of_the_wrong_type_are_401(client, claims):
     # expired, too (the path that attributes an expired session to its organization)
     token = _session_jwt(client, **claims, exp=int(time.time()) - 60) if "exp" not in claims else token
     assert_problem(await client.get("/v1/me", headers=bearer(token)), 401)
-
-
-def _wrapped(driver_error: Exception) -> Exception:
-    """As SQLAlchemy raises a driver error: DBAPIError, .orig the adapter's, cause the driver's."""
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        try:
-            raise driver_error
-        except Exception as inner:
-            raise DBAPIError("select 1", None, inner) from inner
-    except DBAPIError as outer:
-        return outer
-
-
-@pytest.mark.parametrize("error,unavailable,client_value", [
-    (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True, False),
-    (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True, False),
-    (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"), True, False),
-    (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), True, False),
-    (asyncpg.InterfaceError("connection is closed"), True, False),
-    (ConnectionRefusedError(111, "Connection refused"), True, False),
-    (FileNotFoundError(2, "No such file or directory"), True, False),
-    (sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 0 reached"), True, False),
-    (asyncpg.exceptions._base.DataError("invalid input for query argument $1: 2147483648 (value out of int32 range)"),
-     False, True),
-    (OverflowError("date value out of range"), False, True),
-    (asyncpg.exceptions.UniqueViolationError("duplicate key"), False, False),
-    (RuntimeError("a bug"), False, False),
-])
-def test_fault_and_driver_refusal_classes(error, unavailable, client_value):
-    for exc in (error, _wrapped(error)):
-        assert database_unavailable(exc) is unavailable, exc
-        assert client_value_error(exc) is client_value, exc
 
 
 def _request_fields(doc: dict, schema: dict, where: str, depth: int = 0):

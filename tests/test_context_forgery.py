@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from tenant_api.auth.credentials import token_hash
-from tests.conftest import signup
+from tests.support.tenants import signup
 from tests.security import begin_request
 
 CONTEXT = "backtrace_functions"
@@ -34,7 +34,7 @@ async def visible_agents(conn: asyncpg.Connection) -> int:
 ])
 async def test_the_api_role_cannot_write_a_context(client, api_conn, admin_conn, write):
     victim = await signup(client)
-    r = await client.post("/v1/agents", headers=victim.h, json={"project_id": victim.project_id, "name": "secret"})
+    r = await client.post("/v1/agents", headers=victim.token_auth, json={"project_id": victim.project_id, "name": "secret"})
     assert r.status_code == 201
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         async with api_conn.transaction():
@@ -106,7 +106,7 @@ async def test_a_context_does_not_outlive_its_transaction(client, api_conn):
     async with api_conn.transaction():
         await begin_request(api_conn, a.token)
         captured = await api_conn.fetchval(f"select current_setting('{CONTEXT}')")
-    r = await client.delete(f"/v1/tokens/{a.token_id}", headers=a.hs)
+    r = await client.delete(f"/v1/tokens/{a.token_id}", headers=a.session_auth)
     assert r.status_code == 204
     async with api_conn.transaction():
         assert await api_conn.fetchval(f"select current_setting('{CONTEXT}')") == ""
@@ -155,13 +155,13 @@ async def test_restricted_contexts_and_the_two_roles(client, api_conn):
     """A project-restricted context is read only by tenant_api_projects, an unrestricted one
     only by tenant_api: staying as the API role, or switching roles, gains nothing."""
     owner = await signup(client)
-    r = await client.post("/v1/projects", headers=owner.h, json={"workspace_id": owner.workspace_id, "name": "p2"})
+    r = await client.post("/v1/projects", headers=owner.token_auth, json={"workspace_id": owner.workspace_id, "name": "p2"})
     assert r.status_code == 201, r.text
     other_project = r.json()["id"]
     for project in (owner.project_id, other_project):
-        r = await client.post("/v1/agents", headers=owner.h, json={"project_id": project, "name": "a"})
+        r = await client.post("/v1/agents", headers=owner.token_auth, json={"project_id": project, "name": "a"})
         assert r.status_code == 201
-    r = await client.post("/v1/tokens", headers=owner.hs,
+    r = await client.post("/v1/tokens", headers=owner.session_auth,
                           json={"name": "one project", "scopes": ["agents:read"], "project_ids": [owner.project_id]})
     assert r.status_code == 201, r.text
     narrow = r.json()["token"]

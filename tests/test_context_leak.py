@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tenant_api.app import create_app
-from tests.conftest import Tenant, bearer, make_token, signup
+from tests.support.tenants import Tenant, bearer, make_token, signup
 from tests.security import begin_request, isolated_tables, q
 
 ROUNDS = 12
@@ -46,36 +46,36 @@ async def test_interleaved_requests_on_one_connection_see_only_their_own_rows(
     seed = {}
     readers = {t.organization_id: bearer((await make_token(client, t, ["agents:read"]))["token"]) for t in (a, b)}
     for t in (a, b):
-        r = await c.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "seed"})
+        r = await c.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "seed"})
         assert r.status_code == 201, r.text
         seed[t.organization_id] = r.json()["id"]
 
     in_flight = max_in_flight = 0
 
-    async def call(kind: str, t: Tenant, other: Tenant, i: int):
+    async def call(kind: str, tenant: Tenant, other: Tenant, i: int):
         nonlocal in_flight, max_in_flight
         in_flight += 1
         max_in_flight = max(max_in_flight, in_flight)
         try:
-            return await request(kind, t, other, i)
+            return await request(kind, tenant, other, i)
         finally:
             in_flight -= 1
 
-    async def request(kind: str, t: Tenant, other: Tenant, i: int):
+    async def request(kind: str, tenant: Tenant, other: Tenant, i: int):
         if kind == "list":
-            r = await c.get("/v1/agents", headers=t.h, params={"limit": 200})
+            r = await c.get("/v1/agents", headers=tenant.token_auth, params={"limit": 200})
         elif kind == "create":
-            r = await c.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": f"n{i}"})
+            r = await c.post("/v1/agents", headers=tenant.token_auth, json={"project_id": tenant.project_id, "name": f"n{i}"})
         elif kind == "duplicate":  # fails inside the transaction (unique violation, rolled back)
-            r = await c.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "seed"})
+            r = await c.post("/v1/agents", headers=tenant.token_auth, json={"project_id": tenant.project_id, "name": "seed"})
         elif kind == "other":  # the other organization's agent
-            r = await c.get(f"/v1/agents/{seed[other.organization_id]}", headers=t.h)
+            r = await c.get(f"/v1/agents/{seed[other.organization_id]}", headers=tenant.token_auth)
         elif kind == "me":
-            r = await c.get("/v1/me", headers=t.hs)
+            r = await c.get("/v1/me", headers=tenant.session_auth)
         else:  # refused by the scope check after begin_request set the context (then rolled back)
-            r = await c.post("/v1/agents", headers=readers[t.organization_id],
-                             json={"project_id": t.project_id, "name": f"r{i}"})
-        return kind, t, r
+            r = await c.post("/v1/agents", headers=readers[tenant.organization_id],
+                             json={"project_id": tenant.project_id, "name": f"r{i}"})
+        return kind, tenant, r
 
     calls = [call(kind, t, other, i)
              for i in range(ROUNDS)

@@ -25,7 +25,7 @@ import pytest
 from tenant_api.app import create_app
 from tenant_api.scopes import SCOPES
 from tenant_api.problems import PROBLEM_KINDS, TYPE_PREFIX
-from tests.conftest import bearer, make_token, signup
+from tests.support.tenants import bearer, make_token, signup
 from tests.security import openapi, operations
 
 PROBLEM = "application/problem+json"
@@ -116,7 +116,7 @@ def test_every_authenticated_post_documents_idempotency_key(doc, client):
 
 async def test_a_malformed_key_on_a_bodyless_post_is_the_documented_422(client):
     t = await signup(client)
-    r = await client.post("/v1/me/verification", headers={**t.h, "Idempotency-Key": "x" * 256})
+    r = await client.post("/v1/me/verification", headers={**t.token_auth, "Idempotency-Key": "x" * 256})
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
     assert r.json()["errors"][0]["field"] == "Idempotency-Key"
 
@@ -203,10 +203,10 @@ def assert_problem_of(r: httpx.Response, status: int, kind: str) -> dict[str, An
     return body
 
 
-async def test_problem_types_and_request_ids_on_every_kind_of_answer(client, t):
+async def test_problem_types_and_request_ids_on_every_kind_of_answer(client, tenant):
     # routing: no middleware runs for these
     assert_problem_of(await client.get("/v1/no-such-thing"), 404, "not-found")
-    assert_problem_of(await client.put("/v1/me", headers=t.h, json={}), 405, "method-not-allowed")
+    assert_problem_of(await client.put("/v1/me", headers=tenant.token_auth, json={}), 405, "method-not-allowed")
     # the credential middleware's own 401 (no database involved)
     r = await client.get("/v1/agents", headers=bearer("tapi_not-a-token"))
     body = assert_problem_of(r, 401, "unauthenticated")
@@ -214,33 +214,33 @@ async def test_problem_types_and_request_ids_on_every_kind_of_answer(client, t):
     assert "ratelimit" in r.headers and "ratelimit-policy" in r.headers
     assert_problem_of(await client.get("/v1/agents"), 401, "unauthenticated")
     # the database's refusal of a scope, a row, a body
-    auditor = await make_token(client, t, ["audit:read"])
+    auditor = await make_token(client, tenant, ["audit:read"])
     body = assert_problem_of(await client.get("/v1/agents", headers=bearer(auditor["token"])), 403, "missing-scope")
     assert body["missing_scope"] == "agents:read"
-    assert_problem_of(await client.get(f"/v1/agents/{t.user_id}", headers=t.h), 404, "not-found")
-    body = assert_problem_of(await client.post("/v1/agents", headers=t.h, json={"name": 5}), 422, "validation")
+    assert_problem_of(await client.get(f"/v1/agents/{tenant.user_id}", headers=tenant.token_auth), 404, "not-found")
+    body = assert_problem_of(await client.post("/v1/agents", headers=tenant.token_auth, json={"name": 5}), 422, "validation")
     assert body["errors"]
-    assert_problem_of(await client.post("/v1/agents", headers={**t.h, "content-type": "application/json"},
+    assert_problem_of(await client.post("/v1/agents", headers={**tenant.token_auth, "content-type": "application/json"},
                                         content=b"{not json"), 400, "bad-request")
-    r = await client.post("/v1/auth/signup", json={"email": t.email, "password": "long-enough-pw",
+    r = await client.post("/v1/auth/signup", json={"email": tenant.email, "password": "long-enough-pw",
                                                    "display_name": "again"})
     assert_problem_of(r, 409, "conflict")
 
 
-async def test_a_valid_client_request_id_is_used_and_an_invalid_one_replaced(client, t):
-    r = await client.get("/v1/me", headers={**t.h, "X-Request-ID": "client-42.a:b_c"})
+async def test_a_valid_client_request_id_is_used_and_an_invalid_one_replaced(client, tenant):
+    r = await client.get("/v1/me", headers={**tenant.token_auth, "X-Request-ID": "client-42.a:b_c"})
     assert r.headers["x-request-id"] == "client-42.a:b_c"
     r = await client.get("/v1/nothing-here", headers={"X-Request-ID": "trace-404"})
     assert r.headers["x-request-id"] == "trace-404" and r.json()["request_id"] == "trace-404"
     for bad in ("x" * 65, "has space", "semi;colon", "\u00e9t\u00e9"):
-        r = await client.get("/v1/me", headers={**t.h, "X-Request-ID": bad.encode()})
+        r = await client.get("/v1/me", headers={**tenant.token_auth, "X-Request-ID": bad.encode()})
         assert r.status_code == 200
         assert r.headers["x-request-id"] != bad and re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
     # the id reaches the audit trail: a client can follow its own id there
-    r = await client.post("/v1/agents", headers={**t.h, "X-Request-ID": "trace-create-1"},
-                          json={"project_id": t.project_id, "name": "traced"})
+    r = await client.post("/v1/agents", headers={**tenant.token_auth, "X-Request-ID": "trace-create-1"},
+                          json={"project_id": tenant.project_id, "name": "traced"})
     assert r.status_code == 201
-    events = (await client.get("/v1/audit/events", headers=t.h, params={"request_id": "trace-create-1"})).json()
+    events = (await client.get("/v1/audit/events", headers=tenant.token_auth, params={"request_id": "trace-create-1"})).json()
     assert events["items"] and all(e["request_id"] == "trace-create-1" for e in events["items"])
 
 

@@ -24,35 +24,29 @@ import uvicorn
 from litestar import Litestar
 
 from tenant_api.app import create_app
-from tests.conftest import Tenant, bearer, make_token, signup
+from tests.support.tenants import Tenant, bearer, make_token, signup
+from tests.support.rows import channel
 
 U = uuid.UUID
 
 
 # --- helpers ----------------------------------------------------------------------------
 
-async def channel(client, t: Tenant, name: str | None = None, **extra: Any) -> dict:
-    body = {"project_id": t.project_id, "kind": "CHANNEL", "name": name or f"c-{uuid.uuid4().hex[:8]}", **extra}
-    r = await client.post("/v1/conversations", headers=t.h, json=body)
+async def agent(client, tenant: Tenant, project_id: str | None = None) -> dict:
+    r = await client.post("/v1/agents", headers=tenant.token_auth,
+                          json={"project_id": project_id or tenant.project_id, "name": f"a-{uuid.uuid4().hex[:8]}"})
     assert r.status_code == 201, r.text
     return r.json()
 
 
-async def agent(client, t: Tenant, project_id: str | None = None) -> dict:
-    r = await client.post("/v1/agents", headers=t.h,
-                          json={"project_id": project_id or t.project_id, "name": f"a-{uuid.uuid4().hex[:8]}"})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def project(client, t: Tenant) -> str:
-    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": uuid.uuid4().hex[:8]})
+async def project(client, tenant: Tenant) -> str:
+    r = await client.post("/v1/projects", headers=tenant.token_auth, json={"workspace_id": tenant.workspace_id, "name": uuid.uuid4().hex[:8]})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
 
-async def post(client, t: Tenant, conversation_id: str, body: str, headers: dict | None = None, **extra: Any) -> dict:
-    r = await client.post(f"/v1/conversations/{conversation_id}/messages", headers=headers or t.h,
+async def post(client, tenant: Tenant, conversation_id: str, body: str, headers: dict | None = None, **extra: Any) -> dict:
+    r = await client.post(f"/v1/conversations/{conversation_id}/messages", headers=headers or tenant.token_auth,
                           json={"body": body, **extra})
     assert r.status_code == 201, r.text
     return r.json()
@@ -160,59 +154,59 @@ async def test_channel_and_dm_rules(client, admin_conn):
     bot = await agent(client, t)
 
     # A channel needs a name, unique per project whatever the case.
-    r = await client.post("/v1/conversations", headers=t.h, json={"project_id": t.project_id, "kind": "CHANNEL"})
+    r = await client.post("/v1/conversations", headers=t.token_auth, json={"project_id": t.project_id, "kind": "CHANNEL"})
     assert problem_field(r) == "name"
     general = await channel(client, t, "General")
-    r = await client.post("/v1/conversations", headers=t.h,
+    r = await client.post("/v1/conversations", headers=t.token_auth,
                           json={"project_id": t.project_id, "kind": "CHANNEL", "name": "general"})
     assert r.status_code == 409 and "lower(name)" in r.json()["detail"], r.text
     p2 = await project(client, t)
     await channel(client, t, "general", project_id=p2)  # another project: fine
-    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.h, json={"name": None})
+    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.token_auth, json={"name": None})
     assert problem_field(r) == "name"
-    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.h, json={"name": "town-square"})
+    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.token_auth, json={"name": "town-square"})
     assert r.status_code == 200 and r.json()["name"] == "town-square", r.text
-    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.h, json={"kind": "DM"})
+    r = await client.patch(f"/v1/conversations/{general['id']}", headers=t.token_auth, json={"kind": "DM"})
     assert r.status_code == 422, r.text  # the kind never changes
 
     # A DM has exactly two distinct members.
     me = {"member_type": "USER", "member_id": t.user_id}
     it = {"member_type": "AGENT", "member_id": bot["id"]}
     for members in ([me], [me, me], [me, it, {"member_type": "AGENT", "member_id": (await agent(client, t))["id"]}]):
-        r = await client.post("/v1/conversations", headers=t.h,
+        r = await client.post("/v1/conversations", headers=t.token_auth,
                               json={"project_id": t.project_id, "kind": "DM", "members": members})
         assert problem_field(r) == "members"
-    r = await client.post("/v1/conversations", headers=t.h,
+    r = await client.post("/v1/conversations", headers=t.token_auth,
                           json={"project_id": t.project_id, "kind": "DM", "members": [me, it]})
     assert r.status_code == 201, r.text
     dm = r.json()
     assert dm["kind"] == "DM" and dm["name"] is None
-    r = await client.get(f"/v1/conversations/{dm['id']}/members", headers=t.h)
+    r = await client.get(f"/v1/conversations/{dm['id']}/members", headers=t.token_auth)
     assert sorted((m["member_type"], m["member_id"]) for m in r.json()["items"]) == [("AGENT", bot["id"]),
                                                                                      ("USER", t.user_id)]
     # ... fixed afterwards.
-    r = await client.post(f"/v1/conversations/{dm['id']}/members", headers=t.h,
+    r = await client.post(f"/v1/conversations/{dm['id']}/members", headers=t.token_auth,
                           json={"member_type": "AGENT", "member_id": (await agent(client, t))["id"]})
     assert r.status_code == 409 and "DM" in r.json()["detail"], r.text
-    member = r2 = (await client.get(f"/v1/conversations/{dm['id']}/members", headers=t.h)).json()["items"][0]
-    r2 = await client.delete(f"/v1/conversations/{dm['id']}/members/{member['id']}", headers=t.h)
+    member = r2 = (await client.get(f"/v1/conversations/{dm['id']}/members", headers=t.token_auth)).json()["items"][0]
+    r2 = await client.delete(f"/v1/conversations/{dm['id']}/members/{member['id']}", headers=t.token_auth)
     assert r2.status_code == 409, r2.text
 
     # A DM member of another organization is refused, naming the member.
-    r = await client.post("/v1/conversations", headers=t.h, json={
+    r = await client.post("/v1/conversations", headers=t.token_auth, json={
         "project_id": t.project_id, "kind": "DM",
         "members": [me, {"member_type": "USER", "member_id": other.user_id}]})
     assert problem_field(r) == "members[1].member_id"
 
     # Filter by kind.
-    r = await client.get("/v1/conversations", headers=t.h, params={"kind": "DM"})
+    r = await client.get("/v1/conversations", headers=t.token_auth, params={"kind": "DM"})
     assert [c["id"] for c in r.json()["items"]] == [dm["id"]]
-    r = await client.get("/v1/conversations", headers=t.h, params={"kind": "CHANNEL", "project_id": t.project_id})
+    r = await client.get("/v1/conversations", headers=t.token_auth, params={"kind": "CHANNEL", "project_id": t.project_id})
     assert [c["id"] for c in r.json()["items"]] == [general["id"]]
 
     # Deleting a conversation takes its members and messages with it.
     await post(client, t, dm["id"], "bye")
-    r = await client.delete(f"/v1/conversations/{dm['id']}", headers=t.h)
+    r = await client.delete(f"/v1/conversations/{dm['id']}", headers=t.token_auth)
     assert r.status_code == 204, r.text
     for table in ("conversation_member", "conversation_message"):
         n = await admin_conn.fetchval(f"select count(*) from {table} where conversation_id = $1", U(dm["id"]))
@@ -232,23 +226,23 @@ async def test_membership_validation(client, admin_conn):
                  {"member_type": "AGENT", "member_id": other_org_agent["id"]},  # another organization
                  {"member_type": "USER", "member_id": other.user_id},           # not a member here
                  {"member_type": "AGENT", "member_id": t.user_id}):             # a user is no agent
-        r = await client.post(members, headers=t.h, json=body)
+        r = await client.post(members, headers=t.token_auth, json=body)
         assert problem_field(r) == "member_id"
         assert body["member_id"] in r.json()["detail"]
 
     bot = await agent(client, t)
-    r = await client.post(members, headers=t.h, json={"member_type": "AGENT", "member_id": bot["id"]})
+    r = await client.post(members, headers=t.token_auth, json={"member_type": "AGENT", "member_id": bot["id"]})
     assert r.status_code == 201 and r.json()["project_id"] == t.project_id, r.text
-    r = await client.post(members, headers=t.h, json={"member_type": "USER", "member_id": t.user_id})
+    r = await client.post(members, headers=t.token_auth, json={"member_type": "USER", "member_id": t.user_id})
     assert r.status_code == 201, r.text
     user_member = r.json()
-    r = await client.post(members, headers=t.h, json={"member_type": "USER", "member_id": t.user_id})
+    r = await client.post(members, headers=t.token_auth, json={"member_type": "USER", "member_id": t.user_id})
     assert r.status_code == 409, r.text
-    r = await client.get(members, headers=t.h, params={"member_type": "USER"})
+    r = await client.get(members, headers=t.token_auth, params={"member_type": "USER"})
     assert [m["member_id"] for m in r.json()["items"]] == [t.user_id]
-    r = await client.delete(f"{members}/{user_member['id']}", headers=t.h)
+    r = await client.delete(f"{members}/{user_member['id']}", headers=t.token_auth)
     assert r.status_code == 204, r.text
-    r = await client.get(members, headers=t.h)
+    r = await client.get(members, headers=t.token_auth)
     assert [m["member_id"] for m in r.json()["items"]] == [bot["id"]]
 
     # The database holds the same line, whatever the API checks: an agent of another
@@ -263,9 +257,9 @@ async def test_membership_validation(client, admin_conn):
                 " values ($1, $2, $3, $4, $5)", org, prj, conv, mtype, mid)
 
     # Deleting the agent removes it from its conversations.
-    r = await client.delete(f"/v1/agents/{bot['id']}", headers=t.h)
+    r = await client.delete(f"/v1/agents/{bot['id']}", headers=t.token_auth)
     assert r.status_code == 204, r.text
-    r = await client.get(members, headers=t.h)
+    r = await client.get(members, headers=t.token_auth)
     assert r.json()["items"] == []
 
 
@@ -282,26 +276,26 @@ async def test_messages_senders_order_and_pagination(client, admin_conn):
     assert (first["seq"], first["sender_type"], first["sender_id"]) == (1, "USER", t.user_id)
     # A USER message is from the credential's user, whatever the body claims.
     other = await signup(client)
-    r = await client.post(msgs, headers=t.h, json={"body": "x", "sender_id": other.user_id})
+    r = await client.post(msgs, headers=t.token_auth, json={"body": "x", "sender_id": other.user_id})
     assert problem_field(r) == "sender_id"
     assert (await post(client, t, c["id"], "m2", sender_id=t.user_id))["sender_id"] == t.user_id
     # AGENT: an agent of the conversation's project, named.
     assert (await post(client, t, c["id"], "m3", sender_type="AGENT", sender_id=bot["id"]))["sender_id"] == bot["id"]
     for bad in ({"sender_type": "AGENT"}, {"sender_type": "AGENT", "sender_id": stranger["id"]},
                 {"sender_type": "SYSTEM", "sender_id": t.user_id}):
-        r = await client.post(msgs, headers=t.h, json={"body": "x", **bad})
+        r = await client.post(msgs, headers=t.token_auth, json={"body": "x", **bad})
         assert problem_field(r) == "sender_id"
     system = await post(client, t, c["id"], "m4", sender_type="SYSTEM")
     assert system["sender_id"] is None
     await post(client, t, c["id"], "m5")
-    r = await client.post(msgs, headers=t.h, json={"body": "x" * 16001})
+    r = await client.post(msgs, headers=t.token_auth, json={"body": "x" * 16001})
     assert r.status_code == 422, r.text
-    r = await client.post(msgs, headers=t.h, json={"body": ""})
+    r = await client.post(msgs, headers=t.token_auth, json={"body": ""})
     assert r.status_code == 422, r.text
 
     # Refused posts used no seq: 1..5, gap-free.
     async def page(**params: Any) -> tuple[list[int], int | None, int | None]:
-        r = await client.get(msgs, headers=t.h, params=params)
+        r = await client.get(msgs, headers=t.token_auth, params=params)
         assert r.status_code == 200, r.text
         b = r.json()
         return [m["seq"] for m in b["items"]], b["next_before"], b["next_after"]
@@ -314,15 +308,15 @@ async def test_messages_senders_order_and_pagination(client, admin_conn):
     assert await page(limit=2, after=2) == ([3, 4], None, 4)
     assert await page(limit=2, after=4) == ([5], None, None)
     assert await page(after=1, before=5) == ([2, 3, 4], None, None)
-    r = await client.get(msgs, headers=t.h, params={"before": 0})
+    r = await client.get(msgs, headers=t.token_auth, params={"before": 0})
     assert r.status_code == 422
-    assert (await client.get(f"/v1/conversations/{c['id']}", headers=t.h)).json()["last_seq"] == 5
+    assert (await client.get(f"/v1/conversations/{c['id']}", headers=t.token_auth)).json()["last_seq"] == 5
 
 
 async def test_concurrent_posts_get_distinct_gapless_seqs(client, http):
     t = await signup(client)
     c = await channel(client, t)
-    rs = await asyncio.gather(*(http.post(f"/v1/conversations/{c['id']}/messages", headers=t.h,
+    rs = await asyncio.gather(*(http.post(f"/v1/conversations/{c['id']}/messages", headers=t.token_auth,
                                           json={"body": f"m{i}"}) for i in range(20)))
     assert all(r.status_code == 201 for r in rs), [r.text for r in rs if r.status_code != 201]
     assert sorted(r.json()["seq"] for r in rs) == list(range(1, 21))
@@ -334,7 +328,7 @@ async def test_stream_delivers_and_resumes(client, http, live, admin_conn):
     t = await signup(client)
     c = await channel(client, t)
     await post(client, t, c["id"], "before the stream")
-    async with stream(http, c["id"], t.h) as s:
+    async with stream(http, c["id"], t.token_auth) as s:
         sent = await post(client, t, c["id"], "hello")
         ev = await s.event()
         assert ev["event"] == "message" and ev["id"] == "2" and ev["data"] == sent
@@ -352,9 +346,9 @@ async def test_stream_delivers_and_resumes(client, http, live, admin_conn):
         await post(client, t, c["id"], "again")
         assert (await s.event())["data"]["body"] == "again"
     # Resume: Last-Event-ID (what EventSource sends on reconnect) or ?after=.
-    async with stream(http, c["id"], {**t.h, "Last-Event-ID": "1"}) as s:
+    async with stream(http, c["id"], {**t.token_auth, "Last-Event-ID": "1"}) as s:
         assert [(await s.event())["data"]["body"] for _ in range(2)] == ["hello", "again"]
-    async with stream(http, c["id"], t.h, after=0) as s:
+    async with stream(http, c["id"], t.token_auth, after=0) as s:
         assert (await s.event())["data"]["body"] == "before the stream"
 
 
@@ -364,15 +358,15 @@ async def test_stream_heartbeat_lifetime_and_deleted_conversation(client, http, 
     hub = live.hub
     hub.heartbeat, hub.max_stream_seconds = 0.2, 0.7
     try:
-        async with stream(http, c["id"], t.h) as s:
+        async with stream(http, c["id"], t.token_auth) as s:
             assert await s.frame() == {"comment": "keep-alive"}
             while (f := await s.frame()) is not None:  # ends by itself; EventSource reconnects
                 assert f == {"comment": "keep-alive"}
         hub.max_stream_seconds = 600.0
         # A deleted conversation ends its streams (seen at the next heartbeat poll: a
         # delete sends no notification).
-        async with stream(http, c["id"], t.h) as s:
-            r = await client.delete(f"/v1/conversations/{c['id']}", headers=t.h)
+        async with stream(http, c["id"], t.token_auth) as s:
+            r = await client.delete(f"/v1/conversations/{c['id']}", headers=t.token_auth)
             assert r.status_code == 204
             ev = await s.event()
             assert ev["event"] == "error" and ev["data"] == {"status": 404, "detail": "conversation not found"}
@@ -388,10 +382,10 @@ async def test_stream_isolation_between_organizations(client, http, live, api_co
     cb = await channel(client, b)
 
     # Another organization's conversation: 404 before any stream starts.
-    r = await http.get(f"/v1/conversations/{cb['id']}/stream", headers=a.h)
+    r = await http.get(f"/v1/conversations/{cb['id']}/stream", headers=a.token_auth)
     assert r.status_code == 404, r.text
 
-    async with stream(http, ca["id"], a.h) as s:
+    async with stream(http, ca["id"], a.token_auth) as s:
         await until(lambda: live.hub.listening)
         seen = live.hub.notifications
         secret = f"b-secret-{uuid.uuid4().hex}"
@@ -445,7 +439,7 @@ async def test_revoked_token_stream_stops(client, http, live):
     async with stream(http, c["id"], bearer(tok["token"])) as s:
         first = await post(client, t, c["id"], "before revocation")
         assert (await s.event())["data"] == first
-        r = await client.delete(f"/v1/tokens/{tok['id']}", headers=t.hs)
+        r = await client.delete(f"/v1/tokens/{tok['id']}", headers=t.session_auth)
         assert r.status_code == 204, r.text
         await post(client, t, c["id"], "after revocation")
         ev = await s.event()
@@ -463,7 +457,7 @@ async def test_other_organizations_ids_are_404_everywhere(client, http):
     b = await signup(client)
     c = await channel(client, b)
     bot = await agent(client, b)
-    r = await client.post(f"/v1/conversations/{c['id']}/members", headers=b.h,
+    r = await client.post(f"/v1/conversations/{c['id']}/members", headers=b.token_auth,
                           json={"member_type": "AGENT", "member_id": bot["id"]})
     member = r.json()
     base = f"/v1/conversations/{c['id']}"
@@ -478,15 +472,15 @@ async def test_other_organizations_ids_are_404_everywhere(client, http):
         ("GET", f"{base}/messages", None),
         ("POST", f"{base}/messages", {"body": "hi"}),
     ]:
-        r = await client.request(method, path, headers=a.h, json=body)
+        r = await client.request(method, path, headers=a.token_auth, json=body)
         assert r.status_code == 404, (method, path, r.text)
-    r = await http.get(f"{base}/stream", headers=a.h)
+    r = await http.get(f"{base}/stream", headers=a.token_auth)
     assert r.status_code == 404, r.text
     # ... and as a body reference: 422 naming the field.
-    r = await client.post("/v1/conversations", headers=a.h, json={"project_id": b.project_id, "kind": "CHANNEL",
+    r = await client.post("/v1/conversations", headers=a.token_auth, json={"project_id": b.project_id, "kind": "CHANNEL",
                                                                   "name": "x"})
     assert problem_field(r) == "project_id"
-    r = await client.get(f"{base}", headers=b.h)
+    r = await client.get(f"{base}", headers=b.token_auth)
     assert r.status_code == 200 and r.json()["name"] == c["name"] and r.json()["last_seq"] == 0
 
 
@@ -531,7 +525,7 @@ async def test_audit_rows(client, admin_conn):
     message = json.loads(rows[2]["changes"])
     assert message["id"] == m["id"] and message["seq"] == 1 and "body" not in message
     assert "confidential" not in json.dumps([json.loads(r["changes"]) for r in rows])
-    r = await client.patch(f"/v1/conversations/{c['id']}", headers=t.h, json={"name": "renamed"})
+    r = await client.patch(f"/v1/conversations/{c['id']}", headers=t.token_auth, json={"name": "renamed"})
     assert r.status_code == 200
     change = await admin_conn.fetchval(
         "select changes from token_audit_log where row_id = $1 and action = 'UPDATE'", U(c["id"]))

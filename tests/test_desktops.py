@@ -12,7 +12,8 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient
 
 from tenant_api.app import _check_route_security, create_app
-from tests.conftest import Tenant, bearer, make_token, signup
+from tests.support.tenants import Tenant, bearer, make_token, signup
+from tests.support.rows import insert_connection, make_config, make_vm
 
 U = uuid.UUID
 
@@ -26,35 +27,16 @@ async def other(client) -> Tenant:
     return await signup(client)
 
 
-async def make_project(client, t: Tenant) -> str:
-    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id,
+async def make_project(client, tenant: Tenant) -> str:
+    r = await client.post("/v1/projects", headers=tenant.token_auth, json={"workspace_id": tenant.workspace_id,
                                                               "name": f"p-{uuid.uuid4().hex[:8]}"})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
 
-async def make_config(client, t: Tenant, **extra: Any) -> dict:
-    body = {"project_id": t.project_id, "name": f"cfg-{uuid.uuid4().hex[:8]}", "image": "ubuntu:24.04", **extra}
-    r = await client.post("/v1/desktop-configs", headers=t.h, json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def make_vm(client, t: Tenant, status: str = "running") -> dict:
-    config = await make_config(client, t)
-    r = await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config["id"], "name": "vm"})
-    assert r.status_code == 201, r.text
-    vm = r.json()
-    if status == "running":
-        r = await client.post(f"/v1/desktop-vms/{vm['id']}/start", headers=t.h)
-        assert r.status_code == 200, r.text
-        vm = r.json()
-    return vm
-
-
-async def make_macro(client, t: Tenant, **extra: Any) -> dict:
-    body = {"project_id": t.project_id, "name": f"m-{uuid.uuid4().hex[:8]}", **extra}
-    r = await client.post("/v1/robot-macros", headers=t.h, json=body)
+async def make_macro(client, tenant: Tenant, **extra: Any) -> dict:
+    body = {"project_id": tenant.project_id, "name": f"m-{uuid.uuid4().hex[:8]}", **extra}
+    r = await client.post("/v1/robot-macros", headers=tenant.token_auth, json=body)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -90,57 +72,50 @@ async def reap(api_conn, instance: str | None = None, stale: str = "120 seconds"
     return await api_conn.fetchval("select auth.reap_desktop_connections($1::text::interval, $2)", stale, instance)
 
 
-async def insert_connection(admin_conn, t: Tenant, vm: dict, *, instance: str, seen_ago: str = "0 seconds") -> U:
-    return await admin_conn.fetchval(
-        "insert into desktop_connection (organization_id, project_id, vm_id, token_id, api_instance_id, last_seen_at)"
-        " values ($1, $2, $3, $4, $5, now() - $6::text::interval) returning id",
-        U(t.organization_id), U(vm["project_id"]), U(vm["id"]), U(t.token_id), instance, seen_ago)
-
-
 # --- desktop_configs ------------------------------------------------------------------
 
-async def test_config_validation_unique_name_and_delete_guard(client, admin_conn, t):
-    config = await make_config(client, t, name="standard")
+async def test_config_validation_unique_name_and_delete_guard(client, admin_conn, tenant):
+    config = await make_config(client, tenant, name="standard")
     assert (config["cpu"], config["memory_mb"], config["disk_gb"], config["settings"]) == (2, 4096, 40, {})
 
     for field, value in [("cpu", 0), ("cpu", 65), ("memory_mb", 256), ("disk_gb", 5000), ("image", "")]:
-        r = await client.post("/v1/desktop-configs", headers=t.h,
-                              json={"project_id": t.project_id, "name": "x", "image": "img", field: value})
+        r = await client.post("/v1/desktop-configs", headers=tenant.token_auth,
+                              json={"project_id": tenant.project_id, "name": "x", "image": "img", field: value})
         assert r.status_code == 422 and field in r.text, (field, r.text)
-    r = await client.post("/v1/desktop-configs", headers=t.h, json={"project_id": t.project_id, "name": "x",
+    r = await client.post("/v1/desktop-configs", headers=tenant.token_auth, json={"project_id": tenant.project_id, "name": "x",
                                                                   "image": "i", "settings": {"k": "v" * 70000}})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "settings"
 
-    r = await client.post("/v1/desktop-configs", headers=t.h,
-                          json={"project_id": t.project_id, "name": "standard", "image": "other"})
+    r = await client.post("/v1/desktop-configs", headers=tenant.token_auth,
+                          json={"project_id": tenant.project_id, "name": "standard", "image": "other"})
     assert r.status_code == 409, r.text
     # unique per project, not per organization
-    p2 = await make_project(client, t)
-    r = await client.post("/v1/desktop-configs", headers=t.h, json={"project_id": p2, "name": "standard", "image": "i"})
+    p2 = await make_project(client, tenant)
+    r = await client.post("/v1/desktop-configs", headers=tenant.token_auth, json={"project_id": p2, "name": "standard", "image": "i"})
     assert r.status_code == 201, r.text
 
-    r = await client.patch(f"/v1/desktop-configs/{config['id']}", headers=t.h,
+    r = await client.patch(f"/v1/desktop-configs/{config['id']}", headers=tenant.token_auth,
                            json={"cpu": 8, "settings": {"resolution": "1920x1080"}})
     assert r.status_code == 200 and r.json()["cpu"] == 8 and r.json()["settings"] == {"resolution": "1920x1080"}
-    r = await client.patch(f"/v1/desktop-configs/{config['id']}", headers=t.h, json={"project_id": p2})
+    r = await client.patch(f"/v1/desktop-configs/{config['id']}", headers=tenant.token_auth, json={"project_id": p2})
     assert r.status_code == 422  # a config never moves to another project
 
-    r = await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config["id"], "name": "vm"})
+    r = await client.post("/v1/desktop-vms", headers=tenant.token_auth, json={"config_id": config["id"], "name": "vm"})
     assert r.status_code == 201
-    assert r.json()["project_id"] == t.project_id  # the VM's project is its config's
-    r = await client.delete(f"/v1/desktop-configs/{config['id']}", headers=t.h)
+    assert r.json()["project_id"] == tenant.project_id  # the VM's project is its config's
+    r = await client.delete(f"/v1/desktop-configs/{config['id']}", headers=tenant.token_auth)
     assert r.status_code == 409, r.text  # in use by a VM
     assert await admin_conn.fetchval("select count(*) from desktop_configs where id = $1", U(config["id"])) == 1
 
 
 # --- desktop_virtual_machine ----------------------------------------------------------
 
-async def test_vm_state_machine(client, t):
-    vm = await make_vm(client, t, status="provisioning")
+async def test_vm_state_machine(client, tenant):
+    vm = await make_vm(client, tenant, status="provisioning")
     path = f"/v1/desktop-vms/{vm['id']}"
     assert vm["status"] == "provisioning"
 
-    r = await client.patch(path, headers=t.h, json={"status": "stopped"})
+    r = await client.patch(path, headers=tenant.token_auth, json={"status": "stopped"})
     assert r.status_code == 409, r.text
     body = r.json()
     assert "provisioning" in body["detail"] and "stopped" in body["detail"]
@@ -149,94 +124,94 @@ async def test_vm_state_machine(client, t):
     steps = [("start", "running"), ("stop", "stopped"), ("start", "running"), ("stop", "stopped"),
              ("terminate", "terminated")]
     for action, status in steps:
-        r = await client.post(f"{path}/{action}", headers=t.h)
+        r = await client.post(f"{path}/{action}", headers=tenant.token_auth)
         assert r.status_code == 200 and r.json()["status"] == status, (action, r.text)
     for action, target in [("start", "running"), ("stop", "stopped")]:
-        r = await client.post(f"{path}/{action}", headers=t.h)
+        r = await client.post(f"{path}/{action}", headers=tenant.token_auth)
         assert r.status_code == 409 and "terminated" in r.json()["detail"] and target in r.json()["detail"]
-    r = await client.post(f"{path}/terminate", headers=t.h)
+    r = await client.post(f"{path}/terminate", headers=tenant.token_auth)
     assert r.status_code == 200  # already there: a retry is harmless
 
-    failed = await make_vm(client, t, status="provisioning")
-    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=t.h, json={"status": "failed"})
+    failed = await make_vm(client, tenant, status="provisioning")
+    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=tenant.token_auth, json={"status": "failed"})
     assert r.status_code == 200 and r.json()["status"] == "failed"
-    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=t.h, json={"status": "running"})
+    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=tenant.token_auth, json={"status": "running"})
     assert r.status_code == 409 and "failed" in r.json()["detail"]
-    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=t.h, json={"status": "bogus"})
+    r = await client.patch(f"/v1/desktop-vms/{failed['id']}", headers=tenant.token_auth, json={"status": "bogus"})
     assert r.status_code == 422
 
-    running = await make_vm(client, t)
-    r = await client.patch(f"/v1/desktop-vms/{running['id']}", headers=t.h, json={"status": "provisioning"})
+    running = await make_vm(client, tenant)
+    r = await client.patch(f"/v1/desktop-vms/{running['id']}", headers=tenant.token_auth, json={"status": "provisioning"})
     assert r.status_code == 409
-    r = await client.delete(f"/v1/desktop-vms/{running['id']}", headers=t.h)
+    r = await client.delete(f"/v1/desktop-vms/{running['id']}", headers=tenant.token_auth)
     assert r.status_code == 409 and "running" in r.json()["detail"]
     for gone in (vm, failed):
-        r = await client.delete(f"/v1/desktop-vms/{gone['id']}", headers=t.h)
+        r = await client.delete(f"/v1/desktop-vms/{gone['id']}", headers=tenant.token_auth)
         assert r.status_code == 204, r.text
 
-    r = await client.get("/v1/desktop-vms", headers=t.h, params={"status": "running", "limit": 200})
+    r = await client.get("/v1/desktop-vms", headers=tenant.token_auth, params={"status": "running", "limit": 200})
     ids = {v["id"] for v in r.json()["items"]}
     assert running["id"] in ids and failed["id"] not in ids
 
 
-async def test_vm_host_and_ip(client, t):
-    vm = await make_vm(client, t)
+async def test_vm_host_and_ip(client, tenant):
+    vm = await make_vm(client, tenant)
     path = f"/v1/desktop-vms/{vm['id']}"
-    r = await client.patch(path, headers=t.h, json={"host": "node-7", "ip_address": "2001:DB8::1"})
+    r = await client.patch(path, headers=tenant.token_auth, json={"host": "node-7", "ip_address": "2001:DB8::1"})
     assert r.status_code == 200 and (r.json()["host"], r.json()["ip_address"]) == ("node-7", "2001:db8::1")
-    r = await client.patch(path, headers=t.h, json={"ip_address": "10.0.0.300"})
+    r = await client.patch(path, headers=tenant.token_auth, json={"ip_address": "10.0.0.300"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ip_address"
-    r = await client.patch(path, headers=t.h, json={"ip_address": None})
+    r = await client.patch(path, headers=tenant.token_auth, json={"ip_address": None})
     assert r.status_code == 200 and r.json()["ip_address"] is None
 
 
 # --- robot_macro ------------------------------------------------------------------------
 
-async def test_macro_steps_and_vm_binding(client, t):
+async def test_macro_steps_and_vm_binding(client, tenant):
     steps = [{"action": "click", "params": {"x": 10, "y": 20}}, {"action": "type", "params": {"text": "hi"}},
              {"action": "wait"}]
-    macro = await make_macro(client, t, name="login", steps=steps)
+    macro = await make_macro(client, tenant, name="login", steps=steps)
     assert macro["steps"] == [*steps[:2], {"action": "wait", "params": {}}]  # order kept, params defaulted
     assert macro["vm_id"] is None
 
     bad_steps = [{"params": {}}, {"action": "Click!"}, {"action": "click", "extra": 1}, {"action": "x", "params": []},
                  "click"]
     for bad in bad_steps:
-        r = await client.post("/v1/robot-macros", headers=t.h,
-                              json={"project_id": t.project_id, "name": "bad", "steps": [bad]})
+        r = await client.post("/v1/robot-macros", headers=tenant.token_auth,
+                              json={"project_id": tenant.project_id, "name": "bad", "steps": [bad]})
         assert r.status_code == 422 and "steps" in r.text, (bad, r.text)
-    r = await client.post("/v1/robot-macros", headers=t.h, json={"project_id": t.project_id, "name": "login"})
+    r = await client.post("/v1/robot-macros", headers=tenant.token_auth, json={"project_id": tenant.project_id, "name": "login"})
     assert r.status_code == 409
 
-    vm = await make_vm(client, t)
-    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=t.h, json={"vm_id": vm["id"]})
+    vm = await make_vm(client, tenant)
+    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=tenant.token_auth, json={"vm_id": vm["id"]})
     assert r.status_code == 200 and r.json()["vm_id"] == vm["id"]
-    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=t.h, json={"vm_id": None})
+    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=tenant.token_auth, json={"vm_id": None})
     assert r.status_code == 200 and r.json()["vm_id"] is None
 
     # a VM of another project of the same organization
-    p2 = await make_project(client, t)
-    r = await client.post("/v1/desktop-configs", headers=t.h, json={"project_id": p2, "name": "c", "image": "i"})
-    r = await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": r.json()["id"], "name": "vm2"})
-    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=t.h, json={"vm_id": r.json()["id"]})
+    p2 = await make_project(client, tenant)
+    r = await client.post("/v1/desktop-configs", headers=tenant.token_auth, json={"project_id": p2, "name": "c", "image": "i"})
+    r = await client.post("/v1/desktop-vms", headers=tenant.token_auth, json={"config_id": r.json()["id"], "name": "vm2"})
+    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=tenant.token_auth, json={"vm_id": r.json()["id"]})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "vm_id"
 
 
 # --- robot_macro_execution --------------------------------------------------------------
 
-async def test_executions_lifecycle_and_history(client, admin_conn, t):
-    vm = await make_vm(client, t)
-    macro = await make_macro(client, t, steps=[{"action": "click"}])
+async def test_executions_lifecycle_and_history(client, admin_conn, tenant):
+    vm = await make_vm(client, tenant)
+    macro = await make_macro(client, tenant, steps=[{"action": "click"}])
     base = f"/v1/robot-macros/{macro['id']}/executions"
 
-    r = await client.post(base, headers=t.h, json={})
+    r = await client.post(base, headers=tenant.token_auth, json={})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "vm_id"  # unbound macro, no vm_id
-    stopped = await make_vm(client, t, status="provisioning")
-    r = await client.post(base, headers=t.h, json={"vm_id": stopped["id"]})
+    stopped = await make_vm(client, tenant, status="provisioning")
+    r = await client.post(base, headers=tenant.token_auth, json={"vm_id": stopped["id"]})
     assert r.status_code == 409 and "provisioning" in r.json()["detail"]
 
-    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=t.h, json={"vm_id": vm["id"]})
-    r = await client.post(base, headers=t.h, json={})  # defaults to the macro's VM
+    r = await client.patch(f"/v1/robot-macros/{macro['id']}", headers=tenant.token_auth, json={"vm_id": vm["id"]})
+    r = await client.post(base, headers=tenant.token_auth, json={})  # defaults to the macro's VM
     assert r.status_code == 201, r.text
     first = r.json()
     assert (first["status"], first["vm_id"], first["started_at"], first["finished_at"], first["duration_ms"]) == (
@@ -245,20 +220,20 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
     # The VM's robot claims it, reports progress, finishes it (the protocol: tests/test_runners.py);
     # a PATCH only cancels.
     for body in ({"status": "running"}, {"status": "succeeded"}, {"output": "x"}):
-        r = await client.patch(f"{base}/{first['id']}", headers=t.h, json=body)
+        r = await client.patch(f"{base}/{first['id']}", headers=tenant.token_auth, json=body)
         assert r.status_code == 422, (body, r.text)
-    r = await client.post("/v1/robot-macro-executions/claim", headers=t.h, json={"vm_ids": [vm["id"]]})
+    r = await client.post("/v1/robot-macro-executions/claim", headers=tenant.token_auth, json={"vm_ids": [vm["id"]]})
     assert r.status_code == 200, r.text
     claim = r.json()
     assert claim["execution"]["id"] == first["id"] and claim["execution"]["status"] == "running"
     secret = claim["claim_secret"]
-    r = await client.post(f"/v1/robot-macro-executions/{first['id']}/heartbeat", headers=t.h,
+    r = await client.post(f"/v1/robot-macro-executions/{first['id']}/heartbeat", headers=tenant.token_auth,
                           json={"claim_secret": secret, "progress": {"percent": 50, "message": "step 1"}})
     assert r.status_code == 200 and r.json()["progress"] == {"percent": 50, "message": "step 1"}
     finish = f"/v1/robot-macro-executions/{first['id']}/finish"
-    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "exit_code": 0, "output": "x" * 70000})
+    r = await client.post(finish, headers=tenant.token_auth, json={"claim_secret": secret, "exit_code": 0, "output": "x" * 70000})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "output"
-    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "exit_code": 0, "output": "done"})
+    r = await client.post(finish, headers=tenant.token_auth, json={"claim_secret": secret, "exit_code": 0, "output": "done"})
     assert r.status_code == 200, r.text
     done = r.json()
     assert done["status"] == "succeeded" and done["output"] == "done" and done["finished_at"] is not None
@@ -266,34 +241,34 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
         "select started_at, finished_at from robot_macro_execution where id = $1", U(first["id"]))
     assert done["duration_ms"] == round((finished - started).total_seconds() * 1000)
 
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"status": "cancelled"})
+    r = await client.patch(f"{base}/{first['id']}", headers=tenant.token_auth, json={"status": "cancelled"})
     assert r.status_code == 409 and "succeeded" in r.json()["detail"] and "cancelled" in r.json()["detail"]
-    r = await client.post(finish, headers=t.h, json={"claim_secret": secret, "error": "again"})
+    r = await client.post(finish, headers=tenant.token_auth, json={"claim_secret": secret, "error": "again"})
     assert r.status_code == 409  # finished once
-    r = await client.patch(f"{base}/{first['id']}", headers=t.h, json={"duration_ms": 5})
+    r = await client.patch(f"{base}/{first['id']}", headers=tenant.token_auth, json={"duration_ms": 5})
     assert r.status_code == 422  # derived, never written
 
-    second = (await client.post(base, headers=t.h, json={})).json()
-    r = await client.patch(f"{base}/{second['id']}", headers=t.h, json={"status": "cancelled"})
+    second = (await client.post(base, headers=tenant.token_auth, json={})).json()
+    r = await client.patch(f"{base}/{second['id']}", headers=tenant.token_auth, json={"status": "cancelled"})
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    third = (await client.post(base, headers=t.h, json={"vm_id": vm["id"]})).json()
+    third = (await client.post(base, headers=tenant.token_auth, json={"vm_id": vm["id"]})).json()
 
-    r = await client.get(base, headers=t.h)
+    r = await client.get(base, headers=tenant.token_auth)
     assert [e["id"] for e in r.json()["items"]] == [third["id"], second["id"], first["id"]]  # newest first
-    r = await client.get(base, headers=t.h, params={"limit": 2})
+    r = await client.get(base, headers=tenant.token_auth, params={"limit": 2})
     page = r.json()
-    r = await client.get(base, headers=t.h, params={"limit": 2, "cursor": page["next_cursor"]})
+    r = await client.get(base, headers=tenant.token_auth, params={"limit": 2, "cursor": page["next_cursor"]})
     assert [e["id"] for e in page["items"] + r.json()["items"]] == [third["id"], second["id"], first["id"]]
-    r = await client.get(base, headers=t.h, params={"status": "queued"})
+    r = await client.get(base, headers=tenant.token_auth, params={"status": "queued"})
     assert [e["id"] for e in r.json()["items"]] == [third["id"]]
 
-    other = await make_macro(client, t)
-    r = await client.get(f"/v1/robot-macros/{other['id']}/executions/{first['id']}", headers=t.h)
+    other = await make_macro(client, tenant)
+    r = await client.get(f"/v1/robot-macros/{other['id']}/executions/{first['id']}", headers=tenant.token_auth)
     assert r.status_code == 404  # an execution is reached through its own macro only
-    r = await client.delete(f"{base}/{first['id']}", headers=t.h)
+    r = await client.delete(f"{base}/{first['id']}", headers=tenant.token_auth)
     assert r.status_code in (404, 405)  # history is not deleted one by one
 
-    r = await client.delete(f"/v1/robot-macros/{macro['id']}", headers=t.h)
+    r = await client.delete(f"/v1/robot-macros/{macro['id']}", headers=tenant.token_auth)
     assert r.status_code == 204
     assert await admin_conn.fetchval("select count(*) from robot_macro_execution where macro_id = $1",
                                      U(macro["id"])) == 0
@@ -301,9 +276,9 @@ async def test_executions_lifecycle_and_history(client, admin_conn, t):
 
 # --- desktop_connection: the WebSocket --------------------------------------------------
 
-async def test_connect_ping_and_clean_disconnect(client, admin_conn, t):
-    vm = await make_vm(client, t)
-    with await client.websocket_connect(ws_url(vm["id"]), headers=t.h) as ws:
+async def test_connect_ping_and_clean_disconnect(client, admin_conn, tenant):
+    vm = await make_vm(client, tenant)
+    with await client.websocket_connect(ws_url(vm["id"]), headers=tenant.token_auth) as ws:
         hello = ws.receive_json(timeout=5)
         assert hello["type"] == "connected" and hello["ping_interval"] > 0
         rows = await connection_rows(admin_conn, vm["id"])
@@ -311,7 +286,7 @@ async def test_connect_ping_and_clean_disconnect(client, admin_conn, t):
         row = rows[0]
         assert str(row["id"]) == hello["connection_id"]
         assert (row["status"], str(row["token_id"]), str(row["project_id"]), row["disconnected_at"]) == (
-            "connected", t.token_id, t.project_id, None)
+            "connected", tenant.token_id, tenant.project_id, None)
         assert row["api_instance_id"] == client.app.state.desktop_instance_id
         ws.send_json({"type": "ping"})
         assert ws.receive_json(timeout=5) == {"type": "pong"}
@@ -320,7 +295,7 @@ async def test_connect_ping_and_clean_disconnect(client, admin_conn, t):
         ws.send_json({"type": "ping"})
         assert ws.receive_json(timeout=5) == {"type": "pong"}
 
-        r = await client.get("/v1/desktop-connections", headers=t.h, params={"vm_id": vm["id"], "status": "connected"})
+        r = await client.get("/v1/desktop-connections", headers=tenant.token_auth, params={"vm_id": vm["id"], "status": "connected"})
         assert [c["id"] for c in r.json()["items"]] == [hello["connection_id"]]
         # last_seen_at is written at most every touch_interval (15 s by default): not on each ping
         seen = await admin_conn.fetchval("select last_seen_at from desktop_connection where id = $1", row["id"])
@@ -330,21 +305,21 @@ async def test_connect_ping_and_clean_disconnect(client, admin_conn, t):
     closed = rows[0]
     assert (closed["status"], closed["close_reason"]) == ("disconnected", "client_closed")
     assert closed["disconnected_at"] >= closed["connected_at"]
-    r = await client.get(f"/v1/desktop-connections/{closed['id']}", headers=t.h)
+    r = await client.get(f"/v1/desktop-connections/{closed['id']}", headers=tenant.token_auth)
     assert r.status_code == 200 and r.json()["status"] == "disconnected"
 
     audit = await admin_conn.fetch(
         "select action, token_id::text, request_id, changes from token_audit_log where row_id = $1 order by id",
         closed["id"])
-    assert [(a["action"], a["token_id"]) for a in audit] == [("INSERT", t.token_id), ("UPDATE", t.token_id)]
+    assert [(a["action"], a["token_id"]) for a in audit] == [("INSERT", tenant.token_id), ("UPDATE", tenant.token_id)]
     assert audit[0]["request_id"] and audit[0]["request_id"] == audit[1]["request_id"]  # one socket, one request id
 
 
-async def test_connect_with_the_credential_as_a_subprotocol(client, admin_conn, t):
+async def test_connect_with_the_credential_as_a_subprotocol(client, admin_conn, tenant):
     """Browsers cannot set Authorization on a WebSocket: the credential travels as a
     subprotocol, never in the URL (which handshake and access logs keep)."""
-    vm = await make_vm(client, t)
-    token = await make_token(client, t, ["desktops:write"])
+    vm = await make_vm(client, tenant)
+    token = await make_token(client, tenant, ["desktops:write"])
     offered = ["tenant-api.v1", f"bearer.{token['token']}"]
     with await client.websocket_connect(ws_url(vm["id"]), subprotocols=offered) as ws:
         assert ws.receive_json(timeout=5)["type"] == "connected"
@@ -353,36 +328,36 @@ async def test_connect_with_the_credential_as_a_subprotocol(client, admin_conn, 
     assert [str(r["token_id"]) for r in rows] == [token["id"]]
 
     # A session JWT works the same way.
-    with await client.websocket_connect(ws_url(vm["id"]), subprotocols=["tenant-api.v1", f"bearer.{t.session}"]) as ws:
+    with await client.websocket_connect(ws_url(vm["id"]), subprotocols=["tenant-api.v1", f"bearer.{tenant.session}"]) as ws:
         assert ws.receive_json(timeout=5)["type"] == "connected"
 
 
-async def test_a_credential_in_the_url_is_refused(client, t):
+async def test_a_credential_in_the_url_is_refused(client, tenant):
     """?access_token= is gone: a URL credential is not read (4401 for want of one)."""
-    vm = await make_vm(client, t)
-    e = await refused(client, ws_url(vm["id"], access_token=t.token), {})
+    vm = await make_vm(client, tenant)
+    e = await refused(client, ws_url(vm["id"], access_token=tenant.token), {})
     assert e.code == 4401
 
 
-async def test_refused_connections(client, admin_conn, t, other):
-    vm, other_vm = await make_vm(client, t), await make_vm(client, other)
+async def test_refused_connections(client, admin_conn, tenant, other):
+    vm, other_vm = await make_vm(client, tenant), await make_vm(client, other)
 
-    read_only = await make_token(client, t, ["desktops:read"])
+    read_only = await make_token(client, tenant, ["desktops:read"])
     e = await refused(client, ws_url(vm["id"]), bearer(read_only["token"]))
     assert e.code == 4403 and "desktops:write" in e.detail
 
-    e = await refused(client, ws_url(other_vm["id"]), t.h)  # another organization's VM
+    e = await refused(client, ws_url(other_vm["id"]), tenant.token_auth)  # another organization's VM
     assert e.code == 4404
-    e = await refused(client, ws_url(str(uuid.uuid4())), t.h)
+    e = await refused(client, ws_url(str(uuid.uuid4())), tenant.token_auth)
     assert e.code == 4404
 
     # a token restricted to another project does not see this project's VM
-    restricted = await make_token(client, t, ["desktops:write"], project_ids=[await make_project(client, t)])
+    restricted = await make_token(client, tenant, ["desktops:write"], project_ids=[await make_project(client, tenant)])
     e = await refused(client, ws_url(vm["id"]), bearer(restricted["token"]))
     assert e.code == 4404
 
-    revoked = await make_token(client, t, ["desktops:write"])
-    assert (await client.delete(f"/v1/tokens/{revoked['id']}", headers=t.hs)).status_code == 204
+    revoked = await make_token(client, tenant, ["desktops:write"])
+    assert (await client.delete(f"/v1/tokens/{revoked['id']}", headers=tenant.session_auth)).status_code == 204
     e = await refused(client, ws_url(vm["id"]), bearer(revoked["token"]))
     assert e.code == 4401 and "revoked" in e.detail
     e = await refused(client, ws_url(vm["id"]), bearer("tapi_" + "x" * 38))  # malformed, refused before the DB
@@ -390,12 +365,12 @@ async def test_refused_connections(client, admin_conn, t, other):
     e = await refused(client, ws_url(vm["id"]))  # no credential at all
     assert e.code == 4401
 
-    e = await refused(client, "/v1/desktop-connections/ws", t.h)
+    e = await refused(client, "/v1/desktop-connections/ws", tenant.token_auth)
     assert e.code == 4400 and "vm_id" in e.detail
-    e = await refused(client, ws_url("nope"), t.h)
+    e = await refused(client, ws_url("nope"), tenant.token_auth)
     assert e.code == 4400
-    await client.post(f"/v1/desktop-vms/{vm['id']}/terminate", headers=t.h)
-    e = await refused(client, ws_url(vm["id"]), t.h)
+    await client.post(f"/v1/desktop-vms/{vm['id']}/terminate", headers=tenant.token_auth)
+    e = await refused(client, ws_url(vm["id"]), tenant.token_auth)
     assert e.code == 4409 and "terminated" in e.detail
 
     assert await connection_rows(admin_conn, vm["id"]) == []
@@ -410,9 +385,9 @@ async def fast_client(settings):
         yield c
 
 
-async def test_heartbeat_writes_last_seen_without_audit_rows(fast_client, admin_conn, t):
-    vm = await make_vm(fast_client, t)
-    with await fast_client.websocket_connect(ws_url(vm["id"]), headers=t.h) as ws:
+async def test_heartbeat_writes_last_seen_without_audit_rows(fast_client, admin_conn, tenant):
+    vm = await make_vm(fast_client, tenant)
+    with await fast_client.websocket_connect(ws_url(vm["id"]), headers=tenant.token_auth) as ws:
         connection_id = U(ws.receive_json(timeout=5)["connection_id"])
         await admin_conn.execute("update desktop_connection set last_seen_at = now() - interval '10 minutes'"
                                  " where id = $1", connection_id)
@@ -425,9 +400,9 @@ async def test_heartbeat_writes_last_seen_without_audit_rows(fast_client, admin_
         assert [a["action"] for a in actions] == ["INSERT"]  # heartbeats are noise, not history
 
 
-async def test_idle_socket_is_closed_and_its_row_too(fast_client, admin_conn, t):
-    vm = await make_vm(fast_client, t)
-    with await fast_client.websocket_connect(ws_url(vm["id"]), headers=t.h) as ws:
+async def test_idle_socket_is_closed_and_its_row_too(fast_client, admin_conn, tenant):
+    vm = await make_vm(fast_client, tenant)
+    with await fast_client.websocket_connect(ws_url(vm["id"]), headers=tenant.token_auth) as ws:
         ws.receive_json(timeout=5)
         with pytest.raises(WebSocketDisconnect) as exc:
             ws.receive_json(timeout=5)  # we send nothing: closed after idle_timeout (0.5 s)
@@ -436,12 +411,12 @@ async def test_idle_socket_is_closed_and_its_row_too(fast_client, admin_conn, t)
     assert (rows[0]["status"], rows[0]["close_reason"]) == ("disconnected", "idle_timeout")
 
 
-async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client, admin_conn, api_conn, t):
-    vm = await make_vm(fast_client, t)
-    token = await make_token(fast_client, t, ["desktops:write"])
+async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client, admin_conn, api_conn, tenant):
+    vm = await make_vm(fast_client, tenant)
+    token = await make_token(fast_client, tenant, ["desktops:write"])
     with await fast_client.websocket_connect(ws_url(vm["id"]), headers=bearer(token["token"])) as ws:
         ws.receive_json(timeout=5)
-        assert (await fast_client.delete(f"/v1/tokens/{token['id']}", headers=t.hs)).status_code == 204
+        assert (await fast_client.delete(f"/v1/tokens/{token['id']}", headers=tenant.session_auth)).status_code == 204
         ws.send_json({"type": "ping"})
         with pytest.raises(WebSocketDisconnect) as exc:
             ws.receive_json(timeout=5)
@@ -456,12 +431,12 @@ async def test_revoked_token_is_dropped_at_next_heartbeat_and_reaped(fast_client
 
 # --- the reaper -------------------------------------------------------------------------
 
-async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_conn, api_conn, t, other):
-    vm, other_vm = await make_vm(client, t), await make_vm(client, other)
+async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_conn, api_conn, tenant, other):
+    vm, other_vm = await make_vm(client, tenant), await make_vm(client, other)
     dead = f"dead-{uuid.uuid4().hex}"
-    stale = await insert_connection(admin_conn, t, vm, instance=f"gone-{uuid.uuid4().hex}", seen_ago="10 minutes")
+    stale = await insert_connection(admin_conn, tenant, vm, instance=f"gone-{uuid.uuid4().hex}", seen_ago="10 minutes")
     of_dead = await insert_connection(admin_conn, other, other_vm, instance=dead)
-    alive = await insert_connection(admin_conn, t, vm, instance=f"alive-{uuid.uuid4().hex}", seen_ago="20 seconds")
+    alive = await insert_connection(admin_conn, tenant, vm, instance=f"alive-{uuid.uuid4().hex}", seen_ago="20 seconds")
 
     # the threshold cannot be pushed below 30 s: a live row is never closed by a careless caller
     await reap(api_conn, stale="0 seconds")
@@ -475,11 +450,11 @@ async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_con
     assert rows[alive]["status"] == "connected"
 
     # each close is audited in its own organization, attributed to the connection's token
-    for row_id, tenant in [(stale, t), (of_dead, other)]:
+    for row_id, owner in [(stale, tenant), (of_dead, other)]:
         audit = await admin_conn.fetchrow(
             "select organization_id::text, token_id::text, user_id::text, request_id from token_audit_log"
             " where row_id = $1 and action = 'UPDATE'", row_id)
-        assert tuple(audit) == (tenant.organization_id, tenant.token_id, tenant.user_id, "desktop-reaper")
+        assert tuple(audit) == (owner.organization_id, owner.token_id, owner.user_id, "desktop-reaper")
     # and the context it set does not outlive the call
     await insert_connection(admin_conn, other, other_vm, instance=dead)
     async with api_conn.transaction():
@@ -488,14 +463,14 @@ async def test_reaper_closes_stale_and_dead_instance_rows_only(client, admin_con
         assert await api_conn.fetchval("select count(*) from desktop_connection") == 0
 
 
-async def test_start_up_closes_this_instances_previous_life(settings, admin_conn, t):
+async def test_start_up_closes_this_instances_previous_life(settings, admin_conn, tenant):
     """A stable DESKTOP_INSTANCE_ID: rows left open by the crashed previous process of the
     same id are closed when the new one starts, without waiting for staleness."""
     instance = f"pod-{uuid.uuid4().hex[:8]}"
     app = create_app(settings.with_desktops(instance_id=instance))
     async with AsyncTestClient(app) as c:
-        vm = await make_vm(c, t)
-    left_open = await insert_connection(admin_conn, t, vm, instance=instance)
+        vm = await make_vm(c, tenant)
+    left_open = await insert_connection(admin_conn, tenant, vm, instance=instance)
     async with AsyncTestClient(app):
         status, reason = await admin_conn.fetchrow(
             "select status, close_reason from desktop_connection where id = $1", left_open)
@@ -514,12 +489,12 @@ async def test_api_role_cannot_write_connections_around_the_handler(client, api_
 
 # --- isolation, scopes, audit -----------------------------------------------------------
 
-async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t, other):
-    a, b = t, other
+async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, tenant, other):
+    a, b = tenant, other
     b_config = await make_config(client, b)
     b_vm = await make_vm(client, b)
     b_macro = await make_macro(client, b, vm_id=b_vm["id"])
-    b_exec = (await client.post(f"/v1/robot-macros/{b_macro['id']}/executions", headers=b.h, json={})).json()
+    b_exec = (await client.post(f"/v1/robot-macros/{b_macro['id']}/executions", headers=b.token_auth, json={})).json()
     b_conn = await insert_connection(admin_conn, b, b_vm, instance="x", seen_ago="0 seconds")
     a_macro = await make_macro(client, a)
 
@@ -547,7 +522,7 @@ async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t,
         ("GET", f"/v1/desktop-connections/{b_conn}", None),
     ]
     for method, path, body in calls:
-        r = await client.request(method, path, headers=a.h, json=body)
+        r = await client.request(method, path, headers=a.token_auth, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
 
     # references in bodies: 422 naming the field
@@ -556,14 +531,14 @@ async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t,
         ("/v1/robot-macros", {"project_id": a.project_id, "name": "x", "vm_id": b_vm["id"]}, "vm_id"),
         (f"/v1/robot-macros/{a_macro['id']}/executions", {"vm_id": b_vm["id"]}, "vm_id"),
     ]:
-        r = await client.post(path, headers=a.h, json=body)
+        r = await client.post(path, headers=a.token_auth, json=body)
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, (path, r.text)
 
     b_ids = {b_config["id"], b_vm["id"], b_macro["id"], str(b_conn)}
     for path in ["/v1/desktop-configs", "/v1/desktop-vms", "/v1/robot-macros", "/v1/desktop-connections"]:
-        r = await client.get(path, headers=a.h)
+        r = await client.get(path, headers=a.token_auth)
         assert r.status_code == 200 and not b_ids & {i["id"] for i in r.json()["items"]}, path
-    r = await client.get("/v1/desktop-connections", headers=a.h, params={"vm_id": b_vm["id"]})
+    r = await client.get("/v1/desktop-connections", headers=a.token_auth, params={"vm_id": b_vm["id"]})
     assert r.json()["items"] == []
 
     # nothing of b's changed
@@ -575,15 +550,15 @@ async def test_other_organizations_ids_are_404_everywhere(client, admin_conn, t,
                                      U(b_config["id"])) == b_config["name"]
 
 
-async def test_missing_scope_is_403_naming_it(client, t):
-    vm = await make_vm(client, t)
-    macro = await make_macro(client, t, vm_id=vm["id"])
-    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=t.h, json={})).json()
-    reader = bearer((await make_token(client, t, ["desktops:read"]))["token"])
-    outsider = bearer((await make_token(client, t, ["agents:read"]))["token"])
+async def test_missing_scope_is_403_naming_it(client, tenant):
+    vm = await make_vm(client, tenant)
+    macro = await make_macro(client, tenant, vm_id=vm["id"])
+    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=tenant.token_auth, json={})).json()
+    reader = bearer((await make_token(client, tenant, ["desktops:read"]))["token"])
+    outsider = bearer((await make_token(client, tenant, ["agents:read"]))["token"])
 
     writes = [
-        ("POST", "/v1/desktop-configs", {"project_id": t.project_id, "name": "n", "image": "i"}),
+        ("POST", "/v1/desktop-configs", {"project_id": tenant.project_id, "name": "n", "image": "i"}),
         ("PATCH", f"/v1/desktop-vms/{vm['id']}", {"name": "n"}),
         ("POST", f"/v1/desktop-vms/{vm['id']}/stop", None),
         ("DELETE", f"/v1/robot-macros/{macro['id']}", None),
@@ -603,10 +578,10 @@ async def test_missing_scope_is_403_naming_it(client, t):
         assert r.status_code == 200, (path, r.text)
 
 
-async def test_audit_rows_attributed_to_the_token(client, admin_conn, t):
-    vm = await make_vm(client, t)  # config insert, VM insert, VM update (start)
-    macro = await make_macro(client, t, vm_id=vm["id"])
-    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=t.h, json={})).json()
+async def test_audit_rows_attributed_to_the_token(client, admin_conn, tenant):
+    vm = await make_vm(client, tenant)  # config insert, VM insert, VM update (start)
+    macro = await make_macro(client, tenant, vm_id=vm["id"])
+    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=tenant.token_auth, json={})).json()
     ids = [U(i) for i in (vm["config_id"], vm["id"], macro["id"], execution["id"])]
     rows = await admin_conn.fetch(
         "select table_name, action, token_id::text, organization_id::text, changes from token_audit_log"
@@ -614,7 +589,7 @@ async def test_audit_rows_attributed_to_the_token(client, admin_conn, t):
     assert [(r["table_name"], r["action"]) for r in rows] == [
         ("desktop_configs", "INSERT"), ("desktop_virtual_machine", "INSERT"), ("desktop_virtual_machine", "UPDATE"),
         ("robot_macro", "INSERT"), ("robot_macro_execution", "INSERT")]
-    assert {(r["token_id"], r["organization_id"]) for r in rows} == {(t.token_id, t.organization_id)}
+    assert {(r["token_id"], r["organization_id"]) for r in rows} == {(tenant.token_id, tenant.organization_id)}
     start = rows[2]["changes"]
     assert '"provisioning"' in start and '"running"' in start
 

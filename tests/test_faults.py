@@ -40,15 +40,15 @@ def assert_503(r: httpx.Response) -> None:
     assert int(r.headers["retry-after"]) > 0
 
 
-async def test_database_unreachable_is_503_and_not_ready(settings, app_client, t):
+async def test_database_unreachable_is_503_and_not_ready(settings, app_client, tenant):
     # The right credentials on a socket where no server listens.
     url = settings.database.url.split("?")[0] + "?host=/nonexistent-socket-dir"
     client = await app_client(settings.with_database(url=url, connect_timeout=1.0))
     labels = {"method": "GET", "route": "/v1/agents", "status": "503"}
     answered_503 = REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) or 0
     for method, path in [("GET", "/v1/agents"), ("GET", "/v1/me"), ("POST", "/v1/auth/login")]:
-        r = await client.request(method, path, headers=t.h,
-                                 json={"email": t.email, "password": t.password} if path.endswith("login") else None)
+        r = await client.request(method, path, headers=tenant.token_auth,
+                                 json={"email": tenant.email, "password": tenant.password} if path.endswith("login") else None)
         assert_503(r)
     # the metrics count what the client got (a 503, not a 500)
     assert REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) == answered_503 + 1
@@ -57,14 +57,14 @@ async def test_database_unreachable_is_503_and_not_ready(settings, app_client, t
     assert (await client.get("/health")).status_code == 200
 
 
-async def test_pool_out_of_connections_is_503(settings, app_client, t):
+async def test_pool_out_of_connections_is_503(settings, app_client, tenant):
     client = await app_client(settings.with_database(pool_size=1, pool_timeout=0.3))
-    assert (await client.get("/v1/agents", headers=t.h)).status_code == 200
+    assert (await client.get("/v1/agents", headers=tenant.token_auth)).status_code == 200
     engine = client._transport.app.state.engine  # type: ignore[attr-defined]
     async with engine.connect():  # the only pooled connection, held
         for path in ("/v1/agents", "/v1/me", "/v1/organization"):
-            assert_503(await client.get(path, headers=t.h))
-    assert (await client.get("/v1/agents", headers=t.h)).status_code == 200
+            assert_503(await client.get(path, headers=tenant.token_auth))
+    assert (await client.get("/v1/agents", headers=tenant.token_auth)).status_code == 200
 
 
 async def test_ready_when_migrated_and_not_when_behind(client, monkeypatch):
@@ -102,10 +102,10 @@ async def test_ready_is_never_rate_limited_and_not_ready_while_draining(settings
         await app.state.engine.dispose()
 
 
-async def test_concurrent_requests_beyond_the_pool_wait_or_get_503(settings, app_client, t):
+async def test_concurrent_requests_beyond_the_pool_wait_or_get_503(settings, app_client, tenant):
     """Out of connections is a fault to retry, never a 500, even under a burst."""
     client = await app_client(settings.with_database(pool_size=2, pool_timeout=0.2))
-    responses = await asyncio.gather(*(client.post("/v1/workspaces", headers=t.h, json={"name": f"w{i}"})
+    responses = await asyncio.gather(*(client.post("/v1/workspaces", headers=tenant.token_auth, json={"name": f"w{i}"})
                                        for i in range(40)))
     statuses = {r.status_code for r in responses}
     assert statuses <= {201, 503}, statuses

@@ -305,7 +305,7 @@ async def test_no_operation_answers_5xx_or_changes_anything_when_refusing(world,
 
     for method, template, op in ops:
         public = (method, template) in factories.PUBLIC_OPERATIONS
-        headers = {} if public else a.h
+        headers = {} if public else a.token_auth
         own = await own_path(module_admin, a, template, op)
         mapping = factories.path_params(template) or {}
         other = template

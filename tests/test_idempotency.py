@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from tenant_api.idempotency import ServerKeys
-from tests.conftest import bearer, connect, make_token, signup
+from tests.support.database import connect
+from tests.support.tenants import bearer, make_token, signup
 from tests.security import as_request
 
 U = uuid.UUID
@@ -21,9 +22,9 @@ def keyed(headers: dict[str, str], key: str) -> dict[str, str]:
     return {**headers, "Idempotency-Key": key}
 
 
-async def token_rows(admin_conn, t) -> int:
+async def token_rows(admin_conn, tenant) -> int:
     return await admin_conn.fetchval("select count(*) from platform_token where organization_id = $1 and kind = 'api'",
-                                     U(t.organization_id))
+                                     U(tenant.organization_id))
 
 
 async def test_the_same_request_replays_the_first_response(client, admin_conn):
@@ -31,10 +32,10 @@ async def test_the_same_request_replays_the_first_response(client, admin_conn):
     key = str(uuid.uuid4())
     before = await token_rows(admin_conn, t)
     body = {"name": "ci", "scopes": ["agents:read"]}
-    first = await client.post("/v1/tokens", headers=keyed(t.hs, key), json=body)
+    first = await client.post("/v1/tokens", headers=keyed(t.session_auth, key), json=body)
     assert first.status_code == 201 and "idempotent-replayed" not in first.headers
     # A retry after a lost response: the same secret, not a second token the caller never saw.
-    again = await client.post("/v1/tokens", headers=keyed(t.hs, key), json={"scopes": ["agents:read"], "name": "ci"})
+    again = await client.post("/v1/tokens", headers=keyed(t.session_auth, key), json={"scopes": ["agents:read"], "name": "ci"})
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json() and again.json()["token"] == first.json()["token"]
     assert again.headers["content-type"].startswith("application/json")
@@ -47,11 +48,11 @@ async def test_the_same_request_replays_the_first_response(client, admin_conn):
 async def test_the_same_key_for_another_request_is_a_422(client):
     t = await signup(client)
     key = uuid.uuid4().hex
-    r = await client.post("/v1/agents", headers=keyed(t.h, key), json={"project_id": t.project_id, "name": "one"})
+    r = await client.post("/v1/agents", headers=keyed(t.token_auth, key), json={"project_id": t.project_id, "name": "one"})
     assert r.status_code == 201
     for path, body in (("/v1/agents", {"project_id": t.project_id, "name": "two"}),
                        ("/v1/tasks", {"project_id": t.project_id, "summary": "one"})):
-        r = await client.post(path, headers=keyed(t.h, key), json=body)
+        r = await client.post(path, headers=keyed(t.token_auth, key), json=body)
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["field"] == "Idempotency-Key" and "different request" in r.json()["detail"]
 
@@ -64,15 +65,15 @@ async def test_a_second_request_while_the_first_runs_is_a_409(client, concurrent
     body = {"project_id": t.project_id, "name": "slow"}
     # (auth.begin_request notes a token's use once a minute, with an UPDATE that would wait
     # for the first request's transaction too: let that happen now.)
-    assert (await concurrent_client.get("/v1/agents", headers=t.h)).status_code == 200
+    assert (await concurrent_client.get("/v1/agents", headers=t.token_auth)).status_code == 200
     blocker = await connect(database.admin_url)
     tx = blocker.transaction()
     await tx.start()
     await blocker.execute("select 1 from project where id = $1 for update", U(t.project_id))
-    first = asyncio.create_task(concurrent_client.post("/v1/agents", headers=keyed(t.h, key), json=body))
+    first = asyncio.create_task(concurrent_client.post("/v1/agents", headers=keyed(t.token_auth, key), json=body))
     try:
         await wait_until_blocked(admin_conn)
-        second = await concurrent_client.post("/v1/agents", headers=keyed(t.h, key), json=body)
+        second = await concurrent_client.post("/v1/agents", headers=keyed(t.token_auth, key), json=body)
         assert second.status_code == 409, second.text
         assert second.json()["errors"][0]["field"] == "Idempotency-Key" and "in progress" in second.json()["detail"]
     finally:
@@ -80,7 +81,7 @@ async def test_a_second_request_while_the_first_runs_is_a_409(client, concurrent
         await blocker.close()
     made = await first
     assert made.status_code == 201, made.text
-    third = await concurrent_client.post("/v1/agents", headers=keyed(t.h, key), json=body)
+    third = await concurrent_client.post("/v1/agents", headers=keyed(t.token_auth, key), json=body)
     assert third.status_code == 201 and third.json() == made.json() and third.headers["idempotent-replayed"] == "true"
     assert await admin_conn.fetchval("select count(*) from agent where organization_id = $1 and name = 'slow'",
                                      U(t.organization_id)) == 1
@@ -100,7 +101,7 @@ async def test_keys_belong_to_a_credential(client, admin_conn):
     other = bearer((await make_token(client, t, ["tasks:write", "org:read"]))["token"])
     key = uuid.uuid4().hex
     body = {"project_id": t.project_id, "summary": "twice"}
-    a = await client.post("/v1/tasks", headers=keyed(t.h, key), json=body)
+    a = await client.post("/v1/tasks", headers=keyed(t.token_auth, key), json=body)
     b = await client.post("/v1/tasks", headers=keyed(other, key), json=body)
     assert a.status_code == b.status_code == 201 and a.json()["id"] != b.json()["id"]
     assert "idempotent-replayed" not in b.headers
@@ -110,17 +111,17 @@ async def test_keys_live_24_hours(client, admin_conn):
     t = await signup(client)
     key = uuid.uuid4().hex
     body = {"project_id": t.project_id, "summary": "daily"}
-    first = await client.post("/v1/tasks", headers=keyed(t.h, key), json=body)
+    first = await client.post("/v1/tasks", headers=keyed(t.token_auth, key), json=body)
     row = await admin_conn.fetchrow("select created_at, expires_at from idempotency_key where token_id = $1"
                                     " order by created_at desc limit 1", U(t.token_id))
     assert (row["expires_at"] - row["created_at"]).total_seconds() == 24 * 3600
     await admin_conn.execute("update idempotency_key set expires_at = now() - interval '1 second' where token_id = $1",
                              U(t.token_id))
-    again = await client.post("/v1/tasks", headers=keyed(t.h, key), json=body)
+    again = await client.post("/v1/tasks", headers=keyed(t.token_auth, key), json=body)
     assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
     assert "idempotent-replayed" not in again.headers
     # ... and the key is taken again, by the new response
-    third = await client.post("/v1/tasks", headers=keyed(t.h, key), json=body)
+    third = await client.post("/v1/tasks", headers=keyed(t.token_auth, key), json=body)
     assert third.json()["id"] == again.json()["id"]
     # Expired keys are purged by the scheduler process (auth.purge_idempotency_keys).
     await admin_conn.execute("update idempotency_key set expires_at = now() - interval '1 second' where token_id = $1",
@@ -137,16 +138,16 @@ async def test_failures_are_not_kept(client):
     """A failed request changed nothing: a retry with the same key runs again."""
     t = await signup(client)
     key = uuid.uuid4().hex
-    r = await client.post("/v1/agents", headers=keyed(t.h, key), json={"project_id": str(uuid.uuid4()), "name": "x"})
+    r = await client.post("/v1/agents", headers=keyed(t.token_auth, key), json={"project_id": str(uuid.uuid4()), "name": "x"})
     assert r.status_code == 422
-    r = await client.post("/v1/agents", headers=keyed(t.h, key), json={"project_id": t.project_id, "name": "x"})
+    r = await client.post("/v1/agents", headers=keyed(t.token_auth, key), json={"project_id": t.project_id, "name": "x"})
     assert r.status_code == 201 and "idempotent-replayed" not in r.headers
 
 
 async def test_secrets_in_kept_responses_are_not_readable_at_rest(client, admin_conn, settings):
     t = await signup(client)
     key = f"token-{uuid.uuid4()}"
-    r = await client.post("/v1/tokens", headers=keyed(t.hs, key), json={"name": "at rest", "scopes": ["agents:read"]})
+    r = await client.post("/v1/tokens", headers=keyed(t.session_auth, key), json={"name": "at rest", "scopes": ["agents:read"]})
     assert r.status_code == 201
     secret = r.json()["token"]
     row = await admin_conn.fetchrow("select * from idempotency_key where token_id = $1",
@@ -171,7 +172,7 @@ async def test_secrets_in_kept_responses_are_not_readable_at_rest(client, admin_
 async def test_keys_are_invisible_to_other_credentials(client, api_conn):
     t = await signup(client)
     other = await make_token(client, t, ["tokens:write", "agents:write"])
-    await client.post("/v1/agents", headers=keyed(t.h, uuid.uuid4().hex),
+    await client.post("/v1/agents", headers=keyed(t.token_auth, uuid.uuid4().hex),
                       json={"project_id": t.project_id, "name": "k"})
     async with as_request(api_conn, t.token):
         assert await api_conn.fetchval("select count(*) from idempotency_key") >= 1
@@ -190,14 +191,14 @@ async def test_a_claim_is_replayed_not_repeated(client, concurrent_client):
     t = await signup(client)
     runner = bearer((await make_token(client, t, ["tasks:write"]))["token"])
     for _ in range(2):
-        await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id,
+        await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id,
                                                          "target": {"kind": "command", "ref": "true"}})
     key = uuid.uuid4().hex
     first = await concurrent_client.post("/v1/jobs/claim", headers=keyed(runner, key), json={"wait_seconds": 1})
     again = await concurrent_client.post("/v1/jobs/claim", headers=keyed(runner, key), json={"wait_seconds": 1})
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
-    queued = (await client.get("/v1/jobs", headers=t.h, params={"status": "queued"})).json()["items"]
+    queued = (await client.get("/v1/jobs", headers=t.token_auth, params={"status": "queued"})).json()["items"]
     assert len(queued) == 1
     # the replayed secret is the live one
     r = await concurrent_client.post(f"/v1/jobs/{first.json()['job']['id']}/heartbeat", headers=runner,
@@ -208,7 +209,7 @@ async def test_a_claim_is_replayed_not_repeated(client, concurrent_client):
 async def test_finish_and_log_retries_do_not_repeat(client):
     t = await signup(client)
     runner = bearer((await make_token(client, t, ["tasks:write"]))["token"])
-    job = (await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id,
+    job = (await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id,
                                                             "target": {"kind": "command", "ref": "true"}})).json()
     claim = (await client.post("/v1/jobs/claim", headers=runner, json={})).json()
     body = {"claim_secret": claim["claim_secret"], "data": "once\n"}
@@ -221,14 +222,14 @@ async def test_finish_and_log_retries_do_not_repeat(client):
         r = await client.post(f"/v1/jobs/{job['id']}/finish", headers=keyed(runner, key),
                               json={"claim_secret": claim["claim_secret"], "exit_code": 0})
         assert r.status_code == 200 and r.json()["status"] == "succeeded"
-    logs = (await client.get(f"/v1/jobs/{job['id']}/logs", headers=t.h)).json()["items"]
+    logs = (await client.get(f"/v1/jobs/{job['id']}/logs", headers=t.token_auth)).json()["items"]
     assert [c["data"] for c in logs] == ["once\n"]
 
 
 @pytest.mark.parametrize("key", [b"", b"x" * 256, "naïve".encode("latin-1"), b"tab\there"])
 async def test_malformed_keys_are_refused(client, key):
     t = await signup(client)
-    headers = {**t.h, "Idempotency-Key": key}
+    headers = {**t.token_auth, "Idempotency-Key": key}
     r = await client.post("/v1/agents", headers=headers, json={"project_id": t.project_id, "name": "m"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "Idempotency-Key", r.text
 
@@ -238,10 +239,10 @@ async def test_the_key_is_ignored_where_it_does_not_apply(client, admin_conn):
     a key for) ignore it."""
     t = await signup(client)
     key = uuid.uuid4().hex
-    agent = (await client.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": "p"})).json()
+    agent = (await client.post("/v1/agents", headers=t.token_auth, json={"project_id": t.project_id, "name": "p"})).json()
     for _ in range(2):
-        assert (await client.get("/v1/agents", headers=keyed(t.h, key))).status_code == 200
-        r = await client.patch(f"/v1/agents/{agent['id']}", headers=keyed(t.h, key), json={"name": "q"})
+        assert (await client.get("/v1/agents", headers=keyed(t.token_auth, key))).status_code == 200
+        r = await client.patch(f"/v1/agents/{agent['id']}", headers=keyed(t.token_auth, key), json={"name": "q"})
         assert r.status_code == 200
     login = {"email": t.email, "password": t.password}
     a = await client.post("/v1/auth/login", headers={"Idempotency-Key": key}, json=login)
@@ -262,12 +263,12 @@ async def test_a_failed_commit_answers_with_a_problem_not_the_response(client, s
 
     PendingRequest.store = broken  # type: ignore[method-assign]
     try:
-        r = await client.post("/v1/agents", headers=keyed(t.h, uuid.uuid4().hex),
+        r = await client.post("/v1/agents", headers=keyed(t.token_auth, uuid.uuid4().hex),
                               json={"project_id": t.project_id, "name": "never"})
     finally:
         PendingRequest.store = original  # type: ignore[method-assign]
     assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
-    names = [a["name"] for a in (await client.get("/v1/agents?limit=200", headers=t.h)).json()["items"]]
+    names = [a["name"] for a in (await client.get("/v1/agents?limit=200", headers=t.token_auth)).json()["items"]]
     assert "never" not in names
 
 

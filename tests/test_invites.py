@@ -9,12 +9,8 @@ import datetime as dt
 import json
 import logging
 import re
-import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from email import message_from_bytes
-from email.message import Message
 from typing import Any
 
 import pytest
@@ -28,45 +24,11 @@ from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.auth import mail_secrets as tokens
 from tenant_api.invites.mailer import Mailer
 from tenant_api.settings import InviteSettings
-from tests.conftest import bearer, make_token, signup
+from tests.support.tenants import bearer, make_token, signup
 from tests.members_flow import invite, join, login, new_agent, new_project, session_id
+from tests.support.mail import Inbox, body_of, free_port
 
 LINK = re.compile(r"invite_token=(tinv_[0-9A-Za-z]+)")
-
-
-class Inbox:
-    """aiosmtpd handler: keeps every delivered message; can refuse the first DATA for
-    some recipients (a temporary failure, as a busy server would)."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[list[str], Message]] = []
-        self.refuse_once: set[str] = set()
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 -- aiosmtpd's hook name
-        refused = self.refuse_once & {r.lower() for r in envelope.rcpt_tos}
-        if refused:
-            self.refuse_once -= refused
-            return "451 4.3.0 try again later"
-        self.messages.append(([r.lower() for r in envelope.rcpt_tos], message_from_bytes(envelope.content)))
-        return "250 OK"
-
-    def to(self, email: str) -> list[Message]:
-        """Invitation mails to ``email`` (sign-up's verification mails go to the same inbox)."""
-        return [m for rcpts, m in self.messages
-                if email.lower() in rcpts and m["Subject"] != "Confirm your email address"]
-
-    async def wait_for(self, email: str, count: int = 1, timeout: float = 10.0) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while len(self.to(email)) < count:
-            assert time.monotonic() < deadline, f"no mail to {email} within {timeout} s"
-            await asyncio.sleep(0.02)
-        return self.to(email)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -75,7 +37,7 @@ def smtp() -> Iterator[tuple[Inbox, str]]:
     # DEBUG: keep it quiet, so the "no secret in our logs" checks read our logs only.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield inbox, f"smtp://127.0.0.1:{controller.port}"
@@ -110,27 +72,21 @@ async def drain(mailer: Mailer) -> None:
         pass
 
 
-def body_of(message: Message) -> str:
-    payload = message.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return payload.decode()
-
-
 async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp, admin_conn, api_conn, caplog):
     caplog.set_level(logging.DEBUG)
     inbox, _ = smtp
     client = mail_client
     alice = await signup(client)  # the inviting organization's owner
     bob = await signup(client)  # the invitee, with an organization of his own
-    other_ws = (await client.post("/v1/workspaces", headers=alice.h, json={"name": "other"})).json()
+    other_ws = (await client.post("/v1/workspaces", headers=alice.token_auth, json={"name": "other"})).json()
     p1 = alice.project_id
     p2 = (await new_project(client, alice, other_ws["id"]))["id"]
-    a1 = await new_agent(client, alice.h, p1)
-    a2 = await new_agent(client, alice.h, p2)
-    await new_agent(client, bob.h, bob.project_id)
+    a1 = await new_agent(client, alice.token_auth, p1)
+    a2 = await new_agent(client, alice.token_auth, p2)
+    await new_agent(client, bob.token_auth, bob.project_id)
 
     # Invite, with the email in another case than Bob signed up with.
-    created = await invite(client, alice.h, p1, bob.email.upper(), "editor")
+    created = await invite(client, alice.token_auth, p1, bob.email.upper(), "editor")
     secret = created["invite_token"]
     assert secret.startswith("tinv_") and created["status"] == "pending" and created["role"] == "editor"
     expires = dt.datetime.fromisoformat(created["expires_at"])
@@ -145,7 +101,7 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
     assert f"/invites/accept#invite_token={mail_secret}" in body_of(mail)
     # The mailer marks the mail sent right after the SMTP server took it: a moment later.
     for _ in range(100):
-        r = await client.get(f"/v1/projects/{p1}/invites/{created['id']}", headers=alice.h)
+        r = await client.get(f"/v1/projects/{p1}/invites/{created['id']}", headers=alice.token_auth)
         if r.status_code != 200 or r.json()["delivery_status"] == "sent":
             break
         await asyncio.sleep(0.05)
@@ -153,7 +109,7 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
     assert secret not in r.text
 
     # Accept: a membership of that project.
-    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": secret})
+    r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": secret})
     assert r.status_code == 201, r.text
     assert r.json()["organization_id"] == alice.organization_id and r.json()["project_id"] == p1
     assert r.json()["role"] == "editor" and secret not in r.text
@@ -225,9 +181,9 @@ async def test_whole_flow_invite_mail_accept_login_one_project(mail_client, smtp
 
 async def test_twenty_concurrent_accepts_make_one_membership(client, admin_conn):
     alice, bob = await signup(client), await signup(client)
-    created = await invite(client, alice.h, alice.project_id, bob.email, "viewer")
+    created = await invite(client, alice.token_auth, alice.project_id, bob.email, "viewer")
     body = {"invite_token": created["invite_token"]}
-    responses = await asyncio.gather(*(client.post("/v1/invites/accept", headers=bob.hs, json=body)
+    responses = await asyncio.gather(*(client.post("/v1/invites/accept", headers=bob.session_auth, json=body)
                                        for _ in range(20)))
     codes = sorted(r.status_code for r in responses)
     assert codes == [201] + [410] * 19, codes
@@ -242,79 +198,79 @@ async def test_expired_revoked_used_declined_are_410_saying_which(client, admin_
     p = alice.project_id
     projects = [(await new_project(client, alice))["id"] for _ in range(3)]
 
-    used = await invite(client, alice.h, p, bob.email)
-    assert (await client.post("/v1/invites/accept", headers=bob.hs,
+    used = await invite(client, alice.token_auth, p, bob.email)
+    assert (await client.post("/v1/invites/accept", headers=bob.session_auth,
                               json={"invite_token": used["invite_token"]})).status_code == 201
 
-    expired = await invite(client, alice.h, projects[0], bob.email)
+    expired = await invite(client, alice.token_auth, projects[0], bob.email)
     await admin_conn.execute("update project_invite set expires_at = now() - interval '1 second'"
                              " where organization_id = $1 and id = $2",
                              uuid.UUID(alice.organization_id), uuid.UUID(expired["id"]))
 
-    revoked = await invite(client, alice.h, projects[1], bob.email)
-    r = await client.delete(f"/v1/projects/{projects[1]}/invites/{revoked['id']}", headers=alice.h)
+    revoked = await invite(client, alice.token_auth, projects[1], bob.email)
+    r = await client.delete(f"/v1/projects/{projects[1]}/invites/{revoked['id']}", headers=alice.token_auth)
     assert r.status_code == 204, r.text
 
-    declined = await invite(client, alice.h, projects[2], bob.email)
-    r = await client.post("/v1/invites/decline", headers=bob.hs, json={"invite_token": declined["invite_token"]})
+    declined = await invite(client, alice.token_auth, projects[2], bob.email)
+    r = await client.post("/v1/invites/decline", headers=bob.session_auth, json={"invite_token": declined["invite_token"]})
     assert r.status_code == 204, r.text
 
     for inv, status, detail in [(used, "used", "already used"), (expired, "expired", "expired"),
                                 (revoked, "revoked", "revoked"), (declined, "declined", "declined")]:
         for action in ("accept", "decline"):
-            r = await client.post(f"/v1/invites/{action}", headers=bob.hs, json={"invite_token": inv["invite_token"]})
+            r = await client.post(f"/v1/invites/{action}", headers=bob.session_auth, json={"invite_token": inv["invite_token"]})
             assert r.status_code == 410, (status, r.text)
             assert detail in r.json()["detail"] and r.json()["invite_status"] == status
 
     # The list derives each status.
     statuses = {}
     for project in (p, *projects):
-        for item in (await client.get(f"/v1/projects/{project}/invites", headers=alice.h)).json()["items"]:
+        for item in (await client.get(f"/v1/projects/{project}/invites", headers=alice.token_auth)).json()["items"]:
             statuses[item["id"]] = item["status"]
     assert statuses == {used["id"]: "accepted", expired["id"]: "expired", revoked["id"]: "revoked",
                         declined["id"]: "declined"}
-    r = await client.get(f"/v1/projects/{projects[0]}/invites", headers=alice.h, params={"status": "expired"})
+    r = await client.get(f"/v1/projects/{projects[0]}/invites", headers=alice.token_auth, params={"status": "expired"})
     assert [i["id"] for i in r.json()["items"]] == [expired["id"]]
-    r = await client.get(f"/v1/projects/{projects[0]}/invites", headers=alice.h, params={"status": "pending"})
+    r = await client.get(f"/v1/projects/{projects[0]}/invites", headers=alice.token_auth, params={"status": "pending"})
     assert r.json()["items"] == []
 
 
 async def test_another_users_invite_is_404_whatever_its_state(client):
     alice, bob, carol = await signup(client), await signup(client), await signup(client)
-    pending = await invite(client, alice.h, alice.project_id, bob.email)
+    pending = await invite(client, alice.token_auth, alice.project_id, bob.email)
     for action in ("accept", "decline"):
-        r = await client.post(f"/v1/invites/{action}", headers=carol.hs, json={"invite_token": pending["invite_token"]})
+        r = await client.post(f"/v1/invites/{action}", headers=carol.session_auth, json={"invite_token": pending["invite_token"]})
         assert r.status_code == 404 and r.json()["detail"] == "invite not found", r.text
     # Even once it is revoked (a 410 would tell Carol it exists).
-    await client.delete(f"/v1/projects/{alice.project_id}/invites/{pending['id']}", headers=alice.h)
-    r = await client.post("/v1/invites/accept", headers=carol.hs, json={"invite_token": pending["invite_token"]})
+    await client.delete(f"/v1/projects/{alice.project_id}/invites/{pending['id']}", headers=alice.token_auth)
+    r = await client.post("/v1/invites/accept", headers=carol.session_auth, json={"invite_token": pending["invite_token"]})
     assert r.status_code == 404
     # An unknown but well-formed secret, and a malformed one.
     fake = tokens.derive(b"k" * 32, b"n" * 32)
-    assert (await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": fake})).status_code == 404
-    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": fake[:-1] + "x"})
+    assert (await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": fake})).status_code == 404
+    r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": fake[:-1] + "x"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "invite_token"
 
 
 async def test_one_open_invite_per_email_and_resend(client, admin_conn):
     alice, bob = await signup(client), await signup(client)
     p = alice.project_id
-    first = await invite(client, alice.h, p, bob.email, "viewer")
-    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.h, json={"email": bob.email.upper(), "role": "viewer"})
+    first = await invite(client, alice.token_auth, p, bob.email, "viewer")
+    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.token_auth, json={"email": bob.email.upper(), "role": "viewer"})
     assert r.status_code == 409 and r.json()["invite_id"] == first["id"], r.text
 
     # Resend: a new secret and expiry; the old secret stops working.
     await admin_conn.execute("update project_invite set expires_at = now() - interval '1 second'"
                              " where organization_id = $1 and id = $2",
                              uuid.UUID(alice.organization_id), uuid.UUID(first["id"]))
-    r = await client.post(f"/v1/projects/{p}/invites/{first['id']}/resend", headers=alice.h)
+    r = await client.post(f"/v1/projects/{p}/invites/{first['id']}/resend", headers=alice.token_auth)
     assert r.status_code == 200, r.text
     second = r.json()
     assert second["id"] == first["id"] and second["status"] == "pending" and second["send_count"] == 2
     assert second["invite_token"] != first["invite_token"]
     assert dt.datetime.fromisoformat(second["expires_at"]) > dt.datetime.fromisoformat(first["expires_at"])
     # ...and through POST with resend: true, which may also change the role.
-    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.h,
+    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.token_auth,
                           json={"email": bob.email, "role": "admin", "resend": True})
     assert r.status_code == 200 and r.json()["id"] == first["id"] and r.json()["role"] == "admin", r.text
     third = r.json()
@@ -324,28 +280,28 @@ async def test_one_open_invite_per_email_and_resend(client, admin_conn):
     assert [o["status"] for o in outbox] == ["cancelled", "cancelled", "pending"]
 
     for old in (first, second):
-        r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": old["invite_token"]})
+        r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": old["invite_token"]})
         assert r.status_code == 404, r.text
-    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": third["invite_token"]})
+    r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": third["invite_token"]})
     assert r.status_code == 201 and r.json()["role"] == "admin"
 
     # Now a member: inviting again is a 409; an accepted invite cannot be resent or revoked.
-    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.h, json={"email": bob.email, "role": "viewer"})
+    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.token_auth, json={"email": bob.email, "role": "viewer"})
     assert r.status_code == 409 and "already a member" in r.json()["detail"]
     for method, path in [("POST", f"/v1/projects/{p}/invites/{first['id']}/resend"),
                          ("DELETE", f"/v1/projects/{p}/invites/{first['id']}")]:
-        r = await client.request(method, path, headers=alice.h)
+        r = await client.request(method, path, headers=alice.token_auth)
         assert r.status_code == 409 and "accepted" in r.json()["detail"], r.text
     # An organization member is never invited to a project: they see every project.
-    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.h, json={"email": alice.email, "role": "viewer"})
+    r = await client.post(f"/v1/projects/{p}/invites", headers=alice.token_auth, json={"email": alice.email, "role": "viewer"})
     assert r.status_code == 409 and "organization" in r.json()["detail"]
 
     # After a revoke, a new invite for the email is allowed.
     carol = await signup(client)
-    c1 = await invite(client, alice.h, p, carol.email)
-    assert (await client.delete(f"/v1/projects/{p}/invites/{c1['id']}", headers=alice.h)).status_code == 204
-    assert (await client.delete(f"/v1/projects/{p}/invites/{c1['id']}", headers=alice.h)).status_code == 204
-    c2 = await invite(client, alice.h, p, carol.email)
+    c1 = await invite(client, alice.token_auth, p, carol.email)
+    assert (await client.delete(f"/v1/projects/{p}/invites/{c1['id']}", headers=alice.token_auth)).status_code == 204
+    assert (await client.delete(f"/v1/projects/{p}/invites/{c1['id']}", headers=alice.token_auth)).status_code == 204
+    c2 = await invite(client, alice.token_auth, p, carol.email)
     assert c2["id"] != c1["id"]
 
 
@@ -353,12 +309,12 @@ async def test_accepting_as_an_existing_member_is_409_and_the_invite_stays_open(
     alice, bob = await signup(client), await signup(client)
     p2 = (await new_project(client, alice))["id"]
     await join(client, alice, bob, alice.project_id, "viewer")
-    later = await invite(client, alice.h, p2, bob.email)
-    r = await client.post("/v1/organization/members", headers=alice.h, json={"user_id": bob.user_id, "role": "member"})
+    later = await invite(client, alice.token_auth, p2, bob.email)
+    r = await client.post("/v1/organization/members", headers=alice.token_auth, json={"user_id": bob.user_id, "role": "member"})
     assert r.status_code == 201, r.text
-    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": later["invite_token"]})
+    r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": later["invite_token"]})
     assert r.status_code == 409 and "already a member" in r.json()["detail"], r.text
-    r = await client.get(f"/v1/projects/{p2}/invites/{later['id']}", headers=alice.h)
+    r = await client.get(f"/v1/projects/{p2}/invites/{later['id']}", headers=alice.token_auth)
     assert r.json()["status"] == "pending"
 
 
@@ -368,25 +324,25 @@ async def test_invalid_input_is_422_naming_the_field(client):
     for body, field in [({"email": "not-an-email", "role": "viewer"}, "email"),
                         ({"email": "x@example.com", "role": "owner"}, "role"),
                         ({"email": "x@example.com", "role": "viewer", "extra": 1}, "extra")]:
-        r = await client.post(url, headers=alice.h, json=body)
+        r = await client.post(url, headers=alice.token_auth, json=body)
         assert r.status_code == 422 and field in r.text, r.text
 
 
 async def test_other_organizations_ids_are_404_and_scopes_are_checked(client):
     alice, mallory = await signup(client), await signup(client)
-    inv = await invite(client, alice.h, alice.project_id, f"{uuid.uuid4().hex[:8]}@example.com")
+    inv = await invite(client, alice.token_auth, alice.project_id, f"{uuid.uuid4().hex[:8]}@example.com")
     p, i = alice.project_id, inv["id"]
     routes = [("GET", f"/v1/projects/{p}/invites", None), ("POST", f"/v1/projects/{p}/invites",
               {"email": "z@example.com", "role": "viewer"}), ("GET", f"/v1/projects/{p}/invites/{i}", None),
               ("DELETE", f"/v1/projects/{p}/invites/{i}", None), ("POST", f"/v1/projects/{p}/invites/{i}/resend", None)]
     for method, path, body in routes:
-        r = await client.request(method, path, headers=mallory.h, json=body)
+        r = await client.request(method, path, headers=mallory.token_auth, json=body)
         assert r.status_code == 404, (method, path, r.text)
     # Alice's invite id under Mallory's own project: still not found.
     for method, path in [("GET", f"/v1/projects/{mallory.project_id}/invites/{i}"),
                          ("DELETE", f"/v1/projects/{mallory.project_id}/invites/{i}"),
                          ("POST", f"/v1/projects/{mallory.project_id}/invites/{i}/resend")]:
-        assert (await client.request(method, path, headers=mallory.h)).status_code == 404, (method, path)
+        assert (await client.request(method, path, headers=mallory.token_auth)).status_code == 404, (method, path)
 
     reader = bearer((await make_token(client, alice, ["members:read", "org:read"]))["token"])
     nobody = bearer((await make_token(client, alice, ["agents:read"]))["token"])
@@ -402,15 +358,15 @@ async def test_every_invite_action_is_audited_without_the_secret(client, admin_c
     alice, bob, carol = await signup(client), await signup(client), await signup(client)
     p = alice.project_id
     org = uuid.UUID(alice.organization_id)
-    b = await invite(client, alice.h, p, bob.email)
-    resent = (await client.post(f"/v1/projects/{p}/invites/{b['id']}/resend", headers=alice.h)).json()
-    accepted = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": resent["invite_token"]})
+    b = await invite(client, alice.token_auth, p, bob.email)
+    resent = (await client.post(f"/v1/projects/{p}/invites/{b['id']}/resend", headers=alice.token_auth)).json()
+    accepted = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": resent["invite_token"]})
     assert accepted.status_code == 201
-    c = await invite(client, alice.h, p, carol.email)
-    assert (await client.post("/v1/invites/decline", headers=carol.hs,
+    c = await invite(client, alice.token_auth, p, carol.email)
+    assert (await client.post("/v1/invites/decline", headers=carol.session_auth,
                               json={"invite_token": c["invite_token"]})).status_code == 204
-    d = await invite(client, alice.h, p, f"{uuid.uuid4().hex[:8]}@example.com")
-    assert (await client.delete(f"/v1/projects/{p}/invites/{d['id']}", headers=alice.h)).status_code == 204
+    d = await invite(client, alice.token_auth, p, f"{uuid.uuid4().hex[:8]}@example.com")
+    assert (await client.delete(f"/v1/projects/{p}/invites/{d['id']}", headers=alice.token_auth)).status_code == 204
 
     async def trail(invite_id: str) -> list[tuple[str, str, str, set[str]]]:
         """The audit rows of an invite, its mails and the membership it made, in order."""
@@ -423,7 +379,7 @@ async def test_every_invite_action_is_audited_without_the_secret(client, admin_c
             " where organization_id = $1 and row_id = any($2::uuid[]) order by occurred_at, id", org, ids)
         return [(r["table_name"], r["action"], r["token_id"], set(json.loads(r["changes"]))) for r in rows]
 
-    bob_token = (await client.get("/v1/me", headers=bob.hs)).json()["token"]["id"]
+    bob_token = (await client.get("/v1/me", headers=bob.session_auth)).json()["token"]["id"]
     t = await trail(b["id"])
     assert [(x[0], x[1]) for x in t] == [
         ("project_invite", "INSERT"), ("invite_outbox", "INSERT"),  # create
@@ -446,7 +402,7 @@ async def test_every_invite_action_is_audited_without_the_secret(client, admin_c
         assert needle not in audit
     # ...nor in any response after creation.
     for path in (f"/v1/projects/{p}/invites", f"/v1/projects/{p}/invites/{b['id']}", f"/v1/projects/{p}/members"):
-        text = (await client.get(path, headers=alice.h)).text
+        text = (await client.get(path, headers=alice.token_auth)).text
         assert not any(s in text for s in secrets_), path
     assert not any(s in accepted.text for s in secrets_)
 
@@ -457,7 +413,7 @@ async def test_failed_send_is_retried_with_backoff_and_never_loses_the_invite(cl
     inbox, url = smtp
     alice, bob = await signup(client), await signup(client)
     inbox.refuse_once.add(bob.email.lower())
-    created = await invite(client, alice.h, alice.project_id, bob.email)
+    created = await invite(client, alice.token_auth, alice.project_id, bob.email)
     key = (uuid.UUID(alice.organization_id), uuid.UUID(created["id"]))
     mailer = make_mailer(smtp_url=url, backoff_seconds=30)
     row = "select status, attempts, next_attempt_at - now() as wait, last_error from invite_outbox" \
@@ -467,7 +423,7 @@ async def test_failed_send_is_retried_with_backoff_and_never_loses_the_invite(cl
     first = await admin_conn.fetchrow(row, *key)
     assert first["status"] == "pending" and first["attempts"] == 1 and "451" in first["last_error"]
     assert dt.timedelta(seconds=25) < first["wait"] <= dt.timedelta(seconds=30)
-    r = await client.get(f"/v1/projects/{alice.project_id}/invites/{created['id']}", headers=alice.h)
+    r = await client.get(f"/v1/projects/{alice.project_id}/invites/{created['id']}", headers=alice.token_auth)
     assert r.json()["status"] == "pending" and r.json()["delivery_status"] == "pending"
     await drain(mailer)  # not due yet: nothing happens
     assert (await admin_conn.fetchrow(row, *key))["attempts"] == 1 and inbox.to(bob.email) == []
@@ -487,7 +443,7 @@ async def test_two_mailers_side_by_side_send_each_mail_once(client, make_mailer,
     alice = await signup(client)
     emails = [f"{uuid.uuid4().hex[:8]}@example.com" for _ in range(4)]
     for email in emails:
-        await invite(client, alice.h, alice.project_id, email)
+        await invite(client, alice.token_auth, alice.project_id, email)
     one, two = make_mailer(smtp_url=url), make_mailer(smtp_url=url)
     await asyncio.gather(drain(one), drain(two))
     assert [len(inbox.to(e)) for e in emails] == [1, 1, 1, 1]
@@ -495,9 +451,9 @@ async def test_two_mailers_side_by_side_send_each_mail_once(client, make_mailer,
 
 async def test_a_dead_server_gives_up_after_max_attempts_and_the_invite_stays(client, make_mailer, admin_conn):
     alice, bob = await signup(client), await signup(client)
-    created = await invite(client, alice.h, alice.project_id, bob.email)
+    created = await invite(client, alice.token_auth, alice.project_id, bob.email)
     key = (uuid.UUID(alice.organization_id), uuid.UUID(created["id"]))
-    mailer = make_mailer(smtp_url=f"smtp://127.0.0.1:{_free_port()}", max_attempts=2, backoff_seconds=1)
+    mailer = make_mailer(smtp_url=f"smtp://127.0.0.1:{free_port()}", max_attempts=2, backoff_seconds=1)
     for _ in range(2):
         await admin_conn.execute("update invite_outbox set next_attempt_at = now() where organization_id = $1"
                                  " and invite_id = $2", *key)
@@ -505,16 +461,16 @@ async def test_a_dead_server_gives_up_after_max_attempts_and_the_invite_stays(cl
     row = await admin_conn.fetchrow("select status, attempts, last_error from invite_outbox"
                                     " where organization_id = $1 and invite_id = $2", *key)
     assert row["status"] == "failed" and row["attempts"] == 2 and "Connection" in row["last_error"]
-    inv = (await client.get(f"/v1/projects/{alice.project_id}/invites/{created['id']}", headers=alice.h)).json()
+    inv = (await client.get(f"/v1/projects/{alice.project_id}/invites/{created['id']}", headers=alice.token_auth)).json()
     assert inv["status"] == "pending" and inv["delivery_status"] == "failed"
     # The invite still works, and a resend queues a new mail.
-    r = await client.post(f"/v1/projects/{alice.project_id}/invites/{created['id']}/resend", headers=alice.h)
+    r = await client.post(f"/v1/projects/{alice.project_id}/invites/{created['id']}/resend", headers=alice.token_auth)
     assert r.status_code == 200 and r.json()["delivery_status"] == "pending"
 
 
 async def test_development_default_logs_the_link_and_a_changed_key_is_not_sent(client, make_mailer, admin_conn, caplog):
     alice, bob, carol = await signup(client), await signup(client), await signup(client)
-    created = await invite(client, alice.h, alice.project_id, bob.email)
+    created = await invite(client, alice.token_auth, alice.project_id, bob.email)
     caplog.set_level(logging.INFO, logger="tenant_api.mailer")
     dev = make_mailer(log_links=True)
     await drain(dev)
@@ -524,7 +480,7 @@ async def test_development_default_logs_the_link_and_a_changed_key_is_not_sent(c
     assert f"http://127.0.0.1:8000/invites/accept#invite_token={logged}" in caplog.text
 
     # Mail queued under one JWT_SECRET, sent under another: the secret cannot be re-derived.
-    other = await invite(client, alice.h, alice.project_id, carol.email)
+    other = await invite(client, alice.token_auth, alice.project_id, carol.email)
     rotated = make_mailer("another-secret" * 4, log_links=True)
     await drain(rotated)
     row = await admin_conn.fetchrow("select status, last_error from invite_outbox where organization_id = $1"

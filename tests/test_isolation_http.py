@@ -11,7 +11,7 @@ import pytest
 from litestar.exceptions import WebSocketDisconnect
 
 from tests import factories
-from tests.conftest import bearer
+from tests.support.tenants import bearer
 from tests.security import (
     World,
     all_ids,
@@ -46,7 +46,7 @@ def doc(client) -> dict[str, Any]:
 
 def credentials(world: World) -> dict[str, dict[str, str]]:
     """A's two kinds of credential: the all-scopes API token and the owner's session."""
-    return {"api token": world.a.h, "session": world.a.hs}
+    return {"api token": world.a.token_auth, "session": world.a.session_auth}
 
 
 async def test_every_route_with_an_id_answers_404_for_another_organizations_rows(world, doc, client, module_admin):
@@ -178,11 +178,11 @@ async def test_creates_cannot_reference_another_organizations_rows(world, doc, c
         body = gen_body(doc, schema, refs_b, uuid.uuid4().hex[:8], f"{method} {template}", overrides)
         uuid_fields = uuid_properties(doc, schema)
         if uuid_fields:
-            r = await client.request(method, path, headers=world.a.h, json=body)
+            r = await client.request(method, path, headers=world.a.token_auth, json=body)
             assert 400 <= r.status_code < 500, f"{method} {path} with B's {uuid_fields}: {r.status_code} {r.text}"
             assert_problem(r, r.status_code)
             checked.append((method, template))
-        r = await client.request(method, path, headers=world.a.h,
+        r = await client.request(method, path, headers=world.a.token_auth,
                                  json={**gen_body(doc, schema, refs_a, uuid.uuid4().hex[:8], "", overrides),
                                        "organization_id": world.b.organization_id})
         assert_problem(r, 422)

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tenant_api.auth import mail_secrets as tokens
-from tests.conftest import TEST_JWT_SECRET, bearer, make_token, signup, verification_secret
+from tests.support.tenants import TEST_JWT_SECRET, bearer, make_token, signup, verification_secret
 from tests.members_flow import join, login, new_agent
 
 pytestmark = pytest.mark.asyncio
@@ -22,7 +22,7 @@ async def mail_secret(admin_conn, invite_id: str) -> str:
 
 
 async def org_invite(client, admin, email: str, role: str = "member") -> dict:
-    r = await client.post("/v1/organization/invites", headers=admin.h, json={"email": email, "role": role})
+    r = await client.post("/v1/organization/invites", headers=admin.token_auth, json={"email": email, "role": role})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -111,7 +111,7 @@ async def test_a_verified_account_is_never_taken_over(client, admin_conn):
 async def test_verification_link_once_resend_replaces_it_and_ends_with_a_session(client):
     t = await signup(client, verified=False)
     first = await verification_secret(t.user_id)
-    r = await client.post("/v1/me/verification", headers=t.hs)
+    r = await client.post("/v1/me/verification", headers=t.session_auth)
     assert r.status_code == 202 and r.json()["email"] == t.email
     second = await verification_secret(t.user_id)
     assert first != second
@@ -122,7 +122,7 @@ async def test_verification_link_once_resend_replaces_it_and_ends_with_a_session
     me = (await client.get("/v1/me", headers=bearer(r.json()["session"]["access_token"]))).json()
     assert me["user"]["email_verified"] is True and me["organization_id"] == t.organization_id
     assert (await client.post("/v1/auth/verify", json={"token": second})).status_code == 404
-    assert (await client.post("/v1/me/verification", headers=t.hs)).status_code == 409
+    assert (await client.post("/v1/me/verification", headers=t.session_auth)).status_code == 409
 
 
 # --- organization invites ---------------------------------------------------------------
@@ -132,36 +132,36 @@ async def test_organization_invite_lifecycle(client, admin_conn):
     alice, bob = await signup(client), await signup(client)
     inv = await org_invite(client, alice, bob.email, "auditor")
     assert inv["project_id"] is None and inv["invite_url"].endswith(f"#invite_token={inv['invite_token']}")
-    r = await client.post("/v1/organization/invites", headers=alice.h, json={"email": bob.email, "role": "member"})
+    r = await client.post("/v1/organization/invites", headers=alice.token_auth, json={"email": bob.email, "role": "member"})
     assert r.status_code == 409
-    r = await client.post("/v1/organization/invites", headers=alice.h, json={"email": bob.email, "role": "owner"})
+    r = await client.post("/v1/organization/invites", headers=alice.token_auth, json={"email": bob.email, "role": "owner"})
     assert r.status_code == 422  # no owner invites: owners make owners by hand
-    r = await client.post("/v1/organization/invites", headers=alice.h,
+    r = await client.post("/v1/organization/invites", headers=alice.token_auth,
                           json={"email": bob.email, "role": "member", "resend": True})
     assert r.status_code == 200 and r.json()["role"] == "member" and r.json()["send_count"] == 2
     # The earlier secret stopped working; the list shows the invite, project lists do not.
-    assert (await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": inv["invite_token"]})
+    assert (await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": inv["invite_token"]})
             ).status_code == 404
-    listed = (await client.get("/v1/organization/invites", headers=alice.h)).json()["items"]
+    listed = (await client.get("/v1/organization/invites", headers=alice.token_auth)).json()["items"]
     assert [i["id"] for i in listed] == [inv["id"]]
-    assert (await client.get(f"/v1/projects/{alice.project_id}/invites/{inv['id']}", headers=alice.h)
+    assert (await client.get(f"/v1/projects/{alice.project_id}/invites/{inv['id']}", headers=alice.token_auth)
             ).status_code == 404
     # A project-restricted credential cannot manage them.
     narrow = await make_token(client, alice, ["members:write"], project_ids=[alice.project_id])
     assert (await client.get("/v1/organization/invites", headers=bearer(narrow["token"]))).status_code == 403
     # Accept: an organization membership, audited in the inviting organization.
-    r = await client.post("/v1/invites/accept", headers=bob.hs, json={"invite_token": r.json()["invite_token"]})
+    r = await client.post("/v1/invites/accept", headers=bob.session_auth, json={"invite_token": r.json()["invite_token"]})
     assert r.status_code == 201 and r.json()["project_id"] is None and r.json()["role"] == "member"
-    members = (await client.get("/v1/organization/members", headers=alice.h)).json()["items"]
+    members = (await client.get("/v1/organization/members", headers=alice.token_auth)).json()["items"]
     assert {m["user_id"]: m["role"] for m in members}[bob.user_id] == "member"
-    assert (await client.get(f"/v1/organization/invites/{inv['id']}", headers=alice.h)).json()["status"] == "accepted"
+    assert (await client.get(f"/v1/organization/invites/{inv['id']}", headers=alice.token_auth)).json()["status"] == "accepted"
     row = await admin_conn.fetchrow(
         "select user_id, token_id from token_audit_log where organization_id = $1 and table_name = "
         "'organization_membership' and action = 'INSERT' order by id desc limit 1", uuid.UUID(alice.organization_id))
     assert str(row["user_id"]) == bob.user_id
     # Revoke of an accepted invite is refused; a new invite to a member is a 409.
-    assert (await client.delete(f"/v1/organization/invites/{inv['id']}", headers=alice.h)).status_code == 409
-    assert (await client.post("/v1/organization/invites", headers=alice.h,
+    assert (await client.delete(f"/v1/organization/invites/{inv['id']}", headers=alice.token_auth)).status_code == 409
+    assert (await client.post("/v1/organization/invites", headers=alice.token_auth,
                               json={"email": bob.email, "role": "member"})).status_code == 409
 
 
@@ -170,7 +170,7 @@ async def test_organization_invite_lifecycle(client, admin_conn):
 
 async def test_me_says_what_the_credential_may_do(client):
     t = await signup(client)
-    me = (await client.get("/v1/me", headers=t.hs)).json()
+    me = (await client.get("/v1/me", headers=t.session_auth)).json()
     assert me["role"] == "owner" and me["narrowed"] is False and me["principal"] == "user"
     narrow = await make_token(client, t, ["agents:read"], project_ids=[t.project_id])
     me = (await client.get("/v1/me", headers=bearer(narrow["token"]))).json()
@@ -182,7 +182,7 @@ async def test_me_says_what_the_credential_may_do(client):
 async def test_my_organizations_lists_organizations_and_project_only_memberships(client):
     alice, bob = await signup(client), await signup(client)
     await join(client, alice, bob, alice.project_id, "viewer")
-    places = (await client.get("/v1/me/organizations", headers=bob.hs)).json()["items"]
+    places = (await client.get("/v1/me/organizations", headers=bob.session_auth)).json()["items"]
     by_org = {p["organization_id"]: p for p in places}
     assert by_org[bob.organization_id]["role"] == "owner" and by_org[bob.organization_id]["current"] is True
     there = by_org[alice.organization_id]
@@ -197,7 +197,7 @@ async def test_my_organizations_lists_organizations_and_project_only_memberships
 async def test_an_auditor_mints_tokens_within_their_own_scopes(client, admin_conn):
     alice, carol = await signup(client), await signup(client)
     inv = await org_invite(client, alice, carol.email, "auditor")
-    assert (await client.post("/v1/invites/accept", headers=carol.hs, json={"invite_token": inv["invite_token"]})
+    assert (await client.post("/v1/invites/accept", headers=carol.session_auth, json={"invite_token": inv["invite_token"]})
             ).status_code == 201
     session = await login(client, carol, alice.organization_id)
     r = await client.post("/v1/tokens", headers=session, json={"name": "export", "scopes": ["audit:read",
@@ -212,7 +212,7 @@ async def test_an_auditor_mints_tokens_within_their_own_scopes(client, admin_con
     # Another user's token is none of their business (not even visible for revoking).
     r = await client.delete(f"/v1/tokens/{alice.token_id}", headers=session)
     assert r.status_code in (403, 404)
-    assert (await client.get("/v1/me", headers=alice.h)).status_code == 200
+    assert (await client.get("/v1/me", headers=alice.token_auth)).status_code == 200
     row = await admin_conn.fetchrow("select user_id from token_audit_log where organization_id = $1 and row_id = $2",
                                     uuid.UUID(alice.organization_id), uuid.UUID(token["id"]))
     assert str(row["user_id"]) == carol.user_id
@@ -224,7 +224,7 @@ async def test_an_auditor_mints_tokens_within_their_own_scopes(client, admin_con
 async def test_service_account_lifecycle(client, admin_conn):
     owner, admin = await signup(client), await signup(client)
     inv = await org_invite(client, owner, admin.email, "admin")
-    assert (await client.post("/v1/invites/accept", headers=admin.hs, json={"invite_token": inv["invite_token"]})
+    assert (await client.post("/v1/invites/accept", headers=admin.session_auth, json={"invite_token": inv["invite_token"]})
             ).status_code == 201
     admin_h = await login(client, admin, owner.organization_id)
     r = await client.post("/v1/service-accounts", headers=admin_h,
@@ -250,29 +250,29 @@ async def test_service_account_lifecycle(client, admin_conn):
                                     uuid.UUID(agent["id"]))
     assert str(row["user_id"]) == sa["user_id"] and str(row["token_id"]) == r.json()["id"]
     # Not a person: no login, not among the members.
-    members = (await client.get("/v1/organization/members", headers=owner.h)).json()["items"]
+    members = (await client.get("/v1/organization/members", headers=owner.token_auth)).json()["items"]
     assert sa["user_id"] not in {m["user_id"] for m in members}
     # The admin who made it leaves: its token keeps working.
-    assert (await client.delete(f"/v1/organization/members/{admin.user_id}", headers=owner.h)).status_code == 204
+    assert (await client.delete(f"/v1/organization/members/{admin.user_id}", headers=owner.token_auth)).status_code == 204
     assert (await client.get("/v1/me", headers=sa_token)).status_code == 200
     # A member (no members:write) cannot manage service accounts; a restricted admin neither.
     narrow = await make_token(client, owner, ["members:write"], project_ids=[owner.project_id])
     assert (await client.post("/v1/service-accounts", headers=bearer(narrow["token"]),
                               json={"name": "y", "role": "member"})).status_code == 403
     # The role applies at the next request.
-    r = await client.patch(f"/v1/service-accounts/{sa['id']}", headers=owner.h, json={"role": "auditor"})
+    r = await client.patch(f"/v1/service-accounts/{sa['id']}", headers=owner.token_auth, json={"role": "auditor"})
     assert r.status_code == 200 and r.json()["role"] == "auditor"
     r = await client.post("/v1/agents", headers=sa_token, json={"project_id": owner.project_id, "name": "no"})
     assert r.status_code == 403
     # Deleting it ends its tokens at once.
-    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=owner.h)).status_code == 204
+    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=owner.token_auth)).status_code == 204
     assert (await client.get("/v1/me", headers=sa_token)).status_code == 401
-    assert (await client.get(f"/v1/service-accounts/{sa['id']}", headers=owner.h)).status_code == 404
+    assert (await client.get(f"/v1/service-accounts/{sa['id']}", headers=owner.token_auth)).status_code == 404
 
 
 async def test_no_one_mints_for_another_organizations_service_account(client):
     a, b = await signup(client), await signup(client)
-    sa = (await client.post("/v1/service-accounts", headers=a.h, json={"name": "a-bot", "role": "member"})).json()
-    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=b.h, json={"name": "steal"})
+    sa = (await client.post("/v1/service-accounts", headers=a.token_auth, json={"name": "a-bot", "role": "member"})).json()
+    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=b.token_auth, json={"name": "steal"})
     assert r.status_code == 404
-    assert (await client.get(f"/v1/service-accounts/{sa['id']}", headers=b.h)).status_code == 404
+    assert (await client.get(f"/v1/service-accounts/{sa['id']}", headers=b.token_auth)).status_code == 404

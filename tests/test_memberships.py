@@ -13,7 +13,7 @@ import pytest
 from tenant_api.auth.credentials import token_hash
 from tenant_api.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
 from tenant_api.auth.mail_secrets import invite_hash
-from tests.conftest import bearer, signup
+from tests.support.tenants import bearer, signup
 from tests.members_flow import invite, join, login, new_agent, new_project
 
 
@@ -37,14 +37,14 @@ async def test_role_change_applies_to_the_next_request(client):
     r = await client.post("/v1/agents", headers=bh, json={"project_id": p, "name": "x"})
     assert r.status_code == 403 and r.json()["missing_scope"] == "agents:write"
 
-    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.h, json={"role": "editor"})
+    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.token_auth, json={"role": "editor"})
     assert r.status_code == 200 and r.json()["role"] == "editor" and r.json()["email"] == bob.email, r.text
     await new_agent(client, bh, p)  # the same session, now an editor
 
-    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.h, json={"role": "viewer"})
+    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.token_auth, json={"role": "viewer"})
     assert r.status_code == 200
     assert (await client.post("/v1/agents", headers=bh, json={"project_id": p, "name": "y"})).status_code == 403
-    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.h, json={"role": "owner"})
+    r = await client.patch(f"/v1/projects/{p}/members/{bob.user_id}", headers=alice.token_auth, json={"role": "owner"})
     assert r.status_code == 422
 
 
@@ -53,20 +53,20 @@ async def test_removal_applies_to_the_next_request_for_sessions_and_tokens(clien
     p1, p2 = alice.project_id, (await new_project(client, alice))["id"]
     await join(client, alice, bob, p1, "editor")
     bh = await join(client, alice, bob, p2, "editor")
-    a2 = await new_agent(client, alice.h, p2)
+    a2 = await new_agent(client, alice.token_auth, p2)
     r = await client.post("/v1/tokens", headers=bh, json={"name": "t", "scopes": ["agents:read", "org:read"]})
     assert r.status_code == 201 and sorted(r.json()["project_ids"]) == sorted([p1, p2])
     th = bearer(r.json()["token"])
 
     # Removed from p2: p2 is gone (404) on the very next request, p1 still works.
-    assert (await client.delete(f"/v1/projects/{p2}/members/{bob.user_id}", headers=alice.h)).status_code == 204
+    assert (await client.delete(f"/v1/projects/{p2}/members/{bob.user_id}", headers=alice.token_auth)).status_code == 204
     for h in (bh, th):
         assert [p["id"] for p in (await client.get("/v1/projects", headers=h)).json()["items"]] == [p1]
         assert (await client.get(f"/v1/agents/{a2['id']}", headers=h)).status_code == 404
-    assert (await client.delete(f"/v1/projects/{p2}/members/{bob.user_id}", headers=alice.h)).status_code == 404
+    assert (await client.delete(f"/v1/projects/{p2}/members/{bob.user_id}", headers=alice.token_auth)).status_code == 404
 
     # Removed from the last project: every credential of his there is refused (401).
-    assert (await client.delete(f"/v1/projects/{p1}/members/{bob.user_id}", headers=alice.h)).status_code == 204
+    assert (await client.delete(f"/v1/projects/{p1}/members/{bob.user_id}", headers=alice.token_auth)).status_code == 204
     for h in (bh, th):
         r = await client.get("/v1/projects", headers=h)
         assert r.status_code == 401 and "no longer a member" in r.json()["detail"], r.text
@@ -74,7 +74,7 @@ async def test_removal_applies_to_the_next_request_for_sessions_and_tokens(clien
                                                   "organization_id": alice.organization_id})
     assert r.status_code == 403
     # His own organization is untouched.
-    assert (await client.get("/v1/projects", headers=bob.h)).status_code == 200
+    assert (await client.get("/v1/projects", headers=bob.token_auth)).status_code == 200
     assert await admin_conn.fetchval(
         "select count(*) from token_audit_log where organization_id = $1 and table_name = 'project_membership'"
         " and action = 'DELETE'", uuid.UUID(alice.organization_id)) == 2
@@ -85,7 +85,7 @@ async def test_member_lists_show_emails_to_admins_and_to_co_members_only(client)
     p1, p2 = alice.project_id, (await new_project(client, alice))["id"]
     bh = await join(client, alice, bob, p1, "editor")
     ch = await join(client, alice, carol, p2, "viewer")
-    r = await client.get(f"/v1/projects/{p1}/members", headers=alice.h)
+    r = await client.get(f"/v1/projects/{p1}/members", headers=alice.token_auth)
     assert [(m["user_id"], m["email"], m["role"]) for m in r.json()["items"]] == [(bob.user_id, bob.email, "editor")]
     assert [m["email"] for m in (await client.get(f"/v1/projects/{p1}/members", headers=bh)).json()["items"]] == [bob.email]
     assert (await client.get(f"/v1/projects/{p1}/members", headers=ch)).status_code == 404
@@ -95,8 +95,8 @@ async def test_member_lists_show_emails_to_admins_and_to_co_members_only(client)
     # Pagination, like every list.
     alice2 = await join(client, alice, await signup(client), p1, "viewer")
     del alice2
-    r = await client.get(f"/v1/projects/{p1}/members", headers=alice.h, params={"limit": 1})
-    page2 = await client.get(f"/v1/projects/{p1}/members", headers=alice.h,
+    r = await client.get(f"/v1/projects/{p1}/members", headers=alice.token_auth, params={"limit": 1})
+    page2 = await client.get(f"/v1/projects/{p1}/members", headers=alice.token_auth,
                              params={"limit": 1, "cursor": r.json()["next_cursor"]})
     assert len(r.json()["items"]) == 1 and len(page2.json()["items"]) == 1 and page2.json()["next_cursor"] is None
     assert r.json()["items"][0]["user_id"] != page2.json()["items"][0]["user_id"]
@@ -111,7 +111,7 @@ async def test_a_project_admin_manages_their_project_and_nothing_of_the_organiza
 
     # His own project: invite, change roles, remove.
     inv = await invite(client, bh, p1, carol.email, "viewer")
-    assert (await client.post("/v1/invites/accept", headers=carol.hs,
+    assert (await client.post("/v1/invites/accept", headers=carol.session_auth,
                               json={"invite_token": inv["invite_token"]})).status_code == 201
     r = await client.patch(f"/v1/projects/{p1}/members/{carol.user_id}", headers=bh, json={"role": "editor"})
     assert r.status_code == 200
@@ -128,7 +128,7 @@ async def test_a_project_admin_manages_their_project_and_nothing_of_the_organiza
     tokens = (await client.get("/v1/tokens", headers=bh)).json()["items"]
     assert {t["user_id"] for t in tokens} == {bob.user_id}
     assert (await client.delete(f"/v1/tokens/{alice.token_id}", headers=bh)).status_code == 404
-    assert (await client.get("/v1/tokens", headers=alice.h)).status_code == 200  # still valid
+    assert (await client.get("/v1/tokens", headers=alice.token_auth)).status_code == 200  # still valid
     assert (await client.patch("/v1/organization", headers=bh, json={"name": "mine"})).status_code == 403
     assert (await client.post("/v1/workspaces", headers=bh, json={"name": "w"})).status_code == 403
     assert (await client.post("/v1/projects", headers=bh,
@@ -169,12 +169,12 @@ async def test_different_roles_in_different_projects_use_the_lowest_unless_login
 async def test_organization_members_and_the_owner_rules(client):
     alice, bob, carol = await signup(client), await signup(client), await signup(client)
     org = alice.organization_id
-    r = await client.get("/v1/organization/members", headers=alice.h)
+    r = await client.get("/v1/organization/members", headers=alice.token_auth)
     assert [(m["user_id"], m["role"]) for m in r.json()["items"]] == [(alice.user_id, "owner")]
     # The last owner: neither removed nor demoted.
-    r = await client.delete(f"/v1/organization/members/{alice.user_id}", headers=alice.h)
+    r = await client.delete(f"/v1/organization/members/{alice.user_id}", headers=alice.token_auth)
     assert r.status_code == 409 and "last owner" in r.json()["detail"]
-    r = await client.patch(f"/v1/organization/members/{alice.user_id}", headers=alice.h, json={"role": "admin"})
+    r = await client.patch(f"/v1/organization/members/{alice.user_id}", headers=alice.token_auth, json={"role": "admin"})
     assert r.status_code == 409
 
     # Project members can be made organization members; strangers cannot be added.
@@ -182,11 +182,11 @@ async def test_organization_members_and_the_owner_rules(client):
     await join(client, alice, carol, alice.project_id, "viewer")
     stranger = await signup(client)
     for user_id in (stranger.user_id, str(uuid.uuid4())):
-        r = await client.post("/v1/organization/members", headers=alice.h, json={"user_id": user_id, "role": "member"})
+        r = await client.post("/v1/organization/members", headers=alice.token_auth, json={"user_id": user_id, "role": "member"})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "user_id"
-    r = await client.post("/v1/organization/members", headers=alice.h, json={"user_id": bob.user_id, "role": "admin"})
+    r = await client.post("/v1/organization/members", headers=alice.token_auth, json={"user_id": bob.user_id, "role": "admin"})
     assert r.status_code == 201 and r.json()["email"] == bob.email, r.text
-    r = await client.post("/v1/organization/members", headers=alice.h, json={"user_id": bob.user_id, "role": "admin"})
+    r = await client.post("/v1/organization/members", headers=alice.token_auth, json={"user_id": bob.user_id, "role": "admin"})
     assert r.status_code == 409
     bh = await login(client, bob, org)
     me = (await client.get("/v1/me", headers=bh)).json()
@@ -202,10 +202,10 @@ async def test_organization_members_and_the_owner_rules(client):
         assert r.status_code == 403 and "owner" in r.json()["detail"], r.text
 
     # Two owners demoting each other at once: exactly one succeeds, one owner remains.
-    assert (await client.patch(f"/v1/organization/members/{bob.user_id}", headers=alice.h,
+    assert (await client.patch(f"/v1/organization/members/{bob.user_id}", headers=alice.token_auth,
                                json={"role": "owner"})).status_code == 200
     results = await asyncio.gather(
-        client.patch(f"/v1/organization/members/{bob.user_id}", headers=alice.h, json={"role": "admin"}),
+        client.patch(f"/v1/organization/members/{bob.user_id}", headers=alice.token_auth, json={"role": "admin"}),
         client.patch(f"/v1/organization/members/{alice.user_id}", headers=bh, json={"role": "admin"}))
     # The loser is refused either as the last owner's demoter (409) or, if Alice's change
     # committed before his request began, as no longer an owner (403).
@@ -223,7 +223,7 @@ async def test_organization_members_and_the_owner_rules(client):
     assert r.status_code == 204
     assert (await client.get("/v1/me", headers=ch)).status_code == 401
     assert (await client.get(f"/v1/projects/{alice.project_id}/members/{carol.user_id}",
-                             headers=alice.h)).status_code == 404
+                             headers=alice.token_auth)).status_code == 404
 
 
 async def test_other_organizations_ids_are_404_and_scopes_are_checked(client):
@@ -234,19 +234,19 @@ async def test_other_organizations_ids_are_404_and_scopes_are_checked(client):
               ("PATCH", f"/v1/projects/{p}/members/{bob.user_id}", {"role": "editor"}),
               ("DELETE", f"/v1/projects/{p}/members/{bob.user_id}", None)]
     for method, path, body in routes:
-        r = await client.request(method, path, headers=mallory.h, json=body)
+        r = await client.request(method, path, headers=mallory.token_auth, json=body)
         assert r.status_code == 404, (method, path, r.text)
     for method, body in (("GET", None), ("PATCH", {"role": "member"}), ("DELETE", None)):
-        r = await client.request(method, f"/v1/organization/members/{alice.user_id}", headers=mallory.h, json=body)
+        r = await client.request(method, f"/v1/organization/members/{alice.user_id}", headers=mallory.token_auth, json=body)
         assert r.status_code == 404, (method, r.text)
-    assert (await client.get(f"/v1/projects/{p}/members", headers=alice.h)).status_code == 200  # (not vacuous)
+    assert (await client.get(f"/v1/projects/{p}/members", headers=alice.token_auth)).status_code == 200  # (not vacuous)
 
-    r = await client.post("/v1/tokens", headers=alice.hs, json={"name": "r", "scopes": ["members:read", "org:read"]})
+    r = await client.post("/v1/tokens", headers=alice.session_auth, json={"name": "r", "scopes": ["members:read", "org:read"]})
     reader = bearer(r.json()["token"])
     for method, path, body in routes[2:] + [("DELETE", f"/v1/organization/members/{alice.user_id}", None)]:
         r = await client.request(method, path, headers=reader, json=body)
         assert r.status_code == 403 and r.json()["missing_scope"] == "members:write", (method, path)
-    r = await client.post("/v1/tokens", headers=alice.hs, json={"name": "n", "scopes": ["agents:read"]})
+    r = await client.post("/v1/tokens", headers=alice.session_auth, json={"name": "n", "scopes": ["agents:read"]})
     r = await client.get("/v1/organization/members", headers=bearer(r.json()["token"]))
     assert r.status_code == 403 and r.json()["missing_scope"] == "members:read"
 
@@ -255,7 +255,7 @@ async def test_accept_invite_acts_only_for_the_requests_own_user(client, api_con
     """The definer function takes the user id from the API but checks it against the
     request context begin_request set: a handler bug cannot accept for someone else."""
     alice, bob, carol = await signup(client), await signup(client), await signup(client)
-    inv = await invite(client, alice.h, alice.project_id, carol.email)
+    inv = await invite(client, alice.token_auth, alice.project_id, carol.email)
     async with api_conn.transaction():
         assert await api_conn.fetchval("select status from auth.begin_request($1, null, null, 'test')",
                                        token_hash(bob.token)) == "ok"

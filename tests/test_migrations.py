@@ -16,11 +16,10 @@ import asyncpg
 import pytest
 from alembic import command
 
-from tenant_api import cli
 from tenant_api.db import migrate
 from tenant_api.db.bootstrap import bootstrap
-from tenant_api.settings import Settings, asyncpg_url
-from tests.conftest import connect
+from tenant_api.settings import asyncpg_url
+from tests.support.database import connect
 from tests.security import q
 
 
@@ -114,12 +113,3 @@ async def test_without_a_competing_transaction_the_timeout_changes_nothing(scrat
         await conn.close()
 
 
-def test_the_setting_and_the_cli(monkeypatch):
-    assert Settings().database.migration_lock_timeout_seconds == 5.0
-    assert Settings.from_env({"MIGRATION_LOCK_TIMEOUT_SECONDS": "2.5"}).database.migration_lock_timeout_seconds == 2.5
-    calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(migrate, "upgrade", lambda url, revision, **kw: calls.append((url, revision, kw)))
-    monkeypatch.setenv("OWNER_DATABASE_URL", "postgresql://tenant_owner@db/tenant")
-    monkeypatch.setenv("MIGRATION_LOCK_TIMEOUT_SECONDS", "7")
-    cli.main(["migrate"])
-    assert calls == [("postgresql+asyncpg://tenant_owner@db/tenant", "head", {"lock_timeout_seconds": 7.0})]

@@ -18,8 +18,8 @@ from tenant_api.app import create_app
 from tenant_api.ops.logs import JsonFormatter
 from tenant_api.ops.retention import purge_round
 from tenant_api.settings import RetentionSettings
-from tests.conftest import bearer, signup
-from tests.test_desktops import insert_connection, make_vm
+from tests.support.tenants import bearer, signup
+from tests.support.rows import insert_connection, make_vm
 
 U = uuid.UUID
 PROBLEM = "application/problem+json"
@@ -32,8 +32,8 @@ async def test_metrics_need_the_operators_token_and_show_the_series(client, sett
     t = await signup(client)
     app = create_app(settings.with_observability(metrics_token="metrics-secret-token"))
     async with AsyncTestClient(app) as c:
-        assert (await c.get("/v1/me", headers=t.h)).status_code == 200
-        assert (await c.get(f"/v1/agents/{uuid.uuid4()}", headers=t.h)).status_code == 404
+        assert (await c.get("/v1/me", headers=t.token_auth)).status_code == 200
+        assert (await c.get(f"/v1/agents/{uuid.uuid4()}", headers=t.token_auth)).status_code == 404
         assert (await c.get("/nowhere")).status_code == 404
         r = await c.get("/metrics")
         assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
@@ -85,8 +85,8 @@ async def test_access_log_lines_are_json_with_request_ids_and_no_secret(client, 
         app = create_app(settings)
         async with AsyncTestClient(app) as c:
             responses = [
-                await c.get("/v1/me", headers=t.h),
-                await c.get("/v1/agents", headers=t.h, params={"cursor": secret_query}),
+                await c.get("/v1/me", headers=t.token_auth),
+                await c.get("/v1/agents", headers=t.token_auth, params={"cursor": secret_query}),
                 await c.get("/v1/agents", headers=bearer("tapi_" + "x" * 38)),  # malformed: 401
                 await c.get("/v1/agents", headers=bearer(t.session)),
                 await c.post("/v1/auth/login", json={"email": t.email, "password": t.password}),
@@ -120,19 +120,19 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
     org = U(t.organization_id)
 
     async def job(status_sql: str, finished_ago: str | None) -> U:
-        r = await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "schedule_id": None,
+        r = await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id, "schedule_id": None,
                                                              "target": {"kind": "command", "ref": "echo"}})
         assert r.status_code == 201, r.text
         job_id = U(r.json()["id"])
         # a runner claims it and writes a log line (the claim's secret proves the writer)
-        claim = await client.post("/v1/jobs/claim", headers=t.h, json={"project_ids": [t.project_id]})
+        claim = await client.post("/v1/jobs/claim", headers=t.token_auth, json={"project_ids": [t.project_id]})
         assert claim.status_code == 200 and claim.json()["job"]["id"] == str(job_id), claim.text
-        r = await client.post(f"/v1/jobs/{job_id}/logs", headers=t.h,
+        r = await client.post(f"/v1/jobs/{job_id}/logs", headers=t.token_auth,
                               json={"claim_secret": claim.json()["claim_secret"], "data": "line\n"})
         assert r.status_code == 201, r.text
         if status_sql != "running":
             outcome = {"exit_code": 0} if status_sql == "succeeded" else {"exit_code": 1, "error": "failed"}
-            r = await client.post(f"/v1/jobs/{job_id}/finish", headers=t.h,
+            r = await client.post(f"/v1/jobs/{job_id}/finish", headers=t.token_auth,
                                   json={"claim_secret": claim.json()["claim_secret"], **outcome})
             assert r.status_code == 200 and r.json()["status"] == status_sql, r.text
         if finished_ago:
@@ -157,7 +157,7 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
                              " disconnected_at = now() - $2::text::interval where id = $1", young_conn, "3 days")
 
     invitee = f"ret{uuid.uuid4().hex[:8]}@example.com"
-    r = await client.post(f"/v1/projects/{t.project_id}/invites", headers=t.h, json={"email": invitee, "role": "viewer"})
+    r = await client.post(f"/v1/projects/{t.project_id}/invites", headers=t.token_auth, json={"email": invitee, "role": "viewer"})
     assert r.status_code == 201, r.text
     invite = U(r.json()["id"])
     await admin_conn.execute("update invite_outbox set status = 'sent', sent_at = now() - interval '45 days'"
@@ -188,7 +188,7 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
                                                      org)}
     assert old_conn not in conns and {young_conn, open_conn} <= conns
     assert not await admin_conn.fetchval("select count(*) from invite_outbox where invite_id = $1", invite)
-    r = await client.get(f"/v1/projects/{t.project_id}/invites/{invite}", headers=t.h)
+    r = await client.get(f"/v1/projects/{t.project_id}/invites/{invite}", headers=t.token_auth)
     assert r.status_code == 200 and r.json()["delivery_status"] is None  # the invite stays
     left = {r["id"] for r in await admin_conn.fetch(
         "select id from unattributed_security_event where id = any($1::uuid[])", events)}
@@ -205,10 +205,10 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
 
 async def test_retention_functions_refuse_to_purge_anything_young(client, admin_conn, api_conn):
     t = await signup(client)
-    r = await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "schedule_id": None,
+    r = await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id, "schedule_id": None,
                                                          "target": {"kind": "command", "ref": "echo"}})
     job = U(r.json()["id"])
-    assert (await client.patch(f"/v1/jobs/{job}", headers=t.h, json={"status": "cancelled"})).status_code == 200
+    assert (await client.patch(f"/v1/jobs/{job}", headers=t.token_auth, json={"status": "cancelled"})).status_code == 200
     await admin_conn.execute("update job set finished_at = now() - interval '20 hours' where id = $1", job)
     # whatever cutoff the caller gives, a row finished less than a day ago stays
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
@@ -218,13 +218,3 @@ async def test_retention_functions_refuse_to_purge_anything_young(client, admin_
     assert await api_conn.execute("delete from job where id = $1", job) == "DELETE 0"
 
 
-async def test_retention_settings_from_the_environment():
-    from tenant_api.settings import Settings
-
-    s = Settings.from_env({"RETENTION_JOBS_DAYS": "7", "RETENTION_DESKTOP_CONNECTIONS_DAYS": "0",
-                           "RETENTION_INVITE_MAILS_DAYS": "14", "RETENTION_SECURITY_EVENTS_DAYS": "30",
-                           "RETENTION_WEBHOOK_DELIVERIES_DAYS": "3",
-                           "RETENTION_BATCH_SIZE": "50", "RETENTION_INTERVAL_SECONDS": "60"})
-    assert s.retention == RetentionSettings(jobs_days=7, desktop_connections_days=0, invite_mails_days=14,
-                                            security_events_days=30, webhook_deliveries_days=3, batch_size=50,
-                                            interval_seconds=60)

@@ -18,7 +18,7 @@ import pytest
 
 from tenant_api import scheduler
 from tenant_api.app import create_app
-from tests.conftest import make_token, signup
+from tests.support.tenants import make_token, signup
 from tests.live import serve
 
 U = uuid.UUID
@@ -49,23 +49,23 @@ def stop(process: subprocess.Popen[bytes]) -> str:
     return process.stdout.read().decode(errors="replace") if process.stdout else ""
 
 
-async def wait_for(client, t, job_id: str, *statuses: str, timeout: float = 30.0) -> dict:
+async def wait_for(client, tenant, job_id: str, *statuses: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        job = (await client.get(f"/v1/jobs/{job_id}", headers=t.h)).json()
+        job = (await client.get(f"/v1/jobs/{job_id}", headers=tenant.token_auth)).json()
         if job["status"] in statuses:
             return job
         assert time.monotonic() < deadline, f"job still {job['status']}, waiting for {statuses}"
         await asyncio.sleep(0.2)
 
 
-async def logs(client, t, job_id: str) -> list[dict]:
-    return (await client.get(f"/v1/jobs/{job_id}/logs", headers=t.h, params={"limit": 200})).json()["items"]
+async def logs(client, tenant, job_id: str) -> list[dict]:
+    return (await client.get(f"/v1/jobs/{job_id}/logs", headers=tenant.token_auth, params={"limit": 200})).json()["items"]
 
 
-async def new_job(client, t, ref: str, *args: str, **extra) -> dict:
-    r = await client.post("/v1/jobs", headers=t.h, json={
-        "project_id": t.project_id, "target": {"kind": "command", "ref": ref, "args": list(args)}, **extra})
+async def new_job(client, tenant, ref: str, *args: str, **extra) -> dict:
+    r = await client.post("/v1/jobs", headers=tenant.token_auth, json={
+        "project_id": tenant.project_id, "target": {"kind": "command", "ref": ref, "args": list(args)}, **extra})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -108,7 +108,7 @@ async def test_output_streams_while_the_command_runs_and_the_time_limit_holds(cl
         while "started\n" not in "".join(c["data"] for c in await logs(client, t, job["id"])):
             assert time.monotonic() < deadline, "no log line while the command runs"
             await asyncio.sleep(0.2)
-        assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "running"
+        assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.token_auth)).json()["status"] == "running"
         gate.touch()
         done = await wait_for(client, t, job["id"], "succeeded", "failed")
         assert done["status"] == "succeeded"
@@ -174,7 +174,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
     their logs and exit codes show through the API."""
     t = await signup(client)
     runner = await make_token(client, t, ["tasks:write"])
-    r = await client.post("/v1/job-schedules", headers=t.h, json={
+    r = await client.post("/v1/job-schedules", headers=t.token_auth, json={
         "project_id": t.project_id, "name": "every second", "cron": "* * * * * ?", "labels": ["demo"],
         "target": {"kind": "command", "ref": "sh", "args": ["-c", "echo tick from the schedule"]}})
     assert r.status_code == 201, r.text
@@ -184,7 +184,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
     try:
         deadline = time.monotonic() + 30
         while True:
-            jobs = (await client.get("/v1/jobs", headers=t.h, params={"schedule_id": schedule["id"],
+            jobs = (await client.get("/v1/jobs", headers=t.token_auth, params={"schedule_id": schedule["id"],
                                                                       "status": "succeeded"})).json()["items"]
             if jobs:
                 break
@@ -194,7 +194,7 @@ async def test_a_cron_schedule_s_jobs_really_run(client, live, settings):
         assert job["labels"] == ["demo"] and job["exit_code"] == 0 and job["scheduled_for"] is not None
         assert [c["data"] for c in await logs(client, t, job["id"])] == ["tick from the schedule\n"]
     finally:
-        await client.patch(f"/v1/job-schedules/{schedule['id']}", headers=t.h, json={"enabled": False})
+        await client.patch(f"/v1/job-schedules/{schedule['id']}", headers=t.token_auth, json={"enabled": False})
         stop(process)
         stop_duties()
 

@@ -11,7 +11,7 @@ import pytest
 
 from tenant_api.scopes import ROLE_SCOPES, SCOPE_BITS, SCOPES, expand, scopes_of_mask
 from tenant_api.db.context import BEGIN_REQUEST_SQL
-from tests.conftest import signup
+from tests.support.tenants import signup
 
 NIL = uuid.UUID(int=0)
 SORTED_SCOPES = sorted(SCOPES)

@@ -20,7 +20,7 @@ import pytest
 from tenant_api.app import create_app
 from tenant_api.db.engine import create_api_engine
 from tenant_api.runs.reaper import reap_once
-from tests.conftest import bearer, make_token, signup
+from tests.support.tenants import bearer, make_token, signup
 from tests.live import serve
 from tests.security import as_request
 
@@ -47,14 +47,14 @@ async def http(live):
         yield c
 
 
-async def new_job(client, t, **extra) -> dict:
-    r = await client.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "target": CMD, **extra})
+async def new_job(client, tenant, **extra) -> dict:
+    r = await client.post("/v1/jobs", headers=tenant.token_auth, json={"project_id": tenant.project_id, "target": CMD, **extra})
     assert r.status_code == 201, r.text
     return r.json()
 
 
-async def runner_token(client, t, scopes=("tasks:write",), **extra) -> tuple[dict[str, str], str]:
-    token = await make_token(client, t, list(scopes), **extra)
+async def runner_token(client, tenant, scopes=("tasks:write",), **extra) -> tuple[dict[str, str], str]:
+    token = await make_token(client, tenant, list(scopes), **extra)
     return bearer(token["token"]), token["id"]
 
 
@@ -79,7 +79,7 @@ async def test_twenty_claimers_share_a_hundred_jobs_exactly_once(client, live, a
     runner, runner_id = await runner_token(client, t)
     ids = set()
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
-        made = await asyncio.gather(*(c.post("/v1/jobs", headers=t.h, json={"project_id": t.project_id, "target": CMD})
+        made = await asyncio.gather(*(c.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id, "target": CMD})
                                       for _ in range(100)))
     assert all(r.status_code == 201 for r in made)
     ids = {r.json()["id"] for r in made}
@@ -159,7 +159,7 @@ async def test_a_waiting_claim_ends_when_its_runner_hangs_up(client, live):
         await asyncio.sleep(0.05)
     job = await new_job(client, t)
     await asyncio.sleep(0.3)
-    assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()["status"] == "queued"
+    assert (await client.get(f"/v1/jobs/{job['id']}", headers=t.token_auth)).json()["status"] == "queued"
 
 
 async def test_the_server_caps_a_claim_s_wait(client, settings):
@@ -244,7 +244,7 @@ async def test_cancelling_a_running_job_stops_its_runner(client, http):
     runner, _ = await runner_token(client, t)
     job = await new_job(client, t)
     c = await claim(http, runner)
-    r = await client.patch(f"/v1/jobs/{job['id']}", headers=t.h, json={"status": "cancelled"})
+    r = await client.patch(f"/v1/jobs/{job['id']}", headers=t.token_auth, json={"status": "cancelled"})
     assert r.status_code == 200 and r.json()["lease_expires_at"] is None
     r = await http.post(f"/v1/jobs/{job['id']}/heartbeat", headers=runner, json={"claim_secret": c["claim_secret"]})
     assert r.status_code == 409 and r.json()["current_status"] == "cancelled"
@@ -265,7 +265,7 @@ async def test_a_lost_lease_goes_back_to_the_queue_and_the_old_holder_is_refused
     r = await http.post(f"{base}/heartbeat", headers=runner, json={"claim_secret": old})
     assert r.status_code == 409 and "lease" in r.json()["detail"]
     assert job["id"] in {str(r.id) for r in await reap(settings)}
-    row = (await client.get(base, headers=t.h)).json()
+    row = (await client.get(base, headers=t.token_auth)).json()
     assert (row["status"], row["attempt"], row["lease_expires_at"], row["started_at"]) == ("queued", 1, None, None)
 
     second = await claim(http, runner, lease_seconds=30)
@@ -289,15 +289,15 @@ async def test_a_lost_lease_goes_back_to_the_queue_and_the_old_holder_is_refused
 async def test_the_last_attempt_fails_when_its_lease_runs_out(client, http, settings):
     t = await signup(client)
     runner, _ = await runner_token(client, t)
-    s = await client.post("/v1/job-schedules", headers=t.h, json={
+    s = await client.post("/v1/job-schedules", headers=t.token_auth, json={
         "project_id": t.project_id, "name": "once", "cron": "0 0 1 1 *", "target": CMD, "max_attempts": 1})
     assert s.status_code == 201 and s.json()["max_attempts"] == 1
-    job = (await client.post("/v1/jobs", headers=t.h, json={"schedule_id": s.json()["id"]})).json()
+    job = (await client.post("/v1/jobs", headers=t.token_auth, json={"schedule_id": s.json()["id"]})).json()
     assert job["max_attempts"] == 1
     await claim(http, runner, lease_seconds=1)
     await asyncio.sleep(1.2)
     await reap(settings)
-    row = (await client.get(f"/v1/jobs/{job['id']}", headers=t.h)).json()
+    row = (await client.get(f"/v1/jobs/{job['id']}", headers=t.token_auth)).json()
     assert (row["status"], row["error"], row["attempt"]) == ("failed", "lease expired on attempt 1 of 1", 1)
     assert row["finished_at"] is not None
     assert await claim(http, runner, expect=204) is None
@@ -308,7 +308,7 @@ async def test_the_last_attempt_fails_when_its_lease_runs_out(client, http, sett
 async def test_filters_choose_what_a_runner_takes(client, http):
     t = await signup(client)
     runner, _ = await runner_token(client, t)
-    other_project = (await client.post("/v1/projects", headers=t.h,
+    other_project = (await client.post("/v1/projects", headers=t.token_auth,
                                        json={"workspace_id": t.workspace_id, "name": "runners-other"})).json()["id"]
     plain = await new_job(client, t)
     gpu = await new_job(client, t, labels=["gpu", "linux"])
@@ -329,7 +329,7 @@ async def test_filters_choose_what_a_runner_takes(client, http):
     # a project this credential cannot see is a 422 naming the field (where it may read
     # projects: org:read), not an empty result; a bare tasks:write runner just finds nothing
     stranger = await signup(client)
-    r = await http.post("/v1/jobs/claim", headers=t.h, json={"project_ids": [stranger.project_id]})
+    r = await http.post("/v1/jobs/claim", headers=t.token_auth, json={"project_ids": [stranger.project_id]})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "project_ids"
     assert await claim(http, runner, expect=204, project_ids=[stranger.project_id]) is None
     r = await http.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 31})
@@ -344,7 +344,7 @@ async def test_runners_see_only_their_organization_and_projects(client, http):
     r = await http.post(f"/v1/jobs/{b_job['id']}/heartbeat", headers=runner_a, json={"claim_secret": "x"})
     assert r.status_code == 404
     # a runner restricted to a project takes that project's jobs only
-    other_project = (await client.post("/v1/projects", headers=a.h,
+    other_project = (await client.post("/v1/projects", headers=a.token_auth,
                                        json={"workspace_id": a.workspace_id, "name": "restricted"})).json()["id"]
     mine = await new_job(client, a, project_id=other_project)
     await new_job(client, a)
@@ -354,7 +354,7 @@ async def test_runners_see_only_their_organization_and_projects(client, http):
     assert await claim(http, restricted, expect=204) is None
     r = await http.post("/v1/jobs/claim", headers=restricted, json={"project_ids": [a.project_id]})
     assert r.status_code == 422  # not visible to it
-    assert (await client.get(f"/v1/jobs/{b_job['id']}", headers=b.h)).json()["status"] == "queued"
+    assert (await client.get(f"/v1/jobs/{b_job['id']}", headers=b.token_auth)).json()["status"] == "queued"
 
 
 async def test_a_service_account_runs_its_projects_jobs(client, http, admin_conn):
@@ -362,19 +362,19 @@ async def test_a_service_account_runs_its_projects_jobs(client, http, admin_conn
     token. Its project restriction is the runner's reach; the claim and the finish are
     audited as the service account; deleting it stops the runner at its next request."""
     t = await signup(client)
-    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": "elsewhere"})
+    r = await client.post("/v1/projects", headers=t.token_auth, json={"workspace_id": t.workspace_id, "name": "elsewhere"})
     assert r.status_code == 201, r.text
     elsewhere = r.json()["id"]
-    r = await client.post("/v1/service-accounts", headers=t.h,
+    r = await client.post("/v1/service-accounts", headers=t.token_auth,
                           json={"name": "runner-eu-1", "role": "member", "project_ids": [t.project_id]})
     assert r.status_code == 201, r.text
     sa = r.json()
-    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=t.h,
+    r = await client.post(f"/v1/service-accounts/{sa['id']}/tokens", headers=t.token_auth,
                           json={"name": "runner", "scopes": ["tasks:write"]})
     assert r.status_code == 201, r.text
     runner, runner_id = bearer(r.json()["token"]), r.json()["id"]
     assert r.json()["project_ids"] == [t.project_id]  # the account's restriction, inherited
-    outside = (await client.post("/v1/jobs", headers=t.h,
+    outside = (await client.post("/v1/jobs", headers=t.token_auth,
                                  json={"project_id": elsewhere, "target": CMD})).json()
     job = await new_job(client, t)
 
@@ -394,10 +394,10 @@ async def test_a_service_account_runs_its_projects_jobs(client, http, admin_conn
     second = await new_job(client, t)
     c = await claim(http, runner)
     assert c["job"]["id"] == second["id"]
-    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=t.h)).status_code == 204
+    assert (await client.delete(f"/v1/service-accounts/{sa['id']}", headers=t.token_auth)).status_code == 204
     r = await http.post(f"/v1/jobs/{second['id']}/heartbeat", headers=runner, json={"claim_secret": c["claim_secret"]})
     assert r.status_code == 401
-    assert (await client.get(f"/v1/jobs/{outside['id']}", headers=t.h)).json()["status"] == "queued"
+    assert (await client.get(f"/v1/jobs/{outside['id']}", headers=t.token_auth)).json()["status"] == "queued"
 
 
 async def test_scopes(client, http):
@@ -419,17 +419,17 @@ async def test_scopes(client, http):
 async def test_computer_use_tasks_and_executions_are_claimed_the_same_way(client, http, settings):
     t = await signup(client)
     worker, _ = await runner_token(client, t, ["tasks:write", "desktops:write"])
-    config = (await client.post("/v1/desktop-configs", headers=t.h,
+    config = (await client.post("/v1/desktop-configs", headers=t.token_auth,
                                 json={"project_id": t.project_id, "name": "c", "image": "ubuntu"})).json()
-    vm = (await client.post("/v1/desktop-vms", headers=t.h, json={"config_id": config["id"], "name": "vm"})).json()
-    await client.post(f"/v1/desktop-vms/{vm['id']}/start", headers=t.h)
-    other_vm = (await client.post("/v1/desktop-vms", headers=t.h,
+    vm = (await client.post("/v1/desktop-vms", headers=t.token_auth, json={"config_id": config["id"], "name": "vm"})).json()
+    await client.post(f"/v1/desktop-vms/{vm['id']}/start", headers=t.token_auth)
+    other_vm = (await client.post("/v1/desktop-vms", headers=t.token_auth,
                                   json={"config_id": config["id"], "name": "vm2"})).json()
-    cut = (await client.post("/v1/computer-use-tasks", headers=t.h, json={
+    cut = (await client.post("/v1/computer-use-tasks", headers=t.token_auth, json={
         "project_id": t.project_id, "instruction": "open", "desktop_vm_id": vm["id"]})).json()
-    macro = (await client.post("/v1/robot-macros", headers=t.h,
+    macro = (await client.post("/v1/robot-macros", headers=t.token_auth,
                                json={"project_id": t.project_id, "name": "m", "vm_id": vm["id"]})).json()
-    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=t.h,
+    execution = (await client.post(f"/v1/robot-macros/{macro['id']}/executions", headers=t.token_auth,
                                    json={"max_attempts": 2})).json()
     assert execution["status"] == "queued" and execution["max_attempts"] == 2
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tenant_api.scheduler import CLAIM, FIRE, Scheduler, scheduler_engine
-from tests.conftest import signup
+from tests.support.tenants import signup
 
 # Crons whose next run is far away: the assertions count jobs, and a schedule that
 # became due again during a test (a per-minute one crossing a minute) would add one.
@@ -32,7 +32,7 @@ async def orgs(client):
 async def schedules(client, tenant, n, cron=DAILY):
     out = []
     for _ in range(n):
-        r = await client.post("/v1/job-schedules", headers=tenant.h, json={
+        r = await client.post("/v1/job-schedules", headers=tenant.token_auth, json={
             "project_id": tenant.project_id, "name": uuid.uuid4().hex, "cron": cron, "target": CMD})
         assert r.status_code == 201, r.text
         out.append(uuid.UUID(r.json()["id"]))
@@ -311,5 +311,5 @@ async def test_scheduler_process_seals_the_audit_trail_in_the_background(client,
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    r = await client.get("/v1/audit/verify", headers=t.h)
+    r = await client.get("/v1/audit/verify", headers=t.token_auth)
     assert r.status_code == 200, r.text

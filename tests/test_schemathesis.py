@@ -34,7 +34,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from tenant_api.app import create_app
 from tests import factories
-from tests.conftest import bearer, make_token, signup
+from tests.support.tenants import bearer, make_token, signup
 from tests.security import World, build_world, module_admin, openapi, row_ids, tenant_refs  # noqa: F401
 
 ALL_CHECKS = {
@@ -163,12 +163,12 @@ async def test_stream_events_conform_to_the_document(client, server):
     message and error, matches the document's event schema, the JSON in each data field
     included. Generation rarely reaches a stream that ends, so this reads one on purpose."""
     t = await signup(client)
-    r = await client.post("/v1/conversations", headers=t.h,
+    r = await client.post("/v1/conversations", headers=t.token_auth,
                           json={"project_id": t.project_id, "kind": "CHANNEL", "name": "streamed"})
     assert r.status_code == 201, r.text
     conversation = r.json()["id"]
     for body in ("one", "two"):
-        assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.h,
+        assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.token_auth,
                                   json={"body": body})).status_code == 201
     reader = await make_token(client, t, ["conversations:read"])
     doc = openapi(client)
@@ -178,9 +178,9 @@ async def test_stream_events_conform_to_the_document(client, server):
     call = asyncio.create_task(asyncio.to_thread(case.call, base_url=server, headers=bearer(reader["token"]),
                                                  timeout=30))
     await asyncio.sleep(1.5)  # the two messages are on their way
-    assert (await client.delete(f"/v1/tokens/{reader['id']}", headers=t.h)).status_code == 204
+    assert (await client.delete(f"/v1/tokens/{reader['id']}", headers=t.token_auth)).status_code == 204
     # the next message wakes the stream; its fetch finds the credential revoked: event error, end
-    assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.h,
+    assert (await client.post(f"/v1/conversations/{conversation}/messages", headers=t.token_auth,
                               json={"body": "three"})).status_code == 201
     response = await asyncio.wait_for(call, 30)
     assert response.status_code == 200

@@ -17,7 +17,7 @@ import websockets
 
 from tenant_api.scopes import ROLE_SCOPES
 from tenant_api.auth import mail_secrets as tokens
-from tests.conftest import connect
+from tests.support.database import connect
 from tests.live_server import api_server
 
 JWT_SECRET = "log-test-" + "j" * 40

@@ -29,9 +29,9 @@ import pytest
 import websockets
 
 from tenant_api.db.bootstrap import bootstrap
-from tests.conftest import Database, bearer, make_token, signup
-from tests.test_conversations import channel
-from tests.test_desktops import make_vm
+from tests.support.database import Database
+from tests.support.tenants import bearer, make_token, signup
+from tests.support.rows import channel, make_vm
 
 U = uuid.UUID
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,16 +93,16 @@ async def test_sigterm_ends_streams_sockets_and_waiting_claims_cleanly(client, d
     try:
         await wait_healthy(base, proc, log)
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            me = await http.get("/v1/me", headers={**t.h, "X-Request-ID": "serve-test-me"})
+            me = await http.get("/v1/me", headers={**t.token_auth, "X-Request-ID": "serve-test-me"})
             assert me.status_code == 200
             socket_ = await websockets.connect(f"ws://127.0.0.1:{port}/v1/desktop-connections/ws?vm_id={vm['id']}",
-                                               additional_headers=t.h)
+                                               additional_headers=t.token_auth)
             hello = json.loads(await socket_.recv())
             assert hello["type"] == "connected"
             # a runner waiting for work (nothing is queued in its organization's project)
             claim = asyncio.create_task(http.post("/v1/jobs/claim", headers=bearer(runner["token"]),
                                                   json={"project_ids": [t.project_id], "wait_seconds": 25}))
-            async with http.stream("GET", f"/v1/conversations/{conversation['id']}/stream", headers=t.h) as stream:
+            async with http.stream("GET", f"/v1/conversations/{conversation['id']}/stream", headers=t.token_auth) as stream:
                 assert stream.status_code == 200
                 lines = stream.aiter_lines()
                 assert (await anext(lines)).startswith("retry:")

@@ -44,7 +44,8 @@ from tenant_api.db import migrate
 from tenant_api.db.bootstrap import bootstrap
 from tenant_api.settings import Settings, asyncpg_url
 from tests import factories
-from tests.conftest import Database, bearer, connect, make_token, signup
+from tests.support.database import Database, connect
+from tests.support.tenants import bearer, make_token, signup
 from tests.security import (
     gen_body,
     module_admin,  # noqa: F401  (fixture)
@@ -284,7 +285,7 @@ async def run_scenario(client: AsyncTestClient, admin: asyncpg.Connection) -> No
             continue
         path = await own_path(admin, tenant, template, op)
         query = {p["name"] for p in op.get("parameters", []) if p.get("in") == "query"}
-        for headers in (tenant.h, tenant.hs):
+        for headers in (tenant.token_auth, tenant.session_auth):
             r = await client.get(path, headers=headers, params={"limit": 1} if "limit" in query else {})
             statuses[f"GET {template}"] = r.status_code
             cursor = r.json().get("next_cursor") if r.status_code == 200 and isinstance(r.json(), dict) else None
@@ -292,7 +293,7 @@ async def run_scenario(client: AsyncTestClient, admin: asyncpg.Connection) -> No
                 await client.get(path, headers=headers, params={"limit": 1, "cursor": cursor})
         for name in sorted(query & set(factories.UUID_FIELDS)):
             if (table := factories.UUID_FIELDS[name]) in refs:
-                await client.get(path, headers=tenant.h, params={name: refs[table]})
+                await client.get(path, headers=tenant.token_auth, params={name: refs[table]})
     for path in ("/v1/agents", "/v1/tasks", f"/v1/agents/{refs['agent']}"):
         r = await client.get(path, headers=bearer(restricted["token"]))
         statuses[f"GET {path} (restricted)"] = r.status_code
@@ -305,12 +306,12 @@ async def run_scenario(client: AsyncTestClient, admin: asyncpg.Connection) -> No
         body = (gen_body(doc, schema, refs, uuid.uuid4().hex[:8], f"{method} {template}",
                          factories.BODY_OVERRIDES.get((method, template))) if schema else None)
         path = await own_path(admin, tenant, template, op, newest=True)
-        r = await client.request(method, path, headers=tenant.h, json=body)
+        r = await client.request(method, path, headers=tenant.token_auth, json=body)
         statuses[f"{method} {template}"] = r.status_code
     for method, template, op in reversed(ops):
         if method == "DELETE":
             path = await own_path(admin, tenant, template, op, newest=True)
-            r = await client.delete(path, headers=tenant.h)
+            r = await client.delete(path, headers=tenant.token_auth)
             statuses[f"DELETE {template}"] = r.status_code
     await settle_usage(client)
     errors = {k: v for k, v in statuses.items() if v >= 500}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests import factories
-from tests.conftest import Tenant, signup
+from tests.support.tenants import Tenant, signup
 from tests.security import (
     PROBLEM,
     flatten,
@@ -59,7 +59,7 @@ def cheap_password_hashing():
 
 
 @pytest.fixture(scope="module")
-async def t(client, module_admin) -> Tenant:
+async def tenant(client, module_admin) -> Tenant:
     tenant = await signup(client, f"sqli{uuid.uuid4().hex[:8]}")
     await populate(client, module_admin, tenant)
     return tenant
@@ -79,23 +79,23 @@ def find(body: Any, field: str) -> list[Any]:
     return found
 
 
-async def test_hostile_strings_in_bodies(client, module_admin, t):
+async def test_hostile_strings_in_bodies(client, module_admin, tenant):
     doc = openapi(client)
-    refs = await tenant_refs(module_admin, t)
+    refs = await tenant_refs(module_admin, tenant)
     tables_before = await tenant_tables(module_admin)
     failures, accepted, checked = [], 0, 0
     for method, template, op in operations(doc):
         schema = request_schema(doc, op)
         if schema is None:
             continue
-        path = await own_path(module_admin, t, template, op)
+        path = await own_path(module_admin, tenant, template, op)
         overrides = factories.BODY_OVERRIDES.get((method, template))
         for field, is_array in string_fields(doc, schema):
             for payload in PAYLOADS:
                 value = f"{payload} {uuid.uuid4().hex[:6]}"
                 body = gen_body(doc, schema, refs, uuid.uuid4().hex[:8], f"{method} {template}", overrides)
                 body[field] = [value] if is_array else value
-                r = await client.request(method, path, headers=t.h, json=body)
+                r = await client.request(method, path, headers=tenant.token_auth, json=body)
                 checked += 1
                 where = f"{method} {template} {field}={value!r}"
                 if r.status_code >= 500:
@@ -120,7 +120,7 @@ async def test_hostile_strings_in_bodies(client, module_admin, t):
                 read_path = path if method == "PATCH" else f"{template.rstrip('/')}/{item_id}"
                 if item_id and ("get" in doc["paths"].get(read_path, {}) or method == "PATCH"):
                     back = await client.get(path if method == "PATCH" else f"{path.rstrip('/')}/{item_id}",
-                                            headers=t.h)
+                                            headers=tenant.token_auth)
                     if back.status_code == 200 and find(back.json(), field)[:1] != [body[field]]:
                         failures.append(f"{where}: read back {find(back.json(), field)!r}")
     assert not failures, "\n".join(failures)
@@ -128,19 +128,19 @@ async def test_hostile_strings_in_bodies(client, module_admin, t):
     assert await tenant_tables(module_admin) == tables_before
 
 
-async def test_hostile_strings_in_query_parameters(client, module_admin, t):
+async def test_hostile_strings_in_query_parameters(client, module_admin, tenant):
     doc = openapi(client)
     failures, checked = [], 0
     for method, template, op in operations(doc):
         if method != "GET":
             continue
-        path = await own_path(module_admin, t, template, op)
+        path = await own_path(module_admin, tenant, template, op)
         for p in op.get("parameters", []):
             s = flatten(doc, p.get("schema", {}))
             if p.get("in") != "query" or schema_type(s) != "string" or "enum" in s or s.get("format"):
                 continue
             for payload in PAYLOADS:
-                r = await client.get(path, headers=t.h, params={p["name"]: payload})
+                r = await client.get(path, headers=tenant.token_auth, params={p["name"]: payload})
                 checked += 1
                 if r.status_code >= 500:
                     failures.append(f"GET {template}?{p['name']}={payload!r}: {r.status_code} {r.text[:200]}")

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from tenant_api.auth.credentials import token_hash
-from tests.conftest import make_token, signup
+from tests.support.tenants import make_token, signup
 
 
 async def _as(conn, token):

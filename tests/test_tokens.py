@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from tenant_api.auth.credentials import TOKEN_PREFIX, new_api_token
-from tests.conftest import Tenant, bearer, make_token, signup
+from tests.support.tenants import Tenant, bearer, make_token, signup
 from tests.security import as_request, assert_problem, attempt, settle_usage, snapshot_all
 
 ALL_OWNER = ["agents:write", "audit:read", "billing:write", "calls:write", "conversations:write", "desktops:write",
@@ -20,20 +20,20 @@ ALL_OWNER = ["agents:write", "audit:read", "billing:write", "calls:write", "conv
 
 
 @pytest.fixture(scope="module")
-async def t(client) -> Tenant:
+async def tenant(client) -> Tenant:
     return await signup(client, f"tok{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
-async def projects(client, t) -> dict[str, str]:
+async def projects(client, tenant) -> dict[str, str]:
     """P (signup's default project) and Q (a second project of the same organization),
     each with one agent."""
-    r = await client.post("/v1/projects", headers=t.h, json={"workspace_id": t.workspace_id, "name": "Q"})
+    r = await client.post("/v1/projects", headers=tenant.token_auth, json={"workspace_id": tenant.workspace_id, "name": "Q"})
     assert r.status_code == 201, r.text
     q = r.json()["id"]
-    out = {"P": t.project_id, "Q": q}
-    for name, project in (("aP", t.project_id), ("aQ", q)):
-        r = await client.post("/v1/agents", headers=t.h, json={"project_id": project, "name": name})
+    out = {"P": tenant.project_id, "Q": q}
+    for name, project in (("aP", tenant.project_id), ("aQ", q)):
+        r = await client.post("/v1/agents", headers=tenant.token_auth, json={"project_id": project, "name": name})
         assert r.status_code == 201, r.text
         out[name] = r.json()["id"]
     return out
@@ -46,22 +46,22 @@ def session_claims(tenant: Tenant) -> dict:
 # --- scopes ----------------------------------------------------------------------------
 
 
-async def test_missing_scope_is_403_naming_it(client, t):
-    tok = await make_token(client, t, ["agents:read"])
+async def test_missing_scope_is_403_naming_it(client, tenant):
+    tok = await make_token(client, tenant, ["agents:read"])
     h = bearer(tok["token"])
     assert (await client.get("/v1/agents", headers=h)).status_code == 200  # what it has works
-    body = assert_problem(await client.post("/v1/agents", headers=h, json={"project_id": t.project_id, "name": "x"}),
+    body = assert_problem(await client.post("/v1/agents", headers=h, json={"project_id": tenant.project_id, "name": "x"}),
                           403, "agents:write")
     assert body["missing_scope"] == "agents:write"
     body = assert_problem(await client.get("/v1/workspaces", headers=h), 403, "org:read")
     assert body["missing_scope"] == "org:read"
 
 
-async def test_unknown_scope_is_422(client, t):
+async def test_unknown_scope_is_422(client, tenant):
     for scopes in (["agents:admin"], ["agents:read", "root"], [""]):
-        r = await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": scopes})
+        r = await client.post("/v1/tokens", headers=tenant.token_auth, json={"name": "x", "scopes": scopes})
         assert_problem(r, 422)
-    body = (await client.post("/v1/tokens", headers=t.h, json={"name": "x", "scopes": ["agents:admin"]})).json()
+    body = (await client.post("/v1/tokens", headers=tenant.token_auth, json={"name": "x", "scopes": ["agents:admin"]})).json()
     assert body["errors"][0]["field"] == "scopes[0]"  # the Scope enum names the element
 
 
@@ -73,15 +73,15 @@ async def test_unknown_scope_is_422(client, t):
     lambda now: (now + dt.timedelta(days=400)).isoformat(),  # beyond the maximum
     lambda now: (now + dt.timedelta(days=1)).replace(tzinfo=None).isoformat(),  # no time zone
 ])
-async def test_bad_expires_at_is_422(client, t, expires_at):
-    r = await client.post("/v1/tokens", headers=t.h,
+async def test_bad_expires_at_is_422(client, tenant, expires_at):
+    r = await client.post("/v1/tokens", headers=tenant.token_auth,
                           json={"name": "x", "scopes": ["agents:read"], "expires_at": expires_at(dt.datetime.now(dt.UTC))})
     body = assert_problem(r, 422, "expires_at")
     assert body["errors"][0]["field"] == "expires_at"
 
 
-async def test_expired_token_is_401(client, t, admin_conn):
-    tok = await make_token(client, t, ["agents:read"])
+async def test_expired_token_is_401(client, tenant, admin_conn):
+    tok = await make_token(client, tenant, ["agents:read"])
     assert (await client.get("/v1/me", headers=bearer(tok["token"]))).status_code == 200
     # (expires_at <= created_at + 366 days is a check constraint; the past satisfies it)
     await admin_conn.execute("update platform_token set expires_at = now() - interval '1 second' where id = $1",
@@ -89,36 +89,36 @@ async def test_expired_token_is_401(client, t, admin_conn):
     assert_problem(await client.get("/v1/me", headers=bearer(tok["token"])), 401, "expired")
 
 
-async def test_revoked_token_is_401(client, t):
-    tok = await make_token(client, t, ["agents:read"])
+async def test_revoked_token_is_401(client, tenant):
+    tok = await make_token(client, tenant, ["agents:read"])
     h = bearer(tok["token"])
     assert (await client.get("/v1/agents", headers=h)).status_code == 200
-    r = await client.delete(f"/v1/tokens/{tok['id']}", headers=t.h)
+    r = await client.delete(f"/v1/tokens/{tok['id']}", headers=tenant.token_auth)
     assert r.status_code == 204, r.text
     assert_problem(await client.get("/v1/agents", headers=h), 401, "revoked")
-    assert (await client.get(f"/v1/tokens/{tok['id']}", headers=t.h)).json()["revoked_at"] is not None
+    assert (await client.get(f"/v1/tokens/{tok['id']}", headers=tenant.token_auth)).json()["revoked_at"] is not None
     # a revoked token cannot be rotated back to life
-    assert_problem(await client.post(f"/v1/tokens/{tok['id']}/rotate", headers=t.h), 409)
+    assert_problem(await client.post(f"/v1/tokens/{tok['id']}/rotate", headers=tenant.token_auth), 409)
 
 
-async def test_rotation_replaces_the_secret(client, t):
-    tok = await make_token(client, t, ["agents:read"])
-    r = await client.post(f"/v1/tokens/{tok['id']}/rotate", headers=t.h)
+async def test_rotation_replaces_the_secret(client, tenant):
+    tok = await make_token(client, tenant, ["agents:read"])
+    r = await client.post(f"/v1/tokens/{tok['id']}/rotate", headers=tenant.token_auth)
     assert r.status_code == 200, r.text
     new = r.json()
     assert new["id"] == tok["id"] and new["token"] != tok["token"] and new["prefix"] == new["token"][:11]
     assert_problem(await client.get("/v1/agents", headers=bearer(tok["token"])), 401)
     assert (await client.get("/v1/agents", headers=bearer(new["token"]))).status_code == 200
     # sessions are not rotated
-    sid = session_claims(t)["sid"]
-    assert_problem(await client.post(f"/v1/tokens/{sid}/rotate", headers=t.h), 409)
+    sid = session_claims(tenant)["sid"]
+    assert_problem(await client.post(f"/v1/tokens/{sid}/rotate", headers=tenant.token_auth), 409)
 
 
 # --- no escalation ---------------------------------------------------------------------
 
 
-async def test_token_cannot_grant_a_scope_it_lacks(client, t):
-    tok = await make_token(client, t, ["agents:read", "tokens:write"])
+async def test_token_cannot_grant_a_scope_it_lacks(client, tenant):
+    tok = await make_token(client, tenant, ["agents:read", "tokens:write"])
     h = bearer(tok["token"])
     body = assert_problem(await client.post("/v1/tokens", headers=h, json={"name": "x", "scopes": ["agents:write"]}),
                           403, "agents:write")
@@ -127,8 +127,8 @@ async def test_token_cannot_grant_a_scope_it_lacks(client, t):
     assert r.status_code == 201, r.text  # control: what it has, it may grant
 
 
-async def test_restricted_token_cannot_grant_another_project(client, t, projects):
-    tok = await make_token(client, t, ["agents:read", "tokens:write"], project_ids=[projects["P"]])
+async def test_restricted_token_cannot_grant_another_project(client, tenant, projects):
+    tok = await make_token(client, tenant, ["agents:read", "tokens:write"], project_ids=[projects["P"]])
     h = bearer(tok["token"])
     assert_problem(await client.post("/v1/tokens", headers=h,
                                      json={"name": "x", "scopes": ["agents:read"], "project_ids": [projects["Q"]]}), 403)
@@ -137,10 +137,10 @@ async def test_restricted_token_cannot_grant_another_project(client, t, projects
     assert r.json()["project_ids"] == [projects["P"]]  # restricted tokens make restricted tokens
 
 
-async def test_no_escalation_is_enforced_by_the_database(client, t, projects, api_conn):
+async def test_no_escalation_is_enforced_by_the_database(client, tenant, projects, api_conn):
     """Even a handler that forgot the check cannot insert a wider token (no_escalation policy)."""
-    tok = await make_token(client, t, ["agents:read", "tokens:write"], project_ids=[projects["P"]])
-    org, user = uuid.UUID(t.organization_id), uuid.UUID(t.user_id)
+    tok = await make_token(client, tenant, ["agents:read", "tokens:write"], project_ids=[projects["P"]])
+    org, user = uuid.UUID(tenant.organization_id), uuid.UUID(tenant.user_id)
     insert = ("insert into platform_token (organization_id, user_id, kind, name, prefix, token_hash, scopes,"
               " project_ids, expires_at) values ($1, $2, 'api', 'x', 'tapi_x', $3, $4, $5, now() + interval '1 day')")
     async with as_request(api_conn, tok["token"]):
@@ -152,38 +152,38 @@ async def test_no_escalation_is_enforced_by_the_database(client, t, projects, ap
             assert await attempt(api_conn, insert, org, user, uuid.uuid4().bytes, scopes, pids) == (None, "42501")
 
 
-async def test_rotation_cannot_escalate(client, t, projects):
+async def test_rotation_cannot_escalate(client, tenant, projects):
     """Rotating returns a working secret: a credential may only rotate its own user's tokens
     whose scopes and projects it has itself (else rotation would mint a wider token)."""
-    wide = await make_token(client, t, ALL_OWNER)
-    narrow = await make_token(client, t, ["tokens:write"])
+    wide = await make_token(client, tenant, ALL_OWNER)
+    narrow = await make_token(client, tenant, ["tokens:write"])
     r = await client.post(f"/v1/tokens/{wide['id']}/rotate", headers=bearer(narrow["token"]))
     body = assert_problem(r, 403)
     assert body.get("missing_scope") in ALL_OWNER
     assert (await client.get("/v1/me", headers=bearer(wide["token"]))).status_code == 200  # secret unchanged
 
-    restricted = await make_token(client, t, ["tokens:write", "agents:read"], project_ids=[projects["P"]])
-    unrestricted = await make_token(client, t, ["agents:read"])
+    restricted = await make_token(client, tenant, ["tokens:write", "agents:read"], project_ids=[projects["P"]])
+    unrestricted = await make_token(client, tenant, ["agents:read"])
     assert_problem(await client.post(f"/v1/tokens/{unrestricted['id']}/rotate", headers=bearer(restricted["token"])), 403)
     assert (await client.get("/v1/me", headers=bearer(unrestricted["token"]))).status_code == 200
 
     # control: a token within the caller's scopes and projects can be rotated
-    inside = await make_token(client, t, ["agents:read"], project_ids=[projects["P"]])
+    inside = await make_token(client, tenant, ["agents:read"], project_ids=[projects["P"]])
     r = await client.post(f"/v1/tokens/{inside['id']}/rotate", headers=bearer(restricted["token"]))
     assert r.status_code == 200, r.text
 
 
-async def test_admin_cannot_rotate_another_users_token(client, t, admin_conn):
+async def test_admin_cannot_rotate_another_users_token(client, tenant, admin_conn):
     """An admin (members:write) sees and may revoke everyone's tokens, but rotating one
     would hand them its secret: impersonation of the owner."""
     other = await signup(client, f"adm{uuid.uuid4().hex[:8]}")
     await admin_conn.execute("insert into organization_membership (organization_id, user_id, role) values ($1, $2, 'admin')",
-                             uuid.UUID(t.organization_id), uuid.UUID(other.user_id))
+                             uuid.UUID(tenant.organization_id), uuid.UUID(other.user_id))
     r = await client.post("/v1/auth/login", json={"email": other.email, "password": other.password,
-                                                  "organization_id": t.organization_id})
+                                                  "organization_id": tenant.organization_id})
     assert r.status_code == 200, r.text
     admin = bearer(r.json()["access_token"])
-    owners = await make_token(client, t, ["agents:read"])
+    owners = await make_token(client, tenant, ["agents:read"])
     assert (await client.get(f"/v1/tokens/{owners['id']}", headers=admin)).status_code == 200  # visible to admins
     assert_problem(await client.post(f"/v1/tokens/{owners['id']}/rotate", headers=admin), 403)
     assert (await client.get("/v1/me", headers=bearer(owners["token"]))).status_code == 200
@@ -192,8 +192,8 @@ async def test_admin_cannot_rotate_another_users_token(client, t, admin_conn):
 # --- project restriction ---------------------------------------------------------------
 
 
-async def test_project_restriction(client, t, projects):
-    tok = await make_token(client, t, ["agents:write", "org:read"], project_ids=[projects["P"]])
+async def test_project_restriction(client, tenant, projects):
+    tok = await make_token(client, tenant, ["agents:write", "org:read"], project_ids=[projects["P"]])
     h = bearer(tok["token"])
     r = await client.get("/v1/projects", headers=h)
     assert r.status_code == 200 and [p["id"] for p in r.json()["items"]] == [projects["P"]]
@@ -213,7 +213,7 @@ async def test_project_restriction(client, t, projects):
     r = await client.post("/v1/agents", headers=h, json={"project_id": projects["P"], "name": f"p-{uuid.uuid4().hex[:6]}"})
     assert r.status_code == 201, r.text  # control
     # the unrestricted token still sees Q's agent, unchanged
-    r = await client.get(f"/v1/agents/{projects['aQ']}", headers=t.h)
+    r = await client.get(f"/v1/agents/{projects['aQ']}", headers=tenant.token_auth)
     assert r.status_code == 200 and r.json()["name"] == "aQ"
 
 
@@ -223,15 +223,15 @@ async def test_project_restriction(client, t, projects):
 async def test_demotion_and_removal_take_effect_immediately(client, admin_conn):
     u = await signup(client, f"dem{uuid.uuid4().hex[:8]}")
     org, user = uuid.UUID(u.organization_id), uuid.UUID(u.user_id)
-    assert (await client.post("/v1/workspaces", headers=u.h, json={"name": "w1"})).status_code == 201
+    assert (await client.post("/v1/workspaces", headers=u.token_auth, json={"name": "w1"})).status_code == 201
     await admin_conn.execute("update organization_membership set role = 'auditor' where organization_id = $1"
                              " and user_id = $2", org, user)
-    assert_problem(await client.post("/v1/workspaces", headers=u.h, json={"name": "w2"}), 403, "org:write")
-    assert (await client.get("/v1/workspaces", headers=u.h)).status_code == 200
+    assert_problem(await client.post("/v1/workspaces", headers=u.token_auth, json={"name": "w2"}), 403, "org:write")
+    assert (await client.get("/v1/workspaces", headers=u.token_auth)).status_code == 200
     await admin_conn.execute("delete from organization_membership where organization_id = $1 and user_id = $2",
                              org, user)
-    assert_problem(await client.get("/v1/workspaces", headers=u.h), 401, "member")
-    assert_problem(await client.get("/v1/me", headers=u.hs), 401, "member")
+    assert_problem(await client.get("/v1/workspaces", headers=u.token_auth), 401, "member")
+    assert_problem(await client.get("/v1/me", headers=u.session_auth), 401, "member")
 
 
 # --- malformed and forged credentials --------------------------------------------------
@@ -241,15 +241,15 @@ def b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def forged_credentials(t: Tenant, other: Tenant, secret: str) -> dict[str, str]:
+def forged_credentials(tenant: Tenant, other: Tenant, secret: str) -> dict[str, str]:
     """Authorization header values that must all be refused with 401."""
-    token = t.token
+    token = tenant.token
     body, check = token[len(TOKEN_PREFIX):-6], token[-6:]
     wrong_check = check[:-1] + ("A" if check[-1] != "A" else "B")
-    claims = session_claims(t)
+    claims = session_claims(tenant)
     now = int(dt.datetime.now(dt.UTC).timestamp())
     valid = {**claims, "iat": now, "exp": now + 3600}
-    header, _payload, signature = t.session.split(".")
+    header, _payload, signature = tenant.session.split(".")
     return {
         "wrong checksum": f"Bearer {TOKEN_PREFIX}{body}{wrong_check}",
         "too short": f"Bearer {token[:-1]}",
@@ -281,12 +281,12 @@ def forged_credentials(t: Tenant, other: Tenant, secret: str) -> dict[str, str]:
 
 
 @pytest.mark.filterwarnings("ignore:The HMAC key")
-async def test_malformed_and_forged_credentials_are_401_and_change_nothing(client, t, settings, admin_conn):
+async def test_malformed_and_forged_credentials_are_401_and_change_nothing(client, tenant, settings, admin_conn):
     other = await signup(client, f"oth{uuid.uuid4().hex[:8]}")
-    cases = forged_credentials(t, other, settings.auth.jwt_secret)
+    cases = forged_credentials(tenant, other, settings.auth.jwt_secret)
     # sanity: the genuine credentials work, so the forgeries are refused for being forged
-    assert (await client.get("/v1/me", headers=t.h)).status_code == 200
-    assert (await client.get("/v1/me", headers=t.hs)).status_code == 200
+    assert (await client.get("/v1/me", headers=tenant.token_auth)).status_code == 200
+    assert (await client.get("/v1/me", headers=tenant.session_auth)).status_code == 200
     # Usage records are written a moment later by their own thread: let the sanity
     # requests' land first. Refused requests do leave usage records (security events,
     # issue 5): those are checked below, every other table must not change at all.
@@ -296,7 +296,7 @@ async def test_malformed_and_forged_credentials_are_401_and_change_nothing(clien
     audit_before = await admin_conn.fetchval("select count(*) from token_audit_log")
     for label, value in cases.items():
         for method, path, body in (("GET", "/v1/me", None), ("GET", "/v1/agents", None),
-                                   ("POST", "/v1/agents", {"project_id": t.project_id, "name": label})):
+                                   ("POST", "/v1/agents", {"project_id": tenant.project_id, "name": label})):
             r = await client.request(method, path, headers={"Authorization": value}, json=body)
             assert r.status_code == 401, f"{label}: {method} {path} -> {r.status_code} {r.text}"
             assert_problem(r, 401)
@@ -313,28 +313,28 @@ async def test_malformed_and_forged_credentials_are_401_and_change_nothing(clien
 # --- sessions, login, signup -----------------------------------------------------------
 
 
-async def test_logout_revokes_the_session(client, t):
-    r = await client.post("/v1/auth/login", json={"email": t.email, "password": t.password})
+async def test_logout_revokes_the_session(client, tenant):
+    r = await client.post("/v1/auth/login", json={"email": tenant.email, "password": tenant.password})
     assert r.status_code == 200, r.text
     h = bearer(r.json()["access_token"])
     assert (await client.get("/v1/me", headers=h)).status_code == 200
     r = await client.post("/v1/auth/logout", headers=h)
     assert r.status_code == 204, r.text
     assert_problem(await client.get("/v1/me", headers=h), 401, "revoked")
-    assert (await client.get("/v1/me", headers=t.hs)).status_code == 200  # other sessions live on
+    assert (await client.get("/v1/me", headers=tenant.session_auth)).status_code == 200  # other sessions live on
 
 
-async def test_logout_with_an_api_token_revokes_that_token(client, t):
-    tok = await make_token(client, t, ["agents:read"])  # no tokens:write needed to revoke oneself
+async def test_logout_with_an_api_token_revokes_that_token(client, tenant):
+    tok = await make_token(client, tenant, ["agents:read"])  # no tokens:write needed to revoke oneself
     h = bearer(tok["token"])
     assert (await client.post("/v1/auth/logout", headers=h)).status_code == 204
     assert_problem(await client.get("/v1/me", headers=h), 401, "revoked")
 
 
-async def test_login_does_not_tell_unknown_email_from_wrong_password(client, t):
+async def test_login_does_not_tell_unknown_email_from_wrong_password(client, tenant):
     wrong_email = await client.post("/v1/auth/login", json={"email": f"nobody-{uuid.uuid4().hex}@example.com",
-                                                           "password": t.password})
-    wrong_password = await client.post("/v1/auth/login", json={"email": t.email, "password": t.password + "x"})
+                                                           "password": tenant.password})
+    wrong_password = await client.post("/v1/auth/login", json={"email": tenant.email, "password": tenant.password + "x"})
     a, b = assert_problem(wrong_email, 401), assert_problem(wrong_password, 401)
     strip = lambda body: {k: v for k, v in body.items() if k not in ("request_id", "instance")}  # noqa: E731
     assert strip(a) == strip(b)
@@ -342,8 +342,8 @@ async def test_login_does_not_tell_unknown_email_from_wrong_password(client, t):
     assert wrong_email.headers["content-type"] == wrong_password.headers["content-type"]
 
 
-async def test_signup_duplicate_email_is_409_case_insensitively(client, t):
-    for email in (t.email, t.email.upper(), f"  {t.email.capitalize()} "):
+async def test_signup_duplicate_email_is_409_case_insensitively(client, tenant):
+    for email in (tenant.email, tenant.email.upper(), f"  {tenant.email.capitalize()} "):
         r = await client.post("/v1/auth/signup", json={"email": email, "password": "another-long-password",
                                                        "display_name": "dup"})
         assert_problem(r, 409)

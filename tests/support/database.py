@@ -1,0 +1,24 @@
+"""The test database: its URLs, and raw connections to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Database:
+    admin_url: str  # superuser, on the test database
+    owner_url: str
+    api_url: str
+    name: str
+
+
+ADMIN_URL: list[str] = []
+"""The test database's superuser URL, for helpers outside fixtures (signup's verification);
+set by the ``database`` fixture."""
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
