@@ -83,7 +83,7 @@ async def test_refused_credentials_are_security_events_with_the_prefix_only(clie
     await admin_conn.execute("update platform_token set expires_at = now() - interval '1 minute' where id = $1",
                              uuid.UUID(expired["id"]))
     unknown = new_api_token()
-    malformed = "tapi_" + "A" * 38
+    malformed = "tapi_" + uuid.uuid4().hex[:6] + "A" * 32  # a prefix no other test sends
     # A session JWT of ours that has expired names its organization (signature checked);
     # one signed with another key names nothing.
     session_id = uuid.UUID(jwt.decode(t.session, options={"verify_signature": False})["sid"])

@@ -251,10 +251,10 @@ async def test_scheduler_jobs_are_attributed_and_isolated(client, orgs, settings
         "select count(*) from token_audit_log where table_name = 'job_schedule' and row_id = $1"
         " and action = 'UPDATE'", sid) == 0
     # visible through the API to its organization only
-    r = await client.get(f"/v1/jobs?schedule_id={sid}", headers=orgs[1].h)
+    r = await client.get(f"/v1/jobs?schedule_id={sid}", headers=orgs[1].token_auth)
     assert [i["id"] for i in r.json()["items"]] == [str(job["id"])]
     assert r.json()["items"][0]["target"] == {**CMD, "args": None}
-    r = await client.get(f"/v1/jobs/{job['id']}", headers=orgs[0].h)
+    r = await client.get(f"/v1/jobs/{job['id']}", headers=orgs[0].token_auth)
     assert r.status_code == 404
 
 
