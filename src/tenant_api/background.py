@@ -3,7 +3,7 @@
 The duties run as the API role with no request context (RLS shows them nothing), so each
 works through a few narrow SECURITY DEFINER functions owned by tenant_auth. When the
 duties get database roles of their own, this is the list to move: ``DUTIES`` names every
-such function per duty (tests/test_catalog.py checks it against the catalog).
+such function per duty (tests/security/test_catalog.py checks it against the catalog).
 
 Where they run: the invite mailer and the desktop reaper in each API process
 (create_app); everything else in the scheduler process (``tenant-api scheduler``, and a

@@ -23,7 +23,7 @@ finishes it, for every operation alike (so a route added tomorrow gets the same)
   ``opt["messages"]``).
 * the ``Scope`` enum as a component, used wherever a scope appears.
 
-tests/test_contract.py asserts these invariants over every operation.
+tests/api/test_contract.py asserts these invariants over every operation.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ TIMESTAMP_DESCRIPTION = (
 )
 
 TIMESTAMP_EXAMPLE = "2030-01-31T12:00:00Z"
-"""Also what marks a Timestamp in the OpenAPI document (tests/test_bad_input.py)."""
+"""Also what marks a Timestamp in the OpenAPI document (tests/security/test_bad_input.py)."""
 
 
 class Timestamp(dt.datetime):

@@ -198,7 +198,7 @@ class Resource:
     # (ReadQueries), the hot path. "orm": the service's reads, for a service with read
     # rules of its own (it overrides page or get_visible, reads newest first) or a Read
     # struct with fields that are not columns. A resource that says "fast" but cannot be
-    # read that way refuses to mount; tests/test_read_path.py lists every resource's.
+    # read that way refuses to mount; tests/unit/test_read_paths.py lists every resource's.
     read_path: Literal["fast", "orm"] = "fast"
 
     def service_class(self) -> type[TenantService]:
