@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 UV     := $(BIN)/uv
 
-.PHONY: install lock run test test-pgbouncer lint bench bench-full wrk migrate openapi clean
+.PHONY: install lock run test test-unit test-pgbouncer lint bench bench-full wrk migrate openapi clean
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -24,16 +24,21 @@ lock:
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION); }
 	$(UV) lock
 
-# Lint and types (pyproject.toml: [tool.ruff], [tool.mypy]); .ci/run runs it.
+# Lint, types and import layers (pyproject.toml: [tool.ruff], [tool.mypy]; .importlinter); .ci/run runs it.
 lint: install
 	$(BIN)/ruff check src tests tests_pgbouncer scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 run: install
 	$(BIN)/tenant-api dev
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast subset: tests/unit needs no database and no server (seconds).
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The suite's isolation claims, re-checked behind a real PgBouncer in transaction mode
 # (needs the pgbouncer binary: `apt-get install pgbouncer`; .ci/run installs it).

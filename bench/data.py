@@ -23,7 +23,7 @@ from uuid import UUID
 import asyncpg
 
 from tenant_api.auth.credentials import display_prefix, new_api_token
-from tenant_api.auth.scopes import ROLE_SCOPES
+from tenant_api.scopes import ROLE_SCOPES
 from tenant_api.db.models.base import uuid7
 
 

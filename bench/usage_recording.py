@@ -49,7 +49,7 @@ async def run(admin_url: str, requests: int, rounds: int) -> None:
     settings = (Settings().with_database(url=asyncpg_url(result.api_url), pool_size=5)
                 .with_auth(jwt_secret="bench-" + "k" * 40))
 
-    from tests.conftest import signup  # the same signup the tests use
+    from tests.support.tenants import signup  # the same signup the tests use
 
     async with AsyncTestClient(create_app(settings)) as c:
         tenant = await signup(c)
@@ -65,12 +65,12 @@ async def run(admin_url: str, requests: int, rounds: int) -> None:
             event.listen(app.state.engine.sync_engine, "before_cursor_execute", lambda *a: count.__setitem__(0, count[0] + 1))
             async with AsyncTestClient(app) as c:
                 for _ in range(50):  # warm the pool and the statement caches
-                    await c.get("/v1/agents", headers=tenant.h)
+                    await c.get("/v1/agents", headers=tenant.token_auth)
                 count[0] = 0
                 cpu0 = time.process_time()
                 for _ in range(requests):
                     t0 = time.perf_counter()
-                    r = await c.get("/v1/agents", headers=tenant.h)
+                    r = await c.get("/v1/agents", headers=tenant.token_auth)
                     latencies[record].append(time.perf_counter() - t0)
                     assert r.status_code == 200
                 statements[record] = count[0] / requests

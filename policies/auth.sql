@@ -48,7 +48,7 @@ create or replace function auth.leave_context(saved text[]) returns void
   set search_path = pg_catalog, pg_temp
   as $$ select set_config('backtrace_functions', coalesce(saved[1], ''), true) $$;
 
--- The fixed scope set of each organization role. Mirrored by tenant_api.auth.scopes
+-- The fixed scope set of each organization role. Mirrored by tenant_api.scopes
 -- (a test asserts both agree) and listed in docs/isolation.md.
 create or replace function auth.role_scopes(role text) returns text[]
   language sql immutable
@@ -78,7 +78,7 @@ create or replace function auth.role_scopes(role text) returns text[]
 -- is not a member of the organization but of some of its projects. Nested (viewer <
 -- editor < admin: each has everything the one before has), so "the lowest role" and
 -- "the intersection of the roles" are the same set. Mirrored by
--- tenant_api.auth.scopes.PROJECT_ROLE_SCOPES and listed in docs/isolation.md. No org-wide
+-- tenant_api.scopes.PROJECT_ROLE_SCOPES and listed in docs/isolation.md. No org-wide
 -- area: no billing, no audit (the log is not per project), no org:write.
 create or replace function auth.project_role_scopes(role text) returns text[]
   language sql immutable

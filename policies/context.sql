@@ -62,7 +62,7 @@ create schema if not exists app;
 -- The scope catalog, one list for the database: each scope's bit in a scope mask.
 -- Append only: the bits of existing scopes never move (token masks are recomputed from
 -- their scopes when this changes: policies/platform_token.sql). Mirrored by
--- tenant_api.auth.scopes.SCOPE_BITS (a test keeps both equal).
+-- tenant_api.scopes.SCOPE_BITS (a test keeps both equal).
 create or replace function app.scope_catalog() returns table (scope text, flag bigint)
   language sql immutable parallel safe
   as $$

@@ -8,7 +8,7 @@
 -- key, the request as a hash, the response encrypted under a key derived from the
 -- Idempotency-Key itself, which the database never sees.
 --
--- Not audited (see tests/test_catalog.py, NOT_AUDITED): a row restates a request that
+-- Not audited (see tests/security/test_catalog.py, NOT_AUDITED): a row restates a request that
 -- the audit trail already holds twice, as its usage record and as the change it made.
 call app.tenant_table('public.idempotency_key', area => 'tokens',
   read_extra => 'token_id = (select app.current_token_id())',

@@ -4,7 +4,7 @@
 --   * its lifecycle enforced for every path, stamping started_at / finished_at
 --     (must equal tenant_api.resources.tasks.RUN_MOVES, tested); running -> queued is
 --     the lease reaper's move (lease lost, back to the queue);
---   * the runner protocol (app.guard_run, revision 0013): only a claim starts it, the
+--   * the runner protocol (app.guard_run, policies/lifecycle.sql): only a claim starts it, the
 --     claim never changes hands, the outcome matches the status, a finished job is final;
 --   * log_seq, the lease and heartbeat bookkeeping, progress and updated_at are noise:
 --     appending a log chunk is audited by its own job_log row, a heartbeat by nothing;

@@ -6,7 +6,7 @@
 -- project admin manages the invites of their own project only).
 --
 -- Two secrets per invite: token_hash is the one shown to the inviter (API response),
--- mail_token_hash the one only the mail carries (tenant_api.invites.tokens). Both
+-- mail_token_hash the one only the mail carries (tenant_api.auth.mail_secrets). Both
 -- accept; only the mail secret proves the invitee reads that mailbox, so only it lets an
 -- unverified account answer (and verifies it). Neither hash is readable by the API role
 -- or copied into the audit log (a resend shows them as "[redacted]"). No DELETE:

@@ -6,7 +6,7 @@
 -- makes the role's privileges and policies a copy of the API role's: relations and their
 -- columns, sequences, functions, schemas; every policy that names tenant_api (but the
 -- generated tenant_* ones) names tenant_api_projects too. What tenant_api_projects held
--- beyond that is revoked. tests/test_catalog.py compares the two roles.
+-- beyond that is revoked. tests/security/test_catalog.py compares the two roles.
 
 create or replace procedure app.mirror_api_role()
 language plpgsql

@@ -1,7 +1,7 @@
 -- webhook_delivery: one per event (webhook_event) and subscribed webhook, written by the
 -- outbox trigger with the event; sent by the delivery worker (tenant_api.webhooks.delivery,
 -- in the scheduler process). Read with org:write like webhooks; the API changes a
--- delivery only to send it again (redeliver). Not audited (tests/test_catalog.py,
+-- delivery only to send it again (redeliver). Not audited (tests/security/test_catalog.py,
 -- NOT_AUDITED): the worker's bookkeeping restates events already audited as changes, and
 -- a redelivery is a request, kept as that token's usage record.
 call app.tenant_table('public.webhook_delivery', area => 'org',

@@ -10,7 +10,7 @@
 -- which sees it only with the :read scope of the event's area and inside its project
 -- restriction (an event with no project, e.g. a token's, needs an unrestricted one).
 --
--- Not audited (tests/test_catalog.py, NOT_AUDITED): every event restates a change that
+-- Not audited (tests/security/test_catalog.py, NOT_AUDITED): every event restates a change that
 -- the audit trail records on its own table. The API role only reads events.
 call app.tenant_table('public.webhook_event', area => 'org', project_column => 'project_id',
   read_extra => 'app.has_scope(area || '':read'')',
@@ -140,7 +140,7 @@ alter function app.webhook_outbox() owner to tenant_auth;
 revoke create on schema app from tenant_auth;
 revoke all on function app.webhook_outbox() from public;
 
--- The sources. Must match tenant_api.webhooks.events (tests/test_webhooks.py compares).
+-- The sources. Must match tenant_api.webhooks.events (tests/areas/test_webhooks.py compares).
 drop trigger if exists webhook_outbox on public.task;
 create trigger webhook_outbox after insert or update of status on public.task
   for each row execute function app.webhook_outbox(

@@ -18,8 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import *  # noqa: F403  (fixtures)
-from tests.conftest import Database
+# The main suite's fixtures (pytest_plugins only works in the top conftest): imported here.
+from tests.fixtures.app import *  # noqa: F403
+from tests.fixtures.database import *  # noqa: F403
+from tests.fixtures.servers import *  # noqa: F403
+from tests.fixtures.tenants import *  # noqa: F403
+from tests.support.database import Database
 
 
 def _free_port() -> int:

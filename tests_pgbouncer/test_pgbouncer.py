@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from tenant_api.app import create_app
 from tenant_api.auth.credentials import token_hash
 from tenant_api.settings import asyncpg_url
-from tests.conftest import signup
+from tests.support.tenants import signup
 
 
 async def test_interleaved_organizations_through_one_server_connection(client, settings, bouncer_url):
@@ -20,25 +20,25 @@ async def test_interleaved_organizations_through_one_server_connection(client, s
                                             max_overflow=0))
     async with AsyncTestClient(app) as c:
 
-        async def work(t, n):
+        async def work(tenant, n):
             names = []
             for i in range(n):
-                r = await c.post("/v1/agents", headers=t.h, json={"project_id": t.project_id, "name": f"bnc-{i}"})
+                r = await c.post("/v1/agents", headers=tenant.token_auth, json={"project_id": tenant.project_id, "name": f"bnc-{i}"})
                 assert r.status_code == 201, r.text
                 names.append(r.json()["id"])
-                r = await c.get("/v1/agents?limit=200", headers=t.h)
+                r = await c.get("/v1/agents?limit=200", headers=tenant.token_auth)
                 assert r.status_code == 200, r.text
                 seen = {item["project_id"] for item in r.json()["items"]}
-                assert seen <= {t.project_id}, "saw another organization's agents"
+                assert seen <= {tenant.project_id}, "saw another organization's agents"
             return names
 
         ids_a, ids_b = await asyncio.gather(work(a, 15), work(b, 15))
-        r = await c.get("/v1/agents?limit=200", headers=a.h)
+        r = await c.get("/v1/agents?limit=200", headers=a.token_auth)
         assert {i["id"] for i in r.json()["items"]} == set(ids_a)
-        r = await c.get("/v1/agents?limit=200", headers=b.h)
+        r = await c.get("/v1/agents?limit=200", headers=b.token_auth)
         assert {i["id"] for i in r.json()["items"]} == set(ids_b)
         for agent_id in ids_b[:3]:
-            assert (await c.get(f"/v1/agents/{agent_id}", headers=a.h)).status_code == 404
+            assert (await c.get(f"/v1/agents/{agent_id}", headers=a.token_auth)).status_code == 404
 
 
 async def test_context_does_not_survive_the_transaction_on_the_shared_connection(client, bouncer_url):
@@ -71,7 +71,7 @@ async def test_claims_long_polls_and_idempotency_keys_through_one_server_connect
 
     import httpx
 
-    from tests.conftest import make_token
+    from tests.support.tenants import make_token
 
     a, b = await signup(client), await signup(client)
     runner_a = {"Authorization": f"Bearer {(await make_token(client, a, ['tasks:write']))['token']}"}
@@ -81,24 +81,24 @@ async def test_claims_long_polls_and_idempotency_keys_through_one_server_connect
     cmd = {"kind": "command", "ref": "true"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bouncer.local",
                                  timeout=30) as c:
-        b_job = (await c.post("/v1/jobs", headers=b.h, json={"project_id": b.project_id, "target": cmd})).json()
+        b_job = (await c.post("/v1/jobs", headers=b.token_auth, json={"project_id": b.project_id, "target": cmd})).json()
         waiting = asyncio.create_task(c.post("/v1/jobs/claim", headers=runner_a, json={"wait_seconds": 10}))
         await asyncio.sleep(1.0)
         assert not waiting.done()  # B's job is not A's
-        job = (await c.post("/v1/jobs", headers=a.h, json={"project_id": a.project_id, "target": cmd})).json()
+        job = (await c.post("/v1/jobs", headers=a.token_auth, json={"project_id": a.project_id, "target": cmd})).json()
         loop = asyncio.get_running_loop()
         queued_at = loop.time()
         r = await waiting
         assert r.status_code == 200 and r.json()["job"]["id"] == job["id"] and loop.time() - queued_at < 2.5
         assert app.state.run_queue.listening
 
-        second = (await c.post("/v1/jobs", headers=a.h, json={"project_id": a.project_id, "target": cmd})).json()
+        second = (await c.post("/v1/jobs", headers=a.token_auth, json={"project_id": a.project_id, "target": cmd})).json()
         key = {**runner_a, "Idempotency-Key": uuid.uuid4().hex}
         first = await c.post("/v1/jobs/claim", headers=key, json={})
         again = await c.post("/v1/jobs/claim", headers=key, json={})
         assert first.status_code == again.status_code == 200 and again.json() == first.json()
         assert first.json()["job"]["id"] == second["id"]
         assert (await c.post("/v1/jobs/claim", headers=runner_a, json={})).status_code == 204
-        assert (await c.get(f"/v1/jobs/{b_job['id']}", headers=b.h)).json()["status"] == "queued"
+        assert (await c.get(f"/v1/jobs/{b_job['id']}", headers=b.token_auth)).json()["status"] == "queued"
     await app.state.engine.dispose()
     await app.state.run_queue.close()

@@ -6,16 +6,14 @@ import asyncio
 import logging
 from typing import Any
 
-from litestar import Litestar, Router, get
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
-from tenant_api.audit.controller import audit_router
 from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
-from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.passwords import PasswordWork
 from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx, provide_db, provide_read
@@ -23,8 +21,7 @@ from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.idempotency import IdempotencyMiddleware, IdempotentReplay, ServerKeys, replay_response
-from tenant_api.invites.controller import invite_answers_router, organization_invites_router
-from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
+from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted
 from tenant_api.ops.ratelimit import (
     FailedLogins,
     RateLimiter,
@@ -32,74 +29,22 @@ from tenant_api.ops.ratelimit import (
     RefusedCredentials,
     close_limiter,
 )
-from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
+from tenant_api.request_id import RequestIdMiddleware, add_request_id_header
 from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
 from tenant_api import logredact
-from tenant_api.readiness import ready
 from tenant_api.invites.mailer import Mailer
-from tenant_api.resources import REGISTRY
-from tenant_api.resources.agents import agent_profile_router
-from tenant_api.resources.base import resource_router
-from tenant_api.resources.billing import trial_router
-from tenant_api.resources.calls import video_call_router
-from tenant_api.resources.notifications import notification_preferences_router
 from tenant_api.resources.conversation_hub import ConversationHub
-from tenant_api.resources.conversations import conversation_router
-from tenant_api.resources.desktop_connections import desktop_connection_socket, desktop_reaper, instance_id
-from tenant_api.resources.desktops import desktop_vm_actions
-from tenant_api.resources.members import organization_members_router, project_members_router
-from tenant_api.resources.jobs import job_logs_router
-from tenant_api.resources.org import organization_router
-from tenant_api.runs.controller import runner_routers
+from tenant_api.resources.desktop_connections import desktop_reaper, instance_id
 from tenant_api.runs.queue import RunQueueHub
+from tenant_api.routes import route_handlers
 from tenant_api.settings import Settings
-from tenant_api.service_accounts.controller import service_accounts_router
-from tenant_api.tokens.controller import tokens_router
-from tenant_api.web.pages import web_router
-from tenant_api.webhooks.controller import webhooks_router
 from tenant_api.webhooks.signing import server_key
 
 
 # The docs pages load these bundles from a CDN: pinned versions, never @latest.
 SCALAR_VERSION = "1.72.1"
 SWAGGER_UI_VERSION = "5.18.2"
-
-
-@get("/health", opt={"public": True, "rate_limit": False}, operation_id="health", tags=["meta"],
-     include_in_schema=False)
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-def routers(settings: Settings) -> list[Router | Any]:
-    return [
-        health,
-        metrics_endpoint,
-        auth_router,
-        ready,
-        me_router,
-        organization_router,
-        tokens_router,
-        audit_router,
-        agent_profile_router,
-        video_call_router,
-        notification_preferences_router,
-        trial_router,
-        desktop_vm_actions,
-        desktop_connection_socket,
-        organization_members_router,
-        project_members_router,
-        invite_answers_router,
-        organization_invites_router,
-        service_accounts_router,
-        web_router,
-        job_logs_router,
-        *runner_routers,
-        webhooks_router,
-        *(resource_router(res) for res in REGISTRY),
-        conversation_router,
-    ]
 
 
 def _check_route_security(app: Litestar) -> None:
@@ -202,7 +147,7 @@ def create_app(settings: Settings) -> Litestar:
 
     openapi_config = _openapi_config()
     app = Litestar(
-        route_handlers=routers(settings),
+        route_handlers=route_handlers(),  # every area's ROUTES (tenant_api.routes)
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
         middleware=[*proxy_middleware, RequestIdMiddleware(),
                     ObservabilityMiddleware(engine, access=settings.observability.access_log),

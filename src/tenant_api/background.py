@@ -3,9 +3,9 @@
 The duties run with no request context (RLS shows them nothing), so each works through a
 few narrow SECURITY DEFINER functions owned by tenant_auth (or tenant_audit). Each duty
 has a NOLOGIN role of its own holding EXECUTE on exactly its functions (``DUTIES``: the
-role, then the functions; policies/roles.sql, tests/test_catalog.py checks both against
-the catalog), held by the login of the process that runs it. The API role may call none
-of them.
+role, then the functions; policies/roles.sql, tests/security/test_catalog.py checks both
+against the catalog), held by the login of the process that runs it. The API role may
+call none of them.
 
 Where they run: the invite mailer, the desktop reaper and the usage writer in each API
 process (create_app), as tenant_api_jobs (JOBS_DATABASE_URL); everything else in the

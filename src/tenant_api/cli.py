@@ -32,54 +32,11 @@ import asyncio
 import datetime as dt
 import json
 import os
-import signal
 import sys
 import uuid
 
+from tenant_api.server import metrics_port, serve, uvicorn_options
 from tenant_api.settings import Settings
-
-
-def _uvicorn_options(settings: Settings) -> dict[str, object]:
-    from tenant_api.ops.logs import logging_config
-
-    return {
-        "host": settings.server.host,
-        "port": settings.server.port,
-        # Our access line (ops/metrics.py) replaces uvicorn's, which prints raw paths.
-        "access_log": False,
-        "log_config": logging_config(settings.observability),
-        # Forwarded headers are the app's business (TRUSTED_PROXIES), whatever the
-        # worker count: uvicorn's own handling stays off.
-        "proxy_headers": False,
-        # In-flight requests' bound; streams and sockets are drained before it starts
-        # (ops/shutdown.py).
-        "timeout_graceful_shutdown": settings.server.shutdown_seconds,
-    }
-
-
-def _metrics_port(settings: Settings) -> None:
-    """METRICS_PORT: the metrics on a port of their own, unauthenticated (bind it where
-    only the scraper reaches). With several workers, the supervisor serves the sum."""
-    if settings.observability.metrics_port:
-        from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
-
-        registry = REGISTRY
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        start_http_server(settings.observability.metrics_port, addr=settings.server.host, registry=registry)
-
-
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
-    from tenant_api.app import create_app
-
-    _metrics_port(settings)
-    # uvicorn raises the signal that stopped it again once it is done: a SIGTERM then
-    # ends the process with status 0 rather than "killed".
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(settings), **_uvicorn_options(settings))  # type: ignore[arg-type]
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -95,12 +52,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if not settings.rate_limit.redis_url:
             print("tenant-api: WORKERS>1 without REDIS_URL: each worker counts rate limits on its own",
                   file=sys.stderr)
-        _metrics_port(settings)
+        metrics_port(settings)
         # Each worker builds its own app (and pool) from the environment.
         uvicorn.run("tenant_api.asgi:create", workers=settings.server.workers, factory=True,
-                    **_uvicorn_options(settings))  # type: ignore[arg-type]
+                    **uvicorn_options(settings))  # type: ignore[arg-type]
     else:
-        _serve(settings)
+        serve(settings)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> None:
@@ -111,7 +68,7 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     configure(settings.observability)
     if not settings.database.worker_url:
         sys.exit("WORKER_DATABASE_URL (tenant_worker, the scheduler process's login) is required")
-    _metrics_port(settings)
+    metrics_port(settings)
     worker = settings.database.worker_database()
     scheduler.main(worker, interval=args.interval, batch=args.batch, settings=settings.with_database(**vars(worker)))
 

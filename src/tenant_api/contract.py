@@ -23,7 +23,7 @@ finishes it, for every operation alike (so a route added tomorrow gets the same)
   ``opt["messages"]``).
 * the ``Scope`` enum as a component, used wherever a scope appears.
 
-tests/test_contract.py asserts these invariants over every operation.
+tests/api/test_contract.py asserts these invariants over every operation.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from litestar.routes import HTTPRoute, WebSocketRoute
 
 from tenant_api import idempotency
 from tenant_api.auth.request import is_public
-from tenant_api.auth.scopes import Scope
+from tenant_api.scopes import Scope
 from tenant_api.problems import PROBLEM_KINDS, FieldError, Problem, kinds_of
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"

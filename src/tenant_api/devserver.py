@@ -85,7 +85,7 @@ async def demo_token(settings: Settings, password: str) -> dict:
     from litestar.testing import AsyncTestClient
 
     from tenant_api.app import create_app
-    from tenant_api.auth.scopes import ROLE_SCOPES
+    from tenant_api.scopes import ROLE_SCOPES
 
     async with AsyncTestClient(create_app(settings)) as client:
         login = await client.post("/v1/auth/login", json={"email": DEMO_EMAIL, "password": password})
@@ -115,8 +115,8 @@ def run_dev() -> None:
     import signal
     import sys
 
-    from tenant_api.cli import _serve
     from tenant_api.ops.logs import configure
+    from tenant_api.server import serve
 
     # A developer's terminal: classic log lines unless LOG_FORMAT says otherwise.
     dev_env = {"LOG_FORMAT": "text", **os.environ}
@@ -169,7 +169,7 @@ def run_dev() -> None:
     _, stop_scheduler = start_in_thread(worker, settings=settings.with_database(**vars(worker)))
     runner = _start_runner(f"http://{host}:{port}", token["runner_token"])
     try:
-        _serve(settings)
+        serve(settings)
     except KeyboardInterrupt:
         pass
     finally:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm.exc import StaleDataError
 
-from tenant_api.ops.request_id import ensure_request_id
+from tenant_api.request_id import ensure_request_id
 from tenant_api.problems import kind_for
 
 log = logging.getLogger("tenant_api")

@@ -9,6 +9,7 @@ the database or any recursive code (docs/robustness.md):
   or ``0001-01-01T00:00:00+14:00``, is a 422 naming the field.
 * ``Int32`` / ``Int64``: integers bounded to their column (so OpenAPI shows the bounds
   and the driver never sees a value it cannot encode).
+* ``Input``: the base of every request body; an unknown field is a 422, not dropped.
 * JSON bodies and WebSocket frames nested deeper than ``MAX_JSON_DEPTH`` are a 400 before
   they are decoded (``decode_json``, ``BoundedRequest``): no recursion ever meets them.
 """
@@ -45,7 +46,7 @@ TIMESTAMP_DESCRIPTION = (
 )
 
 TIMESTAMP_EXAMPLE = "2030-01-31T12:00:00Z"
-"""Also what marks a Timestamp in the OpenAPI document (tests/test_bad_input.py)."""
+"""Also what marks a Timestamp in the OpenAPI document (tests/security/test_bad_input.py)."""
 
 
 class Timestamp(dt.datetime):
@@ -92,6 +93,20 @@ def decode_timestamp(_: type, value: Any) -> Timestamp:
 
 
 TYPE_DECODERS = [(lambda t: t is Timestamp, decode_timestamp)]
+
+
+# --- request bodies ----------------------------------------------------------------------
+
+
+class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are an error, not silently dropped."""
+
+    def __post_init__(self) -> None:
+        # Timestamp fields were validated by decode_timestamp; from here on they are
+        # plain datetimes (msgspec accepts exact types only).
+        for name in self.__struct_fields__:
+            if isinstance(value := getattr(self, name), Timestamp):
+                setattr(self, name, plain(value))
 
 
 class InputSchemaPlugin(OpenAPISchemaPlugin):

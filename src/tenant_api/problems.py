@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from tenant_api.auth.scopes import Scope
+from tenant_api.scopes import Scope
 
 TYPE_PREFIX = "urn:tenant-api:problem:"
 

@@ -21,6 +21,7 @@ from litestar.datastructures import State
 from sqlalchemy import text
 
 from tenant_api.errors import RETRY_AFTER_SECONDS, database_unavailable
+from tenant_api.routing import Routes
 
 log = logging.getLogger("tenant_api.ready")
 
@@ -70,3 +71,13 @@ async def ready(state: State) -> Response:
     if revisions.head not in versions and (not versions or versions & revisions.known):
         return _not_ready("migrations behind", **report)
     return Response({"status": "ready", **report})
+
+
+@get("/health", opt={"public": True, "rate_limit": False}, operation_id="health", tags=["meta"],
+     include_in_schema=False)
+async def health() -> dict[str, str]:
+    """Liveness: the process answers (no database)."""
+    return {"status": "ok"}
+
+
+ROUTES = Routes(handlers=[health, ready])

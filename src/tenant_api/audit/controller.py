@@ -17,8 +17,6 @@ when it was written have ended (normally within milliseconds).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import datetime as dt
 import io
@@ -42,7 +40,8 @@ from tenant_api.auth.request import open_context_session
 from tenant_api.db.context import Principal
 from tenant_api.errors import invalid
 from tenant_api.inputs import Timestamp, plain
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorCodec
+from tenant_api.routing import Routes
 
 EXPORT_BATCH = 1000
 CSV = "text/csv"
@@ -135,18 +134,8 @@ _COLUMNS = (
 _STATUS_CLASS = Literal["1xx", "2xx", "3xx", "4xx", "5xx"]
 
 
-def _encode_cursor(txid: int, event_id: UUID) -> str:
-    return base64.urlsafe_b64encode(txid.to_bytes(8, "big") + event_id.bytes).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if len(raw) != 24:
-            raise ValueError
-        return int.from_bytes(raw[:8], "big"), UUID(bytes=raw[8:])
-    except (binascii.Error, ValueError):
-        raise invalid("cursor", "not a cursor returned by this API") from None
+# (txid, id): the order events are read and exported in.
+EVENT_CURSOR = CursorCodec(("u64", "uuid"))
 
 
 def _event_query(org: UUID, filters: dict[str, Any], *, horizon: int | None, cursor: tuple[int, UUID] | None,
@@ -293,10 +282,10 @@ async def list_events(
                       media_type=media_type,
                       headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     query, params = _event_query(ctx.organization_id, filters, horizon=None,
-                                 cursor=_decode_cursor(cursor) if cursor else None, limit=limit + 1)
+                                 cursor=EVENT_CURSOR.decode(cursor) if cursor else None, limit=limit + 1)
     rows = (await db.execute(query, params)).all()
     page = rows[:limit]
-    resume = _encode_cursor(page[-1].txid, page[-1].id) if page else cursor
+    resume = EVENT_CURSOR.encode(page[-1].txid, page[-1].id) if page else cursor
     return Response(AuditEventPage(items=[_to_event(r) for r in page],
                                    next_cursor=resume if len(rows) > limit else None, resume_cursor=resume))
 
@@ -363,3 +352,6 @@ async def verify(
 
 
 audit_router = Router(path="/v1/audit", route_handlers=[list_events, usage, verify])
+
+
+ROUTES = Routes(handlers=[audit_router])

@@ -16,16 +16,17 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.scopes import Scope
+from tenant_api.scopes import Scope
 from tenant_api.auth.request import provide_public_db
-from tenant_api.auth.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
+from tenant_api.scopes import PROJECT_ROLE_SCOPES, ROLE_SCOPES, expand
 from tenant_api.auth.verification import SessionOut, open_session, verification_mail
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, UserAccount
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets
 from tenant_api.ops.ratelimit import SECRET_CHECKING_ROUTE
-from tenant_api.resources.base import Input
+from tenant_api.inputs import Input
+from tenant_api.routing import Routes
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -180,8 +181,8 @@ async def signup(db: AsyncSession, data: SignupIn, request: Request, state: Stat
       tags=["auth"], status_code=200, summary="Verify the email address with the mailed secret; returns a session")
 async def verify_email(db: AsyncSession, data: VerifyIn, request: Request, state: State) -> VerifyOut:
     try:
-        digest = tokens.invite_hash(data.token.strip(), tokens.VERIFY_PREFIX)
-    except tokens.MalformedInvite:
+        digest = mail_secrets.invite_hash(data.token.strip(), mail_secrets.VERIFY_PREFIX)
+    except mail_secrets.MalformedInvite:
         raise invalid("token", "not a verification token") from None
     request_id = request.scope["state"].get("request_id")
     row = (await db.execute(text("select * from auth.verify_email(:hash, :rid)"),
@@ -291,3 +292,6 @@ async def resend_verification(db: AsyncSession, ctx: Principal, state: State) ->
 
 auth_router = Router(path="/v1/auth", route_handlers=[signup, verify_email, login, logout])
 me_router = Router(path="/v1", route_handlers=[me, my_organizations, resend_verification])
+
+
+ROUTES = Routes(handlers=[auth_router, me_router])

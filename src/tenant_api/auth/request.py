@@ -76,15 +76,16 @@ class CredentialMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if is_public(scope.get("route_handler")):
             await next_app(scope, receive, send)
-        elif self.refusals is not None:
+            return
+        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
+        if self.refusals is not None:
             # An address that sent too many refused credentials gets 429 before any of them
             # is looked up (ops.ratelimit.RefusedCredentials); each refusal is counted.
-            await self.refusals.guard(scope, lambda: self._check(scope, receive, send, next_app))
+            await self.refusals.guard(scope, raw, lambda: self._check(raw, scope, receive, send, next_app))
         else:
-            await self._check(scope, receive, send, next_app)
+            await self._check(raw, scope, receive, send, next_app)
 
-    async def _check(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
+    async def _check(self, raw: bytes | None, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         try:
             credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
         except InvalidCredential as exc:

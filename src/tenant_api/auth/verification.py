@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import token_hash
 from tenant_api.db.context import RESTRICTED_ROLE_SQL
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets
 
 LINK_LINE = "[link]"
 """The body line the mailer replaces with the mail's link (names never hold a newline)."""
@@ -44,8 +44,8 @@ class VerificationMail:
 
 
 def verification_mail(jwt_secret: str, email: str, hold_until: dt.datetime | None) -> VerificationMail:
-    nonce = tokens.new_nonce()
-    secret = tokens.derive(tokens.verify_key(jwt_secret), nonce, tokens.VERIFY_PREFIX)
+    nonce = mail_secrets.new_nonce()
+    secret = mail_secrets.derive(mail_secrets.verify_key(jwt_secret), nonce, mail_secrets.VERIFY_PREFIX)
     lines = [
         "Confirm that this address is yours by opening the link below:",
         LINK_LINE,

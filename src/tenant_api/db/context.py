@@ -23,7 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from tenant_api.auth.scopes import scopes_of_mask
+from tenant_api.scopes import scopes_of_mask
 
 _PRINCIPAL_COLUMNS = (
     "status, token_id, organization_id, user_id, kind, role, scope_mask, project_ids, prefix, expires_at")

@@ -26,7 +26,7 @@ MIGRATIONS_DIR = packaged_dir("migrations")
 
 # Shared pieces first, in dependency order; then one file per table, alphabetically.
 # roles.sql is cluster-level bootstrap (superuser) and is not applied here.
-BASE_FILES = ("context.sql", "audit.sql", "tenancy.sql", "auth.sql")
+BASE_FILES = ("context.sql", "audit.sql", "tenancy.sql", "lifecycle.sql", "auth.sql")
 # Last: copies the API role's grants and policies to its restricted twin.
 FINAL_FILES = ("restricted_credentials.sql",)
 NOT_APPLIED = {"roles.sql"}

@@ -10,7 +10,7 @@
 
 Lists and gets are the generic resource (``invites``); what is the invite's own lives
 here: the secret (returned once, stored as a hash, re-derivable only by the mailer, see
-invites.tokens), the outbox row written in the same transaction, one open invite per
+auth.mail_secrets), the outbox row written in the same transaction, one open invite per
 (project, email), and accepting, which runs as the invitee through auth.accept_invite.
 """
 
@@ -45,20 +45,13 @@ from tenant_api.db.models import (
     UserAccount,
 )
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets
 from tenant_api.ops.ratelimit import SECRET_CHECKING_ROUTE
-from tenant_api.resources.base import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Input,
-    Nest,
-    Resource,
-    TenantService,
-    decode_cursor,
-    encode_cursor,
-    to_read,
-)
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
 from tenant_api.settings import InviteSettings
+from tenant_api.routing import Routes
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -168,7 +161,7 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
-class InviteBaseService(TenantService[ProjectInvite]):
+class ProjectInviteService(TenantService[ProjectInvite]):
     """Invites to a project (``project_id``) or to the organization (``project_id`` None)."""
 
     async def _project(self, project_id: UUID | None) -> Project | None:
@@ -212,14 +205,12 @@ class InviteBaseService(TenantService[ProjectInvite]):
                            status: str | None) -> InvitePage:
         await self._project(project_id)
         where = [ProjectInvite.organization_id == self.org, self._same_target(project_id)]
-        if cursor:
-            where.append(ProjectInvite.id > decode_cursor(cursor))
         if status:
             where.append(ProjectInvite.status == status)
-        rows = (await self.repository.session.scalars(
-            select(ProjectInvite).where(*where).order_by(ProjectInvite.id).limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-        return InvitePage(items=[to_read(InviteRead, r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(ProjectInvite)
+        rows, next_cursor = keyset.page((await self.repository.session.scalars(
+            keyset.query(select(ProjectInvite).where(*where), cursor, limit))).all(), limit)
+        return InvitePage(items=[to_read(InviteRead, r) for r in rows], next_cursor=next_cursor)
 
     async def _cancel_mail(self, row: ProjectInvite) -> None:
         """A mail not sent yet carries a link that no longer works: never send it."""
@@ -257,10 +248,10 @@ class InviteBaseService(TenantService[ProjectInvite]):
         earlier one not yet sent: its link would no longer work)."""
         session = self.repository.session
         now = await session.scalar(select(func.now()))
-        nonce = tokens.new_nonce()
-        secret = tokens.derive(keys.link, nonce)
+        nonce = mail_secrets.new_nonce()
+        secret = mail_secrets.derive(keys.link, nonce)
         row.token_hash = token_hash(secret)
-        row.mail_token_hash = token_hash(tokens.derive(keys.mail, nonce))
+        row.mail_token_hash = token_hash(mail_secrets.derive(keys.mail, nonce))
         row.expires_at = now + dt.timedelta(days=settings.ttl_days)
         await session.flush()  # the invite row first: the outbox row references it
         await self._cancel_mail(row)
@@ -345,7 +336,7 @@ def invite_url(base_url: str, secret: str) -> str:
 
 def _keys(state: State) -> InviteKeys:
     secret = state.settings.auth.jwt_secret
-    return InviteKeys(link=tokens.link_key(secret), mail=tokens.mail_key(secret),
+    return InviteKeys(link=mail_secrets.link_key(secret), mail=mail_secrets.mail_key(secret),
                       base_url=state.settings.server.base_url)
 
 
@@ -354,7 +345,7 @@ def _keys(state: State) -> InviteKeys:
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_invite", summary="Invite an email to the project",
       tags=["members"])
-async def create_invite(service: InviteBaseService, project_id: UUID, data: InviteCreate,
+async def create_invite(service: ProjectInviteService, project_id: UUID, data: InviteCreate,
                         state: State) -> Response[InviteSecret]:
     secret, created = await service.invite(project_id, data.email, data.role, data.resend, state.settings.invites,
                                            _keys(state))
@@ -363,21 +354,22 @@ async def create_invite(service: InviteBaseService, project_id: UUID, data: Invi
 
 @post("/{item_id:uuid}/resend", opt={"scope": "members:write"}, operation_id="resend_invite",
       summary="New secrets and expiry; the old ones stop working", tags=["members"], status_code=200)
-async def resend_invite(service: InviteBaseService, project_id: UUID, item_id: UUID, state: State) -> InviteSecret:
+async def resend_invite(service: ProjectInviteService, project_id: UUID, item_id: UUID, state: State) -> InviteSecret:
     return await service.resend(project_id, item_id, state.settings.invites, _keys(state))
 
 
 @delete("/{item_id:uuid}", opt={"scope": "members:write"}, operation_id="revoke_invite",
         summary="Revoke an invite", tags=["members"])
-async def revoke_invite(service: InviteBaseService, project_id: UUID, item_id: UUID) -> None:
+async def revoke_invite(service: ProjectInviteService, project_id: UUID, item_id: UUID) -> None:
     await service.revoke(project_id, item_id)
 
 
 invites = Resource(
     name="invite", path="/v1/projects/{project_id:uuid}/invites", model=ProjectInvite, area="members",
-    read=InviteRead, service=InviteBaseService, deletable=False, filters={"status": InviteStatus},
+    read=InviteRead, service=ProjectInviteService, deletable=False, filters={"status": InviteStatus},
     nest=Nest(param="project_id", model=Project, column="project_id", label="project"),
     actions=[create_invite, resend_invite, revoke_invite],
+    read_path="orm",  # delivery_status is the outbox's, not a column
 )
 
 
@@ -385,18 +377,18 @@ invites = Resource(
 
 
 # Built once (service_class() makes a new class per call), like the resource router's own.
-_invite_service_class = invites.service_class()
+invite_service = invites.service_class()
 
 
-async def provide_invite_service(db: AsyncSession, ctx: Principal) -> InviteBaseService:
-    service = _invite_service_class(db, ctx)
-    assert isinstance(service, InviteBaseService)  # invites.service is InviteBaseService
+async def provide_invite_service(db: AsyncSession, ctx: Principal) -> ProjectInviteService:
+    service = invite_service(db, ctx)
+    assert isinstance(service, ProjectInviteService)  # invites.service is ProjectInviteService
     return service
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_organization_invites", tags=["members"],
      summary="Invites to the organization itself")
-async def list_org_invites(service: InviteBaseService,
+async def list_org_invites(service: ProjectInviteService,
                            limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                            cursor: str | None = Parameter(default=None, max_length=64),
                            status: InviteStatus | None = None) -> InvitePage:
@@ -404,13 +396,14 @@ async def list_org_invites(service: InviteBaseService,
 
 
 @get("/{invite_id:uuid}", opt={"scope": "members:read"}, operation_id="get_organization_invite", tags=["members"])
-async def get_org_invite(service: InviteBaseService, invite_id: UUID) -> InviteRead:
+async def get_org_invite(service: ProjectInviteService, invite_id: UUID) -> InviteRead:
     return await service.get_invite(None, invite_id)
 
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_organization_invite", tags=["members"],
       summary="Invite an email to the organization, as admin, member or auditor")
-async def create_org_invite(service: InviteBaseService, data: OrgInviteCreate, state: State) -> Response[InviteSecret]:
+async def create_org_invite(service: ProjectInviteService, data: OrgInviteCreate,
+                            state: State) -> Response[InviteSecret]:
     secret, created = await service.invite(None, data.email, data.role, data.resend, state.settings.invites,
                                            _keys(state))
     return Response(secret, status_code=201 if created else 200)
@@ -418,13 +411,13 @@ async def create_org_invite(service: InviteBaseService, data: OrgInviteCreate, s
 
 @post("/{invite_id:uuid}/resend", opt={"scope": "members:write"}, operation_id="resend_organization_invite",
       tags=["members"], status_code=200, summary="New secrets and expiry; the old ones stop working")
-async def resend_org_invite(service: InviteBaseService, invite_id: UUID, state: State) -> InviteSecret:
+async def resend_org_invite(service: ProjectInviteService, invite_id: UUID, state: State) -> InviteSecret:
     return await service.resend(None, invite_id, state.settings.invites, _keys(state))
 
 
 @delete("/{invite_id:uuid}", opt={"scope": "members:write"}, operation_id="revoke_organization_invite",
         tags=["members"], summary="Revoke an organization invite")
-async def revoke_org_invite(service: InviteBaseService, invite_id: UUID) -> None:
+async def revoke_org_invite(service: ProjectInviteService, invite_id: UUID) -> None:
     await service.revoke(None, invite_id)
 
 
@@ -445,8 +438,8 @@ _UNVERIFIED = ("your email address is not verified yet: open the link in the inv
 
 def _digest(token: str) -> bytes:
     try:
-        return tokens.invite_hash(token.strip())
-    except tokens.MalformedInvite:
+        return mail_secrets.invite_hash(token.strip())
+    except mail_secrets.MalformedInvite:
         raise invalid("invite_token", "not an invite token") from None
 
 
@@ -539,3 +532,6 @@ async def signup_with_invite(db: AsyncSession, data: InviteSignup, request: Requ
 
 invite_answers_router = Router(path="/v1/invites",
                                route_handlers=[accept_invite, decline_invite, preview_invite, signup_with_invite])
+
+
+ROUTES = Routes(resources=[invites], handlers=[organization_invites_router, invite_answers_router])

@@ -4,7 +4,7 @@ It runs as a background task of each API process (started by create_app when
 SMTP_URL is set, or by `make run`, see below). Each round it claims due rows through
 auth.claim_invite_mail (FOR UPDATE SKIP LOCKED, so several workers never claim the same
 row; a lease, so a row claimed by a process that died is due again), re-derives each
-invite's secret (invites.tokens), sends the mail with the standard library's smtplib in a
+invite's secret (auth.mail_secrets), sends the mail with the standard library's smtplib in a
 thread, and settles the row through auth.finish_invite_mail: sent, or retried with
 exponential backoff (InviteSettings.backoff_seconds doubled per attempt, at most an hour)
 up to max_attempts, then 'failed'. A failure never touches the invite itself: it stays
@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from tenant_api.auth.credentials import token_hash
 from tenant_api.auth.verification import LINK_LINE
 from tenant_api.errors import log_failure
-from tenant_api.invites import tokens
+from tenant_api.auth import mail_secrets
 from tenant_api.ops.metrics import MAILS
 from tenant_api.settings import InviteSettings
 
@@ -94,8 +94,8 @@ class Mailer:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
         """PUBLIC_URL (ServerSettings.base_url): every link starts with it."""
-        self.invite_key = tokens.mail_key(jwt_secret)
-        self.verify_key = tokens.verify_key(jwt_secret)
+        self.invite_key = mail_secrets.mail_key(jwt_secret)
+        self.verify_key = mail_secrets.verify_key(jwt_secret)
         self.smtp = SmtpTarget.parse(settings.smtp_url) if settings.smtp_url else None
 
     async def run_once(self, limit: int = 20) -> int:
@@ -128,9 +128,9 @@ class Mailer:
         """The mail's secret (re-derived from the row's nonce) and the link carrying it,
         in the fragment: browsers never send a fragment to any server."""
         if kind == "verify":
-            secret = tokens.derive(self.verify_key, nonce, tokens.VERIFY_PREFIX)
+            secret = mail_secrets.derive(self.verify_key, nonce, mail_secrets.VERIFY_PREFIX)
             return secret, f"{self.base_url}/verify-email#token={secret}"
-        secret = tokens.derive(self.invite_key, nonce)
+        secret = mail_secrets.derive(self.invite_key, nonce)
         return secret, f"{self.base_url}/invites/accept#invite_token={secret}"
 
     async def _deliver(self, row: Any) -> None:

@@ -19,7 +19,7 @@ import logging
 import logging.config
 from typing import Any
 
-from tenant_api.ops.request_id import REQUEST_ID
+from tenant_api.request_id import REQUEST_ID
 from tenant_api.settings import ObservabilitySettings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

@@ -46,6 +46,7 @@ from prometheus_client import (
 )
 
 from tenant_api.errors import ProblemError
+from tenant_api.routing import Routes
 
 access_log = logging.getLogger("tenant_api.access")
 
@@ -248,3 +249,6 @@ async def log_unrouted(message: Message, scope: Scope) -> None:
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is None or settings.observability.access_log:
         log_access(scope, str(scope.get("method", "GET")), "unmatched", message["status"], None)
+
+
+ROUTES = Routes(handlers=[metrics_endpoint])

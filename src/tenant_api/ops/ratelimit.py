@@ -52,7 +52,6 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenant_api.auth.credentials import presented_credential
 from tenant_api.errors import ProblemError
 from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS, RATE_LIMITED
 from tenant_api.settings import RateLimitSettings
@@ -353,7 +352,7 @@ class RefusedCredentials:
     credential from the same address (the office behind the attacker's NAT) goes on.
     The decision needs no I/O.
 
-    One call site: ``await refusals.guard(scope, check)`` around the credential check
+    One call site: ``await refusals.guard(scope, raw, check)`` around the credential check
     (``check`` parses the credential, stores it or its refusal in ``scope["state"]``, and
     runs the rest of the app)."""
 
@@ -365,8 +364,8 @@ class RefusedCredentials:
         self._refused: dict[str, tuple[int, int]] = {}  # address -> (minute, refusals seen so far)
         self._in_flight: dict[str, int] = {}  # address -> checks of not-yet-known credentials running
 
-    async def guard(self, scope: Scope, check: Callable[[], Awaitable[None]]) -> None:
-        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
+    async def guard(self, scope: Scope, raw: bytes | None, check: Callable[[], Awaitable[None]]) -> None:
+        """``raw``: the credential presented (``Bearer ...``), as the caller read it."""
         if raw is None or self.limiter.knows(raw.partition(b" ")[2]):
             try:
                 await check()

@@ -2,28 +2,29 @@
 organization's agent templates, an agent's profile (1:1), email rules and
 conversation mappings (nested under /v1/agents/{agent_id}/...)."""
 
-import base64
-import binascii
 import datetime as dt
 import re
-import struct
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
 import msgspec
-from advanced_alchemy.filters import LimitOffset, OrderBy, StatementFilter
-from litestar import Router, get, put
+from advanced_alchemy.filters import StatementFilter
+from litestar import get, put
 from msgspec import UNSET, Meta, UnsetType
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Agent, AgentConversation, AgentEmailRule, AgentProfile, AgentTemplate, Project
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.resources.pagination import CursorCodec, Keyset
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 AgentStatus = Literal["active", "paused", "archived"]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -122,7 +123,6 @@ async def put_profile(db: AsyncSession, ctx: Principal, agent_id: UUID, data: Pr
     return to_read(ProfileRead, await write_profile(db, agent, msgspec.structs.asdict(data)))
 
 
-agent_profile_router = Router(path="/v1/agents", route_handlers=[get_profile, put_profile])
 
 
 # -- agent templates -----------------------------------------------------------------
@@ -152,15 +152,10 @@ class TemplateCreate(Input):
     default_profile: ProfileDefaults = msgspec.field(default_factory=ProfileDefaults)
 
 
-class TemplateUpdate(Input):
-    slug: Slug | UnsetType = UNSET
-    name: Name | UnsetType = UNSET
-    category: AgentType | UnsetType = UNSET
-    tools: Tools | UnsetType = UNSET
-    default_profile: ProfileDefaults | UnsetType = UNSET
+TemplateUpdate = update_of(TemplateCreate)
 
 
-class TemplateService(TenantService[AgentTemplate]):
+class AgentTemplateService(TenantService[AgentTemplate]):
     """Templates are organization-wide: a project-restricted credential reads them but
     may not change them (the policy refuses it too; this makes it a clear 403 rather
     than an UPDATE or DELETE that matches no row)."""
@@ -190,7 +185,7 @@ class TemplateService(TenantService[AgentTemplate]):
 agent_templates = Resource(
     name="agent_template", path="/v1/agent-templates", model=AgentTemplate, area="agents",
     read=TemplateRead, create=TemplateCreate, update=TemplateUpdate,
-    filters={"category": str, "slug": str}, service=TemplateService, tag="agents",
+    filters={"category": str, "slug": str}, service=AgentTemplateService, tag="agents",
 )
 
 
@@ -218,10 +213,7 @@ class AgentCreate(Input):
     """Start from this template: type from its category, a profile from its default profile."""
 
 
-class AgentUpdate(Input):
-    name: Name | UnsetType = UNSET
-    type: AgentType | UnsetType = UNSET
-    status: AgentStatus | UnsetType = UNSET
+AgentUpdate = update_of(AgentCreate, exclude=("project_id", "template_id"))
 
 
 class AgentService(TenantService[Agent]):
@@ -291,30 +283,13 @@ class EmailRuleCreate(Input):
     enabled: bool = True
 
 
-class EmailRuleUpdate(Input):
-    direction: Direction | UnsetType = UNSET
-    pattern: Pattern | UnsetType = UNSET
-    action: RuleAction | UnsetType = UNSET
-    target: Target | None | UnsetType = UNSET
-    priority: Priority | UnsetType = UNSET
-    enabled: bool | UnsetType = UNSET
+EmailRuleUpdate = update_of(EmailRuleCreate)
 
 
-def _encode_rule_cursor(priority: int, last_id: UUID) -> str:
-    return base64.urlsafe_b64encode(struct.pack(">I", priority) + last_id.bytes).decode().rstrip("=")
+RULE_ORDER = Keyset((AgentEmailRule.priority, AgentEmailRule.id), CursorCodec(("u32", "uuid")))
 
 
-def _decode_rule_cursor(cursor: str) -> tuple[int, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if len(raw) != 20:
-            raise ValueError
-        return struct.unpack(">I", raw[:4])[0], UUID(bytes=raw[4:])
-    except (binascii.Error, ValueError):
-        raise invalid("cursor", "not a cursor returned by this API") from None
-
-
-class EmailRuleService(TenantService[AgentEmailRule]):
+class AgentEmailRuleService(TenantService[AgentEmailRule]):
     async def before_write(self, values: dict[str, Any], existing: AgentEmailRule | None) -> dict[str, Any]:
         if "pattern" in values:
             try:
@@ -334,16 +309,9 @@ class EmailRuleService(TenantService[AgentEmailRule]):
     async def page(self, *extra: StatementFilter, limit: int, cursor: str | None,
                    **filters: Any) -> tuple[Sequence[AgentEmailRule], str | None]:
         """In evaluation order, (priority, id), with a keyset cursor over that pair."""
-        M = AgentEmailRule
-        conditions: list[Any] = [*extra, OrderBy("priority", "asc"), OrderBy("id", "asc"),
-                                 LimitOffset(limit=limit + 1, offset=0)]
-        if cursor:
-            conditions.append(tuple_(M.priority, M.id) > tuple_(*_decode_rule_cursor(cursor)))
-        rows = await self.list(*conditions, organization_id=self.org,
-                               **{k: v for k, v in filters.items() if v is not None})
-        if len(rows) > limit:
-            return rows[:limit], _encode_rule_cursor(rows[limit - 1].priority, rows[limit - 1].id)
-        return rows, None
+        rows = await self.list(*extra, statement=RULE_ORDER.query(select(AgentEmailRule), cursor, limit),
+                               organization_id=self.org, **{k: v for k, v in filters.items() if v is not None})
+        return RULE_ORDER.page(rows, limit)
 
 
 AGENT_NEST = Nest(param="agent_id", model=Agent, column="agent_id", inherit=("project_id",), label="agent")
@@ -352,7 +320,8 @@ agent_email_rules = Resource(
     name="agent_email_rule", path="/v1/agents/{agent_id:uuid}/email-rules", model=AgentEmailRule,
     area="agents", read=EmailRuleRead, create=EmailRuleCreate, update=EmailRuleUpdate,
     filters={"direction": Direction, "action": RuleAction, "enabled": bool},
-    service=EmailRuleService, nest=AGENT_NEST, tag="agents",
+    service=AgentEmailRuleService, nest=AGENT_NEST, tag="agents",
+    read_path="orm",  # evaluation order, (priority, id): its own page
 )
 
 
@@ -377,9 +346,8 @@ class AgentConversationCreate(Input):
     external_conversation_id: ExternalId
 
 
-class AgentConversationUpdate(Input):
-    # the key is the mapping's identity: to re-key, delete and create
-    external_conversation_id: ExternalId | UnsetType = UNSET
+# The key is the mapping's identity: to re-key, delete and create.
+AgentConversationUpdate = update_of(AgentConversationCreate, exclude=("conversation_key",))
 
 
 class AgentConversationService(TenantService[AgentConversation]):
@@ -398,3 +366,8 @@ agent_conversations = Resource(
     area="agents", read=AgentConversationRead, create=AgentConversationCreate, update=AgentConversationUpdate,
     filters={"conversation_key": str}, service=AgentConversationService, nest=AGENT_NEST, tag="agents",
 )
+
+
+# An agent's profile lives under the agent's path: in its router.
+agents.actions.extend([get_profile, put_profile])
+ROUTES = Routes(resources=[agents, agent_templates, agent_email_rules, agent_conversations])

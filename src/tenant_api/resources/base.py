@@ -17,16 +17,14 @@ Writes go through the service and the ORM.
 """
 
 
-import base64
-import binascii
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
-from advanced_alchemy.filters import ComparisonFilter, LimitOffset, OrderBy, StatementFilter
+from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Router, delete, get, patch, post
@@ -43,42 +41,15 @@ from tenant_api.auth.request import ReadTransaction
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase
 from tenant_api.errors import ProblemError, invalid, not_found
-from tenant_api.inputs import Timestamp, plain
 from tenant_api.settings import Settings
+# --- shared pieces kept importable from here (issue 14: they live in the modules named) ---
+from tenant_api.inputs import Input as Input
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id, cut_page, decode_cursor
+from tenant_api.resources.pagination import encode_cursor as encode_cursor
+from tenant_api.resources.schemas import set_fields
+# --- end of shared pieces ---
 
 M = TypeVar("M", bound=TenantBase)
-
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
-
-
-class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of request bodies: unknown fields are an error, not silently dropped."""
-
-    def __post_init__(self) -> None:
-        # Timestamp fields were validated by inputs.decode_timestamp; from here on they
-        # are plain datetimes (msgspec accepts exact types only).
-        for name in self.__struct_fields__:
-            if isinstance(value := getattr(self, name), Timestamp):
-                setattr(self, name, plain(value))
-
-
-def set_fields(data: msgspec.Struct) -> dict[str, Any]:
-    """The fields a PATCH body actually sent (UNSET ones are left alone)."""
-    return {f: v for f in data.__struct_fields__ if (v := getattr(data, f)) is not msgspec.UNSET}
-
-
-def encode_cursor(last_id: UUID) -> str:
-    return base64.urlsafe_b64encode(last_id.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise invalid("cursor", "not a cursor returned by this API") from None
-
 
 class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     """CRUD within the request's organization. Subclasses add a resource's own rules."""
@@ -116,16 +87,11 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     ) -> tuple[Sequence[M], str | None]:
         """Keyset pagination on the UUIDv7 id (creation order, or newest first): stable while rows are added.
         ``filters`` are equality filters (None = not filtered); ``extra`` any other filter."""
-        conditions: list[StatementFilter] = [
-            *extra, OrderBy("id", "desc" if self.newest_first else "asc"), LimitOffset(limit=limit + 1, offset=0)
-        ]
-        if cursor:
-            conditions.append(ComparisonFilter("id", "lt" if self.newest_first else "gt", decode_cursor(cursor)))
+        keyset = by_id(self.model_type, descending=self.newest_first)
         equal = {k: v for k, v in filters.items() if v is not None}
-        rows = await self.list(*conditions, organization_id=self.org, **equal)
-        if len(rows) > limit:
-            return rows[:limit], encode_cursor(rows[limit - 1].id)
-        return rows, None
+        rows = await self.list(*extra, statement=keyset.query(select(self.model_type), cursor, limit),
+                               organization_id=self.org, **equal)
+        return keyset.page(rows, limit)
 
     async def get_visible(self, item_id: UUID, scope: dict[str, Any] | None = None) -> M:
         row = await self.get_one_or_none(organization_id=self.org, id=item_id)
@@ -231,6 +197,13 @@ class Resource:
     # The resource's own actions (handlers taking ``service``), mounted in its router so
     # they share its path and dependencies: e.g. a create that returns a secret.
     actions: list[Any] = field(default_factory=list)
+    # --- the read path (issue 14): stated, never inferred ---
+    # "fast": list and get run as Core statements on the request's asyncpg connection
+    # (ReadQueries), the hot path. "orm": the service's reads, for a service with read
+    # rules of its own (it overrides page or get_visible, reads newest first) or a Read
+    # struct with fields that are not columns. A resource that says "fast" but cannot be
+    # read that way refuses to mount; tests/unit/test_read_paths.py lists every resource's.
+    read_path: Literal["fast", "orm"] = "fast"
 
     def service_class(self) -> type[TenantService]:
         base = self.service or TenantService
@@ -324,8 +297,8 @@ class ReadQueries:
         values = {"org": tx.principal.organization_id, "limit": limit + 1,
                   "cursor": decode_cursor(cursor) if cursor else None, **{f"eq_{k}": equal[k] for k in names}}
         rows = await tx.conn.fetch(sql, *[values[n] for n in order])
-        next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return [self.build(r) for r in rows[:limit]], next_cursor
+        page, next_cursor = cut_page(rows, limit, lambda row: (row["id"],))
+        return [self.build(r) for r in page], next_cursor
 
 
 def _with_params(fn: Any, query: dict[str, Any], path: str | None) -> Any:
@@ -383,7 +356,11 @@ def resource_router(res: Resource) -> Router:
         scope = await scope_of(service, kw)
         return to_read(Read, await service.get_visible(item_id, scope))
 
-    fast = ReadQueries.for_resource(res, Service)
+    fast = ReadQueries.for_resource(res, Service) if res.read_path == "fast" else None
+    if res.read_path == "fast" and fast is None:
+        raise RuntimeError(f"resource {res.name} says read_path='fast' but its service has read rules of its own "
+                           "(page, get_visible, newest_first) or its Read struct fields that are not columns: "
+                           "say read_path='orm'")
     if fast is not None:
         # The same routes on the request's asyncpg connection (see ReadQueries).
 

@@ -19,7 +19,10 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import UserTrial
 from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import Input, service_for, set_fields
+from tenant_api.inputs import Input
+from tenant_api.resources.base import service_for
+from tenant_api.resources.schemas import set_fields
+from tenant_api.routing import Routes
 
 Plan = Annotated[str, Meta(min_length=1, max_length=100)]
 
@@ -46,7 +49,7 @@ class TrialIn(Input):
     cancelled_at: Timestamp | None | UnsetType = UNSET
 
 
-TrialService = service_for(UserTrial, "trial")
+UserTrialService = service_for(UserTrial, "trial")
 TRIAL_FIELDS = ("plan", "started_at", "ends_at", "converted_at", "cancelled_at")
 
 
@@ -84,9 +87,12 @@ async def put_trial(db: AsyncSession, ctx: Principal, data: TrialIn) -> TrialRea
     if merged.get("converted_at") is not None and merged.get("cancelled_at") is not None:
         field = "cancelled_at" if "cancelled_at" in sent else "converted_at"
         raise invalid(field, "a trial cannot be both converted and cancelled")
-    service = TrialService(db, ctx)
+    service = UserTrialService(db, ctx)
     row = await (service.update_row(existing.id, sent) if existing else service.create_row(sent))
     return _read(row)
 
 
 trial_router = Router(path="/v1/trial", route_handlers=[get_trial, put_trial])
+
+
+ROUTES = Routes(handlers=[trial_router])

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Router, post
-from msgspec import UNSET, Meta, UnsetType
+from litestar import post
+from msgspec import Meta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +18,10 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import Agent, OrganizationMembership, Project, VideoCall
 from tenant_api.errors import conflict, invalid
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import Input, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, TenantService, to_read
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 Title = Annotated[str, Meta(max_length=200)]
 
@@ -52,9 +55,7 @@ class VideoCallCreate(Input):
     """Defaults to now; not in the future."""
 
 
-class VideoCallUpdate(Input):
-    title: Title | UnsetType = UNSET
-    participants: Participants | UnsetType = UNSET
+VideoCallUpdate = update_of(VideoCallCreate, exclude=("project_id", "started_at"))
 
 
 class VideoCallService(TenantService[VideoCall]):
@@ -100,8 +101,9 @@ video_calls = Resource(
     read=VideoCallRead, create=VideoCallCreate, update=VideoCallUpdate,
     parents={"project_id": Project}, filters={"project_id": UUID, "status": Literal["active", "ended"]},
     service=VideoCallService,
+    read_path="orm",  # duration_seconds is computed, not a column
 )
-VideoCallServiceClass = video_calls.service_class()
+video_call_service = video_calls.service_class()
 
 
 @post("/{item_id:uuid}/end", opt={"scope": "calls:write"}, operation_id="end_video_call", tags=["calls"],
@@ -117,10 +119,11 @@ async def end_call(db: AsyncSession, ctx: Principal, item_id: UUID) -> VideoCall
     row = (await db.scalars(select(VideoCall).from_statement(stmt),
                             execution_options={"populate_existing": True})).one_or_none()
     if row is None:
-        await VideoCallServiceClass(db, ctx).get_visible(item_id)  # 404 if not visible
+        await video_call_service(db, ctx).get_visible(item_id)  # 404 if not visible
         raise conflict("cannot end the video call: it is ended, only an active call can be ended",
                        status="ended")
     return to_read(VideoCallRead, row)
 
 
-video_call_router = Router(path="/v1/video-calls", route_handlers=[end_call])
+video_calls.actions.append(end_call)
+ROUTES = Routes(resources=[video_calls])

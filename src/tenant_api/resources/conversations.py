@@ -21,7 +21,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,8 +37,12 @@ from tenant_api.db.models import (
 )
 from tenant_api.inputs import INT64_MAX
 from tenant_api.errors import conflict, database_unavailable, invalid, log_failure, not_found
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, Nest, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tenant_api.resources.conversation_hub import ConversationHub
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 log = logging.getLogger("tenant_api.stream")
 
@@ -75,8 +79,7 @@ class ConversationCreate(Input):
     members: Annotated[list[MemberRef], Meta(max_length=500)] = []
 
 
-class ConversationUpdate(Input):
-    name: Name | None | UnsetType = UNSET
+ConversationUpdate = update_of(ConversationCreate, exclude=("project_id", "kind", "members"))
 
 
 async def check_members(session: AsyncSession, org: UUID, project_id: UUID,
@@ -100,7 +103,7 @@ async def check_members(session: AsyncSession, org: UUID, project_id: UUID,
             raise invalid(field(i), f"no {what} with id {member_id}")
 
 
-class ConversationRules(TenantService[Conversation]):
+class ConversationService(TenantService[Conversation]):
     """A channel has a name, unique per project (the partial unique index: 409); a DM
     has exactly two members, given at creation and fixed afterwards."""
 
@@ -130,7 +133,7 @@ conversations = Resource(
     name="conversation", path="/v1/conversations", model=Conversation, area="conversations",
     read=ConversationRead, create=ConversationCreate, update=ConversationUpdate,
     parents={"project_id": Project}, filters={"project_id": UUID, "kind": Kind},
-    service=ConversationRules,
+    service=ConversationService,
 )
 
 
@@ -150,7 +153,7 @@ class MemberCreate(Input):
     member_id: UUID
 
 
-class MemberRules(TenantService[ConversationMember]):
+class ConversationMemberService(TenantService[ConversationMember]):
     async def _refuse_dm(self, conversation_id: UUID) -> None:
         kind = await self.repository.session.scalar(select(Conversation.kind).where(
             Conversation.organization_id == self.org, Conversation.id == conversation_id))
@@ -173,7 +176,7 @@ class MemberRules(TenantService[ConversationMember]):
 conversation_members = Resource(
     name="conversation_member", path="/v1/conversations/{conversation_id:uuid}/members",
     model=ConversationMember, area="conversations", read=ConversationMemberRead, create=MemberCreate,
-    filters={"member_type": MemberType}, service=MemberRules, tag="conversations",
+    filters={"member_type": MemberType}, service=ConversationMemberService, tag="conversations",
     nest=Nest(param="conversation_id", model=Conversation, column="conversation_id",
               inherit=("project_id",), label="conversation"),
 )
@@ -428,5 +431,7 @@ async def stream_conversation(
         ctx.organization_id, conversation_id, min(start, last_seq)))
 
 
-conversation_router = Router(path="/v1/conversations/{conversation_id:uuid}",
-                             route_handlers=[post_message, list_messages, stream_conversation])
+# A conversation's messages and stream, under its path: in the conversations router.
+conversations.actions.append(Router(path="/{conversation_id:uuid}",
+                                    route_handlers=[post_message, list_messages, stream_conversation]))
+ROUTES = Routes(resources=[conversations, conversation_members])

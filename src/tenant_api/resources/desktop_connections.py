@@ -25,7 +25,7 @@ from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import msgspec
-from litestar import Litestar, Router, WebSocket, websocket
+from litestar import Litestar, WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.datastructures import State
 from sqlalchemy import func, select, text, update
@@ -39,6 +39,7 @@ from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
 from tenant_api.inputs import MAX_JSON_DEPTH, JsonTooDeep, decode_json
 from tenant_api.resources.base import Resource
 from tenant_api.settings import DesktopSettings
+from tenant_api.routing import Routes
 
 log = logging.getLogger("tenant_api.desktops")
 
@@ -272,7 +273,9 @@ async def robot_connection(socket: WebSocket) -> None:
         await asyncio.shield(close_connection(socket, connection_id, reason))
 
 
-desktop_connection_socket = Router(path="/v1/desktop-connections", route_handlers=[robot_connection])
+# The robot's socket, /v1/desktop-connections/ws, in the resource's router.
+desktop_connections.actions.append(robot_connection)
+ROUTES = Routes(resources=[desktop_connections])
 
 
 # --- the reaper ------------------------------------------------------------------------

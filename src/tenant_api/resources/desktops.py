@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar import Router, post
-from msgspec import UNSET, Meta, UnsetType
+from litestar import post
+from msgspec import Meta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,9 +22,12 @@ from tenant_api.db.models import (
     RobotMacroExecution,
 )
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.base import Input, Nest, Resource, TenantService, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Nest, Resource, TenantService, to_read
 from tenant_api.resources.lifecycle import lifecycle
 from tenant_api.resources.tasks import RUN_MOVES, CancelStatus, MaxAttempts, release_claim
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=2000)]
@@ -81,13 +84,7 @@ class DesktopConfigCreate(Input):
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class DesktopConfigUpdate(Input):
-    name: Name | UnsetType = UNSET
-    image: Image | UnsetType = UNSET
-    cpu: Cpu | UnsetType = UNSET
-    memory_mb: MemoryMb | UnsetType = UNSET
-    disk_gb: DiskGb | UnsetType = UNSET
-    settings: dict[str, Any] | UnsetType = UNSET
+DesktopConfigUpdate = update_of(DesktopConfigCreate, exclude=("project_id",))
 
 
 class DesktopConfigService(TenantService[DesktopConfig]):
@@ -140,14 +137,10 @@ class DesktopVmCreate(Input):
     ip_address: IpAddress | None = None
 
 
-class DesktopVmUpdate(Input):
-    name: Name | UnsetType = UNSET
-    host: Host | None | UnsetType = UNSET
-    ip_address: IpAddress | None | UnsetType = UNSET
-    status: VmStatus | UnsetType = UNSET
+DesktopVmUpdate = update_of(DesktopVmCreate, exclude=("config_id",), extra={"status": VmStatus})
 
 
-class DesktopVmService(TenantService[DesktopVirtualMachine]):
+class DesktopVirtualMachineService(TenantService[DesktopVirtualMachine]):
     async def before_write(self, values: dict[str, Any], existing: DesktopVirtualMachine | None) -> dict[str, Any]:
         if existing is None:  # check_parents has shown the config is visible
             config = await self.repository.session.scalar(
@@ -179,27 +172,24 @@ desktop_vms = Resource(
     read=DesktopVmRead, create=DesktopVmCreate, update=DesktopVmUpdate,
     parents={"config_id": DesktopConfig},
     filters={"project_id": UUID, "config_id": UUID, "status": VmStatus},
-    service=DesktopVmService,
+    service=DesktopVirtualMachineService,
 )
-VmService = desktop_vms.service_class()
+vm_service = desktop_vms.service_class()
 
 
 def _vm_action(action: str, target: str) -> Any:
     """POST /v1/desktop-vms/{vm_id}/<action>: the same state machine as PATCH status."""
 
     async def handler(db: AsyncSession, ctx: Principal, vm_id: UUID) -> DesktopVmRead:
-        return to_read(DesktopVmRead, await VmService(db, ctx).update_row(vm_id, {"status": target}))
+        return to_read(DesktopVmRead, await vm_service(db, ctx).update_row(vm_id, {"status": target}))
 
     handler.__name__ = f"{action}_desktop_vm"
     return post(f"/{{vm_id:uuid}}/{action}", opt={"scope": "desktops:write"}, operation_id=f"{action}_desktop_vm",
                 summary=f"{action.capitalize()} a VM (status → {target})", tags=["desktops"], status_code=200)(handler)
 
 
-desktop_vm_actions = Router(
-    path="/v1/desktop-vms",
-    route_handlers=[_vm_action("start", "running"), _vm_action("stop", "stopped"),
-                    _vm_action("terminate", "terminated")],
-)
+desktop_vms.actions.extend([_vm_action("start", "running"), _vm_action("stop", "stopped"),
+                            _vm_action("terminate", "terminated")])
 
 
 # --- robot_macro ------------------------------------------------------------------------
@@ -236,11 +226,7 @@ class RobotMacroCreate(Input):
     vm_id: UUID | None = None
 
 
-class RobotMacroUpdate(Input):
-    name: Name | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
-    steps: Steps | UnsetType = UNSET
-    vm_id: UUID | None | UnsetType = UNSET
+RobotMacroUpdate = update_of(RobotMacroCreate, exclude=("project_id",))
 
 
 class RobotMacroService(TenantService[RobotMacro]):
@@ -300,11 +286,10 @@ class RobotMacroExecutionCreate(Input):
     max_attempts: MaxAttempts = 3
 
 
-class RobotMacroExecutionUpdate(Input):
-    """Cancel an execution (a robot running it finds out at its next heartbeat). Running,
-    progress, output and the outcome are the robot's (docs/runners.md)."""
-
-    status: CancelStatus | UnsetType = UNSET
+RobotMacroExecutionUpdate = update_of(
+    RobotMacroExecutionCreate, keep=(), extra={"status": CancelStatus},
+    doc="""Cancel an execution (a robot running it finds out at its next heartbeat). Running,
+    progress, output and the outcome are the robot's (docs/runners.md).""")
 
 
 class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
@@ -338,4 +323,8 @@ robot_macro_executions = Resource(
     parents={"vm_id": DesktopVirtualMachine}, filters={"status": ExecutionStatus},
     service=RobotMacroExecutionService, deletable=False,
     nest=Nest(param="macro_id", model=RobotMacro, column="macro_id", inherit=("project_id",), label="robot macro"),
+    read_path="orm",  # newest first
 )
+
+
+ROUTES = Routes(resources=[desktop_configs, desktop_vms, robot_macros, robot_macro_executions])

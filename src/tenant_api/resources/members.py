@@ -35,7 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import OrganizationMembership, Project, ProjectMembership, UserAccount
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, decode_cursor, encode_cursor
+from tenant_api.inputs import Input
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
+from tenant_api.routing import Routes
 
 OrgRole = Literal["owner", "admin", "member", "auditor"]
 ProjectRole = Literal["admin", "editor", "viewer"]
@@ -85,11 +87,10 @@ def _read(row: Any) -> MemberRead:
 
 async def _page(db: AsyncSession, model: Membership, where: list[Any], limit: int, cursor: str | None) -> MemberPage:
     """Keyset pagination on the membership id (creation order), like the generic lists."""
-    if cursor:
-        where = [*where, model.id > decode_cursor(cursor)]
-    rows = (await db.execute(_with_user(model, where).order_by(model.id).limit(limit + 1))).all()
-    next_cursor = encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
-    return MemberPage(items=[_read(r) for r in rows[:limit]], next_cursor=next_cursor)
+    keyset = by_id(model)
+    rows = (await db.execute(keyset.query(_with_user(model, where), cursor, limit))).all()
+    page, next_cursor = keyset.page(rows, limit, lambda row: (row[0].id,))
+    return MemberPage(items=[_read(r) for r in page], next_cursor=next_cursor)
 
 
 async def _one(db: AsyncSession, model: Membership, where: list[Any], lock: bool = False) -> Any:
@@ -246,3 +247,6 @@ project_members_router = Router(
     path="/v1/projects/{project_id:uuid}/members",
     route_handlers=[list_project_members, get_project_member, update_project_member, remove_project_member],
 )
+
+
+ROUTES = Routes(handlers=[organization_members_router, project_members_router])

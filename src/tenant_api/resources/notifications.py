@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
 from tenant_api.db.models import DeviceToken, NotificationPreference
-from tenant_api.resources.base import Input, Resource, TenantService
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, TenantService
+from tenant_api.routing import Routes
 
 # -- device tokens -----------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ device_tokens = Resource(
     name="device_token", path="/v1/device-tokens", model=DeviceToken, area="notifications",
     read=DeviceTokenRead, create=DeviceTokenCreate, filters={"platform": Platform},
     service=DeviceTokenService,
+    read_path="orm",  # a user's own tokens only: its own page and get
 )
 
 
@@ -133,3 +136,6 @@ async def put_preferences(db: AsyncSession, ctx: Principal, data: PreferencesIn)
 
 notification_preferences_router = Router(path="/v1/notification-preferences",
                                          route_handlers=[get_preferences, put_preferences])
+
+
+ROUTES = Routes(resources=[device_tokens], handlers=[notification_preferences_router])

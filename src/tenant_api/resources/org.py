@@ -12,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Organization, Project, Workspace
 from tenant_api.errors import not_found
-from tenant_api.resources.base import Input, Resource, set_fields, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, to_read
+from tenant_api.resources.schemas import set_fields, update_of
+from tenant_api.routing import Routes
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=2000)]
@@ -65,9 +68,7 @@ class WorkspaceCreate(Input):
     description: Description = ""
 
 
-class WorkspaceUpdate(Input):
-    name: Name | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
+WorkspaceUpdate = update_of(WorkspaceCreate)
 
 
 workspaces = Resource(
@@ -92,10 +93,7 @@ class ProjectCreate(Input):
     description: Description = ""
 
 
-class ProjectUpdate(Input):
-    workspace_id: UUID | UnsetType = UNSET
-    name: Name | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
+ProjectUpdate = update_of(ProjectCreate)
 
 
 projects = Resource(
@@ -103,3 +101,6 @@ projects = Resource(
     read=ProjectRead, create=ProjectCreate, update=ProjectUpdate,
     parents={"workspace_id": Workspace}, filters={"workspace_id": UUID, "name": str},
 )
+
+
+ROUTES = Routes(resources=[workspaces, projects], handlers=[organization_router])

@@ -13,12 +13,15 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import select
 
 from tenant_api.db.models import Project, Service
 from tenant_api.errors import conflict, invalid
-from tenant_api.resources.base import Input, Resource, TenantService
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource, TenantService
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 Status = Literal["pending", "ready", "failed", "stopped"]
 ServiceName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
@@ -64,11 +67,7 @@ class ServiceCreate(Input):
     env: Env = []
 
 
-class ServiceUpdate(Input):
-    name: ServiceName | UnsetType = UNSET
-    image: Image | UnsetType = UNSET
-    env: Env | UnsetType = UNSET
-    status: Status | UnsetType = UNSET
+ServiceUpdate = update_of(ServiceCreate, exclude=("project_id",), extra={"status": Status})
 
 
 class ServiceService(TenantService[Service]):
@@ -117,3 +116,6 @@ services = Resource(
     parents={"project_id": Project}, filters={"project_id": UUID, "status": Status, "name": str},
     service=ServiceService,
 )
+
+
+ROUTES = Routes(resources=[services])

@@ -5,14 +5,17 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import exists, select
 
 from tenant_api.db.models import Agent, ComputerUseTask, Project, Task
 from tenant_api.db.models.desktops import DesktopVirtualMachine
 from tenant_api.errors import invalid
-from tenant_api.resources.base import Input, Resource
+from tenant_api.inputs import Input
+from tenant_api.resources.base import Resource
 from tenant_api.resources.lifecycle import LifecycleService, lifecycle
+from tenant_api.resources.schemas import update_of
+from tenant_api.routing import Routes
 
 # Must equal the moves given to app.guard_status in policies/task.sql (tested).
 TASK_LIFECYCLE = lifecycle("task", "todo", {
@@ -81,12 +84,7 @@ class TaskCreate(Input):
     agent_id: UUID | None = None
 
 
-class TaskUpdate(Input):
-    summary: Summary | UnsetType = UNSET
-    details: Details | UnsetType = UNSET
-    steps: Steps | UnsetType = UNSET
-    agent_id: UUID | None | UnsetType = UNSET
-    status: TaskStatus | UnsetType = UNSET
+TaskUpdate = update_of(TaskCreate, exclude=("project_id",), extra={"status": TaskStatus})
 
 
 class TaskService(LifecycleService[Task]):
@@ -147,13 +145,10 @@ class ComputerUseTaskCreate(Input):
     max_attempts: MaxAttempts = 3
 
 
-class ComputerUseTaskUpdate(Input):
-    """Change what it is while it waits, or cancel it (a runner finds out at its next
-    heartbeat). Running and finishing are the runner's (docs/runners.md)."""
-
-    instruction: Instruction | UnsetType = UNSET
-    desktop_vm_id: UUID | None | UnsetType = UNSET
-    status: CancelStatus | UnsetType = UNSET
+ComputerUseTaskUpdate = update_of(
+    ComputerUseTaskCreate, exclude=("project_id", "max_attempts"), extra={"status": CancelStatus},
+    doc="""Change what it is while it waits, or cancel it (a runner finds out at its next
+    heartbeat). Running and finishing are the runner's (docs/runners.md).""")
 
 
 class ComputerUseTaskService(LifecycleService[ComputerUseTask]):
@@ -172,3 +167,6 @@ computer_use_tasks = Resource(
     filters={"project_id": UUID, "status": RunStatus, "desktop_vm_id": UUID},
     service=ComputerUseTaskService,
 )
+
+
+ROUTES = Routes(resources=[tasks, computer_use_tasks])

@@ -2,7 +2,7 @@
 
     POST /v1/jobs/claim                              POST /v1/jobs/{item_id}/heartbeat
     POST /v1/computer-use-tasks/claim                POST /v1/jobs/{item_id}/finish
-    POST /v1/robot-macro-executions/claim            POST /v1/jobs/{item_id}/logs (resources/jobs.py)
+    POST /v1/robot-macro-executions/claim            POST /v1/jobs/{job_id}/logs (runs/logs.py)
     ... and heartbeat / finish under /v1/computer-use-tasks/{item_id} and
     /v1/robot-macro-executions/{item_id}.
 
@@ -36,13 +36,16 @@ from tenant_api.auth.request import open_request_session
 from tenant_api.db.context import Principal
 from tenant_api.errors import ProblemError
 from tenant_api.ops.metrics import RUNNER_CLAIMS_WAITING
-from tenant_api.resources.base import Input, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import to_read
 from tenant_api.resources.desktops import RobotMacroExecutionRead
 from tenant_api.resources.jobs import ExitCode, JobRead, Label
 from tenant_api.resources.tasks import ComputerUseTaskRead, json_size
 from tenant_api.runs import protocol
 from tenant_api.runs.protocol import COMPUTER_USE_TASKS, EXECUTIONS, JOBS, ClaimFilters, RunKind
+from tenant_api.runs.logs import job_logs_router
 from tenant_api.runs.queue import RunQueueHub
+from tenant_api.routing import Routes
 
 log = logging.getLogger("tenant_api.runs")
 
@@ -163,7 +166,7 @@ class KindRoutes:
     vm_field: str = "vm_ids"
 
 
-ROUTES = (
+KIND_ROUTES = (
     KindRoutes(JOBS, "/v1/jobs", "job", JobClaimRequest, JobClaim, "job", JobRead, JobFinish,
                lambda d: ClaimFilters(project_ids=d.project_ids, target_kinds=d.kinds, labels=d.labels)),
     KindRoutes(COMPUTER_USE_TASKS, "/v1/computer-use-tasks", "computer_use_task", ComputerUseTaskClaimRequest,
@@ -340,4 +343,6 @@ def kind_router(routes: KindRoutes) -> Router:
     return Router(path=routes.path, route_handlers=handlers)
 
 
-runner_routers = [kind_router(r) for r in ROUTES]
+# Each kind's claim, heartbeat and finish (under /v1/jobs, ...: the runner protocol's own
+# routes beside the resources'), and a job's log.
+ROUTES = Routes(handlers=[*(kind_router(r) for r in KIND_ROUTES), job_logs_router])

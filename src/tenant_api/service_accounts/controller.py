@@ -33,13 +33,16 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import display_prefix, new_api_token, token_hash
-from tenant_api.auth.scopes import ROLE_SCOPES, expand, unknown
+from tenant_api.scopes import ROLE_SCOPES, expand, unknown
 from tenant_api.db.context import Principal
 from tenant_api.db.models import OrganizationMembership, PlatformToken, Project, ServiceAccount
 from tenant_api.errors import ProblemError, invalid, not_found
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, decode_cursor, encode_cursor, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
 from tenant_api.tokens.controller import TokenPage, TokenRead, TokenSecret
+from tenant_api.routing import Routes
 
 ServiceRole = Literal["admin", "member", "auditor"]
 
@@ -92,7 +95,7 @@ def _admin(ctx: Principal) -> None:
         raise ProblemError(403, "a credential restricted to projects cannot manage service accounts")
 
 
-class ServiceAccounts:
+class ServiceAccountService:
     def __init__(self, db: AsyncSession, ctx: Principal) -> None:
         self.db = db
         self.ctx = ctx
@@ -120,12 +123,10 @@ class ServiceAccounts:
         return row
 
     async def page(self, limit: int, cursor: str | None) -> ServiceAccountPage:
-        query = self._query()
-        if cursor:
-            query = query.where(ServiceAccount.id > decode_cursor(cursor))
-        rows = (await self.db.execute(query.order_by(ServiceAccount.id).limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
-        return ServiceAccountPage(items=[self._read(r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(ServiceAccount)
+        rows = (await self.db.execute(keyset.query(self._query(), cursor, limit))).all()
+        page, next_cursor = keyset.page(rows, limit, lambda row: (row[0].id,))
+        return ServiceAccountPage(items=[self._read(r) for r in page], next_cursor=next_cursor)
 
     async def _projects(self, field: str, project_ids: list[UUID], within: list[UUID] | None) -> list[UUID]:
         wanted = sorted(set(project_ids))
@@ -193,11 +194,9 @@ class ServiceAccounts:
     async def tokens(self, sa_id: UUID, limit: int, cursor: str | None) -> TokenPage:
         sa, _ = await self.one(sa_id)
         where = [PlatformToken.organization_id == self.org, PlatformToken.user_id == sa.user_id]
-        if cursor:
-            where.append(PlatformToken.id > decode_cursor(cursor))
-        rows = (await self.db.scalars(select(PlatformToken).where(*where).order_by(PlatformToken.id)
-                                      .limit(limit + 1))).all()
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+        keyset = by_id(PlatformToken)
+        rows, next_cursor = keyset.page((await self.db.scalars(
+            keyset.query(select(PlatformToken).where(*where), cursor, limit))).all(), limit)
         return TokenPage(items=[to_read(TokenRead, r) for r in rows[:limit]], next_cursor=next_cursor)
 
     async def mint(self, sa_id: UUID, data: ServiceTokenCreate, default_days: int, max_days: int) -> TokenSecret:
@@ -248,15 +247,15 @@ class _Base(msgspec.Struct):
     updated_at: dt.datetime
 
 
-async def provide_accounts(db: AsyncSession, ctx: Principal) -> ServiceAccounts:
-    return ServiceAccounts(db, ctx)
+async def provide_accounts(db: AsyncSession, ctx: Principal) -> ServiceAccountService:
+    return ServiceAccountService(db, ctx)
 
 
 TAGS = ["service accounts"]
 
 
 @get("/", opt={"scope": "members:read"}, operation_id="list_service_accounts", tags=TAGS)
-async def list_service_accounts(accounts: ServiceAccounts,
+async def list_service_accounts(accounts: ServiceAccountService,
                                 limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                                 cursor: str | None = Parameter(default=None, max_length=64)) -> ServiceAccountPage:
     return await accounts.page(limit, cursor)
@@ -264,30 +263,30 @@ async def list_service_accounts(accounts: ServiceAccounts,
 
 @post("/", opt={"scope": "members:write"}, operation_id="create_service_account", tags=TAGS,
       summary="A principal of the organization for an integration, with a role (and optional limits)")
-async def create_service_account(accounts: ServiceAccounts, data: ServiceAccountCreate) -> ServiceAccountRead:
+async def create_service_account(accounts: ServiceAccountService, data: ServiceAccountCreate) -> ServiceAccountRead:
     return await accounts.create(data)
 
 
 @get("/{account_id:uuid}", opt={"scope": "members:read"}, operation_id="get_service_account", tags=TAGS)
-async def get_service_account(accounts: ServiceAccounts, account_id: UUID) -> ServiceAccountRead:
+async def get_service_account(accounts: ServiceAccountService, account_id: UUID) -> ServiceAccountRead:
     return accounts._read(await accounts.one(account_id))
 
 
 @patch("/{account_id:uuid}", opt={"scope": "members:write"}, operation_id="update_service_account", tags=TAGS)
-async def update_service_account(accounts: ServiceAccounts, account_id: UUID,
+async def update_service_account(accounts: ServiceAccountService, account_id: UUID,
                                  data: ServiceAccountUpdate) -> ServiceAccountRead:
     return await accounts.update(account_id, data)
 
 
 @delete("/{account_id:uuid}", opt={"scope": "members:write"}, operation_id="delete_service_account", tags=TAGS,
         summary="Delete it: its tokens stop working at once")
-async def delete_service_account(accounts: ServiceAccounts, account_id: UUID) -> None:
+async def delete_service_account(accounts: ServiceAccountService, account_id: UUID) -> None:
     await accounts.delete(account_id)
 
 
 @get("/{account_id:uuid}/tokens", opt={"scope": "members:read"}, operation_id="list_service_account_tokens",
      tags=TAGS)
-async def list_service_account_tokens(accounts: ServiceAccounts, account_id: UUID,
+async def list_service_account_tokens(accounts: ServiceAccountService, account_id: UUID,
                                       limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
                                       cursor: str | None = Parameter(default=None, max_length=64)) -> TokenPage:
     return await accounts.tokens(account_id, limit, cursor)
@@ -295,7 +294,7 @@ async def list_service_account_tokens(accounts: ServiceAccounts, account_id: UUI
 
 @post("/{account_id:uuid}/tokens", opt={"scope": "members:write"}, operation_id="create_service_account_token",
       tags=TAGS, summary="Mint an API token that acts as the service account (the secret is shown once)")
-async def create_service_account_token(accounts: ServiceAccounts, account_id: UUID, data: ServiceTokenCreate,
+async def create_service_account_token(accounts: ServiceAccountService, account_id: UUID, data: ServiceTokenCreate,
                                        state: State) -> TokenSecret:
     auth = state.settings.auth
     return await accounts.mint(account_id, data, auth.token_default_ttl_days, auth.token_max_ttl_days)
@@ -307,3 +306,6 @@ service_accounts_router = Router(
                     delete_service_account, list_service_account_tokens, create_service_account_token],
     dependencies={"accounts": Provide(provide_accounts)},
 )
+
+
+ROUTES = Routes(handlers=[service_accounts_router])

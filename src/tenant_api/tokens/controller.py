@@ -14,14 +14,17 @@ from msgspec import Meta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth import scopes as scope_catalog
-from tenant_api.auth.scopes import Scope
+from tenant_api import scopes as scope_catalog
+from tenant_api.scopes import Scope
 from tenant_api.auth.credentials import display_prefix, new_api_token, token_hash
 from tenant_api.db.context import Principal
 from tenant_api.db.models import PlatformToken, Project
 from tenant_api.errors import ProblemError, conflict, invalid
 from tenant_api.inputs import Timestamp
-from tenant_api.resources.base import DEFAULT_LIMIT, MAX_LIMIT, Input, TenantService, service_for, to_read
+from tenant_api.inputs import Input
+from tenant_api.resources.base import TenantService, service_for, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from tenant_api.routing import Routes
 
 
 class TokenRead(msgspec.Struct):
@@ -56,7 +59,7 @@ class TokenCreate(Input):
     expires_at: Timestamp | None = None
 
 
-class TokenBaseService(TenantService[PlatformToken]):
+class PlatformTokenService(TenantService[PlatformToken]):
     async def issue(self, data: TokenCreate, settings_default_days: int, max_days: int) -> TokenSecret:
         ctx = self.ctx
         scopes = [str(s) for s in data.scopes]  # the Scope enum's values, as plain strings
@@ -153,22 +156,22 @@ class TokenBaseService(TenantService[PlatformToken]):
         return TokenSecret(**msgspec.structs.asdict(to_read(TokenRead, row)), token=secret)
 
 
-TokenService = service_for(PlatformToken, "token", {}, TokenBaseService)
+token_service = service_for(PlatformToken, "token", {}, PlatformTokenService)
 
 
-async def provide_tokens(db: AsyncSession, ctx: Principal) -> TokenBaseService:
-    return TokenService(db, ctx)  # type: ignore[return-value]  # service_for() subclasses TokenBaseService
+async def provide_tokens(db: AsyncSession, ctx: Principal) -> PlatformTokenService:
+    return token_service(db, ctx)  # type: ignore[return-value]  # service_for() subclasses PlatformTokenService
 
 
 @post("/", opt={"scope": "tokens:write"}, operation_id="create_token", tags=["tokens"])
-async def create_token(tokens: TokenBaseService, data: TokenCreate, state: State) -> TokenSecret:
+async def create_token(tokens: PlatformTokenService, data: TokenCreate, state: State) -> TokenSecret:
     auth = state.settings.auth
     return await tokens.issue(data, auth.token_default_ttl_days, auth.token_max_ttl_days)
 
 
 @get("/", opt={"scope": "tokens:read"}, operation_id="list_tokens", tags=["tokens"])
 async def list_tokens(
-    tokens: TokenBaseService,
+    tokens: PlatformTokenService,
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Parameter(default=None, max_length=64),
     kind: Literal["api", "session"] | None = None,
@@ -179,18 +182,18 @@ async def list_tokens(
 
 
 @get("/{token_id:uuid}", opt={"scope": "tokens:read"}, operation_id="get_token", tags=["tokens"])
-async def get_token(tokens: TokenBaseService, token_id: UUID) -> TokenRead:
+async def get_token(tokens: PlatformTokenService, token_id: UUID) -> TokenRead:
     return to_read(TokenRead, await tokens.get_visible(token_id))
 
 
 @delete("/{token_id:uuid}", opt={"scope": "tokens:write"}, operation_id="revoke_token", tags=["tokens"])
-async def revoke_token(tokens: TokenBaseService, token_id: UUID) -> None:
+async def revoke_token(tokens: PlatformTokenService, token_id: UUID) -> None:
     await tokens.revoke(token_id)
 
 
 @post("/{token_id:uuid}/rotate", opt={"scope": "tokens:write"}, operation_id="rotate_token", tags=["tokens"],
       status_code=200)
-async def rotate_token(tokens: TokenBaseService, token_id: UUID) -> TokenSecret:
+async def rotate_token(tokens: PlatformTokenService, token_id: UUID) -> TokenSecret:
     return await tokens.rotate(token_id)
 
 
@@ -199,3 +202,6 @@ tokens_router = Router(
     route_handlers=[create_token, list_tokens, get_token, revoke_token, rotate_token],
     dependencies={"tokens": Provide(provide_tokens)},
 )
+
+
+ROUTES = Routes(handlers=[tokens_router])

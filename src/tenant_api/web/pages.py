@@ -17,6 +17,8 @@ from importlib import resources
 from litestar import Response, Router, get
 from litestar.exceptions import NotFoundException
 
+from tenant_api.routing import Routes
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -62,3 +64,6 @@ def asset(name: str) -> Response[bytes]:
 
 
 web_router = Router(path="/", route_handlers=[invite_page, verify_page, asset])
+
+
+ROUTES = Routes(handlers=[web_router])

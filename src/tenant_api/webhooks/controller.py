@@ -17,25 +17,19 @@ from litestar import Router, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Parameter
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import Meta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.db.context import Principal
 from tenant_api.db.models import Project, Webhook, WebhookAttempt, WebhookDelivery
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
-from tenant_api.resources.base import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    Input,
-    TenantService,
-    decode_cursor,
-    encode_cursor,
-    service_for,
-    set_fields,
-    to_read,
-)
+from tenant_api.inputs import Input
+from tenant_api.resources.base import TenantService, service_for, to_read
+from tenant_api.resources.pagination import DEFAULT_LIMIT, MAX_LIMIT, by_id
+from tenant_api.resources.schemas import set_fields, update_of
 from tenant_api.webhooks import events, signing, targets
+from tenant_api.routing import Routes
 
 SCOPE = "org:write"
 Url = Annotated[str, Meta(min_length=8, max_length=2000)]
@@ -85,13 +79,7 @@ class WebhookCreate(Input):
     enabled: bool = True
 
 
-class WebhookUpdate(Input):
-    url: Url | UnsetType = UNSET
-    event_types: EventTypes | UnsetType = UNSET
-    project_ids: ProjectIds | None | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
-    enabled: bool | UnsetType = UNSET
-    """true resumes a paused webhook and makes the credential in use its owner."""
+WebhookUpdate = update_of(WebhookCreate)
 
 
 class RotateSecret(Input):
@@ -150,7 +138,7 @@ def webhook_read(row: Webhook) -> WebhookRead:
                        created_at=row.created_at, updated_at=row.updated_at)
 
 
-class WebhookBaseService(TenantService[Webhook]):
+class WebhookService(TenantService[Webhook]):
     def __init__(self, session: AsyncSession, ctx: Principal, state: State) -> None:
         super().__init__(session, ctx)
         self.settings = state.settings.webhooks
@@ -188,7 +176,7 @@ class WebhookBaseService(TenantService[Webhook]):
         await self.repository.session.refresh(row, attribute_names=["created_at", "updated_at"])
         return WebhookSecret(**msgspec.structs.asdict(webhook_read(row)), secret=self.secret_of(row.id, nonce))
 
-    async def update_webhook(self, webhook_id: UUID, data: WebhookUpdate) -> WebhookRead:
+    async def update_webhook(self, webhook_id: UUID, data: msgspec.Struct) -> WebhookRead:
         self.unrestricted()
         await self.get_visible(webhook_id)  # 404 before anything about the body
         values = set_fields(data)
@@ -234,11 +222,10 @@ class WebhookBaseService(TenantService[Webhook]):
                                              WebhookDelivery.webhook_id == webhook_id)
         if status is not None:
             stmt = stmt.where(WebhookDelivery.status == status)
-        if cursor:
-            stmt = stmt.where(WebhookDelivery.id < decode_cursor(cursor))
-        rows = list(await self.repository.session.scalars(stmt.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
-        next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-        return DeliveryPage(items=[to_read(DeliveryRead, r) for r in rows[:limit]], next_cursor=next_cursor)
+        keyset = by_id(WebhookDelivery, descending=True)  # newest first
+        found = (await self.repository.session.scalars(keyset.query(stmt, cursor, limit))).all()
+        rows, next_cursor = keyset.page(found, limit)
+        return DeliveryPage(items=[to_read(DeliveryRead, r) for r in rows], next_cursor=next_cursor)
 
     async def delivery(self, webhook_id: UUID, delivery_id: UUID) -> WebhookDelivery:
         await self.get_visible(webhook_id)
@@ -272,11 +259,11 @@ class WebhookBaseService(TenantService[Webhook]):
         return to_read(DeliveryRead, row)
 
 
-WebhookService = cast(type[WebhookBaseService], service_for(Webhook, "webhook", {}, WebhookBaseService))
+webhook_service = cast(type[WebhookService], service_for(Webhook, "webhook", {}, WebhookService))
 
 
-async def provide_webhooks(db: AsyncSession, ctx: Principal, state: State) -> WebhookBaseService:
-    return WebhookService(db, ctx, state)
+async def provide_webhooks(db: AsyncSession, ctx: Principal, state: State) -> WebhookService:
+    return webhook_service(db, ctx, state)
 
 
 OPT = {"scope": SCOPE}
@@ -284,13 +271,13 @@ TAGS = ["webhooks"]
 
 
 @post("/", opt=OPT, operation_id="create_webhook", tags=TAGS, summary="Register a webhook")
-async def create_webhook(webhooks: WebhookBaseService, data: WebhookCreate) -> WebhookSecret:
+async def create_webhook(webhooks: WebhookService, data: WebhookCreate) -> WebhookSecret:
     return await webhooks.create_webhook(data)
 
 
 @get("/", opt=OPT, operation_id="list_webhooks", tags=TAGS, summary="List webhooks")
 async def list_webhooks(
-    webhooks: WebhookBaseService,
+    webhooks: WebhookService,
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Parameter(default=None, max_length=64),
 ) -> WebhookPage:
@@ -300,24 +287,24 @@ async def list_webhooks(
 
 
 @get("/{webhook_id:uuid}", opt=OPT, operation_id="get_webhook", tags=TAGS, summary="Get a webhook")
-async def get_webhook(webhooks: WebhookBaseService, webhook_id: UUID) -> WebhookRead:
+async def get_webhook(webhooks: WebhookService, webhook_id: UUID) -> WebhookRead:
     webhooks.unrestricted()
     return webhook_read(await webhooks.get_visible(webhook_id))
 
 
 @patch("/{webhook_id:uuid}", opt=OPT, operation_id="update_webhook", tags=TAGS, summary="Change a webhook")
-async def update_webhook(webhooks: WebhookBaseService, webhook_id: UUID, data: WebhookUpdate) -> WebhookRead:
+async def update_webhook(webhooks: WebhookService, webhook_id: UUID, data: WebhookUpdate) -> WebhookRead:  # type: ignore[valid-type]
     return await webhooks.update_webhook(webhook_id, data)
 
 
 @delete("/{webhook_id:uuid}", opt=OPT, operation_id="delete_webhook", tags=TAGS, summary="Delete a webhook")
-async def delete_webhook(webhooks: WebhookBaseService, webhook_id: UUID) -> None:
+async def delete_webhook(webhooks: WebhookService, webhook_id: UUID) -> None:
     await webhooks.delete_webhook(webhook_id)
 
 
 @post("/{webhook_id:uuid}/rotate-secret", opt=OPT, operation_id="rotate_webhook_secret", tags=TAGS,
       status_code=200, summary="Replace the signing secret (the old one stays valid for grace_seconds)")
-async def rotate_webhook_secret(webhooks: WebhookBaseService, webhook_id: UUID,
+async def rotate_webhook_secret(webhooks: WebhookService, webhook_id: UUID,
                                 data: RotateSecret) -> WebhookSecret:
     return await webhooks.rotate(webhook_id, data.grace_seconds)
 
@@ -325,7 +312,7 @@ async def rotate_webhook_secret(webhooks: WebhookBaseService, webhook_id: UUID,
 @get("/{webhook_id:uuid}/deliveries", opt=OPT, operation_id="list_webhook_deliveries", tags=TAGS,
      summary="The delivery log, newest first")
 async def list_webhook_deliveries(
-    webhooks: WebhookBaseService,
+    webhooks: WebhookService,
     webhook_id: UUID,
     status: DeliveryStatus | None = None,
     limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
@@ -337,14 +324,14 @@ async def list_webhook_deliveries(
 
 @get("/{webhook_id:uuid}/deliveries/{delivery_id:uuid}", opt=OPT, operation_id="get_webhook_delivery", tags=TAGS,
      summary="A delivery with its attempts (status code, duration, error)")
-async def get_webhook_delivery(webhooks: WebhookBaseService, webhook_id: UUID, delivery_id: UUID) -> DeliveryDetail:
+async def get_webhook_delivery(webhooks: WebhookService, webhook_id: UUID, delivery_id: UUID) -> DeliveryDetail:
     webhooks.unrestricted()
     return await webhooks.delivery_detail(webhook_id, delivery_id)
 
 
 @post("/{webhook_id:uuid}/deliveries/{delivery_id:uuid}/redeliver", opt=OPT, operation_id="redeliver_webhook",
       tags=TAGS, status_code=202, summary="Send a delivered, failed or skipped delivery again")
-async def redeliver_webhook(webhooks: WebhookBaseService, webhook_id: UUID, delivery_id: UUID) -> DeliveryRead:
+async def redeliver_webhook(webhooks: WebhookService, webhook_id: UUID, delivery_id: UUID) -> DeliveryRead:
     return await webhooks.redeliver(webhook_id, delivery_id)
 
 
@@ -354,3 +341,6 @@ webhooks_router = Router(
                     rotate_webhook_secret, list_webhook_deliveries, get_webhook_delivery, redeliver_webhook],
     dependencies={"webhooks": Provide(provide_webhooks)},
 )
+
+
+ROUTES = Routes(handlers=[webhooks_router])

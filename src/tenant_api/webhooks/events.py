@@ -1,7 +1,7 @@
 """The events a webhook can subscribe to, and the scope area a receiver needs for each.
 
 Written by the outbox trigger (policies/webhook_event.sql), which must produce exactly
-these (tests/test_webhooks.py compares the trigger definitions with this catalog):
+these (tests/areas/test_webhooks.py compares the trigger definitions with this catalog):
 
 * ``<entity>.<status>`` when a task, job, computer-use task or robot macro execution is
   created (in its initial status) or changes status;
