@@ -39,8 +39,9 @@ grant select, update (accepted_at, accepted_by_user_id, declined_at) on public.p
 -- consumes it, every later one sees it consumed ('used'). Answering with the mail's
 -- secret verifies the caller's address (the mailbox is proven).
 -- An organization invite (project_id null) makes an organization membership; the
--- invitee's project memberships there, if any, then lie dormant (as with
--- POST /v1/organization/members).
+-- invitee's project memberships there, if any, are removed in the same transaction by
+-- the membership trigger (policies/organization_membership.sql; as with
+-- POST /v1/organization/members): the organization role applies from then on.
 drop function if exists auth.accept_invite(bytea, uuid, boolean);
 create or replace function auth.accept_invite(p_token_hash bytea, p_user_id uuid, p_decline boolean default false)
   returns table (status text, organization_id uuid, project_id uuid, membership_id uuid, role text,

@@ -126,11 +126,11 @@ async def test_keys_live_24_hours(client, admin_conn):
     # Expired keys are purged by the scheduler process (auth.purge_idempotency_keys).
     await admin_conn.execute("update idempotency_key set expires_at = now() - interval '1 second' where token_id = $1",
                              U(t.token_id))
-    api = await connect(client.app.state.settings.database.url)
+    worker = await connect(client.app.state.settings.database.worker_url)  # the scheduler process's login
     try:
-        assert await api.fetchval("select auth.purge_idempotency_keys(100000)") >= 1
+        assert await worker.fetchval("select auth.purge_idempotency_keys(100000)") >= 1
     finally:
-        await api.close()
+        await worker.close()
     assert await admin_conn.fetchval("select count(*) from idempotency_key where token_id = $1", U(t.token_id)) == 0
 
 

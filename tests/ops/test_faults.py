@@ -42,8 +42,13 @@ def assert_503(r: httpx.Response) -> None:
 
 async def test_database_unreachable_is_503_and_not_ready(settings, app_client, tenant):
     # The right credentials on a socket where no server listens.
-    url = settings.database.url.split("?")[0] + "?host=/nonexistent-socket-dir"
-    client = await app_client(settings.with_database(url=url, connect_timeout=1.0))
+    def unreachable(url: str) -> str:
+        return url.split("?")[0] + "?host=/nonexistent-socket-dir"
+
+    database = settings.database
+    client = await app_client(settings.with_database(  # every login of the API process
+        url=unreachable(database.url), login_url=unreachable(database.login_url),
+        jobs_url=unreachable(database.jobs_url), connect_timeout=1.0))
     labels = {"method": "GET", "route": "/v1/agents", "status": "503"}
     answered_503 = REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) or 0
     for method, path in [("GET", "/v1/agents"), ("GET", "/v1/me"), ("POST", "/v1/auth/login")]:

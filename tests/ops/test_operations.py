@@ -170,7 +170,7 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
         for ago in ("200 days", "100 days", "10 days")]
 
     # As the scheduler does it: the API role, no context, batches of 1 (bounded loops).
-    engine = create_async_engine(settings.database.url)
+    engine = create_async_engine(settings.database.worker_url)  # the scheduler process's login
     try:
         removed = await purge_round(engine, RetentionSettings(jobs_days=90, desktop_connections_days=30,
                                                               invite_mails_days=30, security_events_days=90,
@@ -204,7 +204,7 @@ async def test_retention_purges_what_is_old_and_finished_only(client, admin_conn
     assert all(a["token_id"] is None for a in audit)
 
 
-async def test_retention_functions_refuse_to_purge_anything_young(client, admin_conn, api_conn):
+async def test_retention_functions_refuse_to_purge_anything_young(client, admin_conn, api_conn, worker_conn):
     t = await signup(client)
     r = await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id, "schedule_id": None,
                                                          "target": {"kind": "command", "ref": "echo"}})
@@ -213,7 +213,7 @@ async def test_retention_functions_refuse_to_purge_anything_young(client, admin_
     await admin_conn.execute("update job set finished_at = now() - interval '20 hours' where id = $1", job)
     # whatever cutoff the caller gives, a row finished less than a day ago stays
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
-    assert await api_conn.fetchval("select auth.purge_finished_jobs($1, 10000)", future) >= 0
+    assert await worker_conn.fetchval("select auth.purge_finished_jobs($1, 10000)", future) >= 0
     assert await admin_conn.fetchval("select count(*) from job where id = $1", job) == 1
     # and the API role deletes nothing directly without its context
     assert await api_conn.execute("delete from job where id = $1", job) == "DELETE 0"

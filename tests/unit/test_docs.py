@@ -40,7 +40,8 @@ def test_every_variable_the_code_reads_is_in_the_environment_table():
 
 def test_the_readme_is_short_and_has_one_of_each_section():
     text = README.read_text()
-    assert len(text.encode()) < 12 * 1024, f"README.md is {len(text.encode())} bytes: move design into docs/"
+    # ten minutes of reading, the environment table included (half of it)
+    assert len(text.encode()) < 15 * 1024, f"README.md is {len(text.encode())} bytes: move design into docs/"
     headings = re.findall(r"^#+ .*$", text, re.MULTILINE)
     assert len(headings) == len(set(headings)), f"a section twice (a merge leftover?): {headings}"
     assert text.count("| variable |") == 1, "one environment table"

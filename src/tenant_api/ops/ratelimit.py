@@ -416,7 +416,11 @@ class RefusedCredentials:
             self._refused = {a: v for a, v in self._refused.items() if v[0] == minute}
             if len(self._refused) >= self._MAX_ADDRESSES:  # that many attacking addresses: keep the newest half
                 self._refused = dict(list(self._refused.items())[self._MAX_ADDRESSES // 2:])
-        self._refused[address] = (_window(time.time(), 60)[0], hit.count)
+        minute = _window(time.time(), 60)[0]
+        seen_minute, seen = self._refused.get(address, (minute, 0))
+        # Counts come back out of order from a shared store (Redis): never lower the one kept,
+        # or the next check of this minute would be let through beyond the limit.
+        self._refused[address] = (minute, max(hit.count, seen) if seen_minute == minute else hit.count)
 
 
 class FailedLogins:
