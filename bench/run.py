@@ -137,7 +137,7 @@ class Server:
                     "--no-access-log", "--log-level", "warning", self.app]
         return [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1", "--port",
                 str(self.port), "--workers", str(self.workers), "--loop", "uvloop", "--http", "httptools",
-                "--no-access-log", "--log-level", "warning"]
+                "--no-access-log", "--no-proxy-headers", "--log-level", "warning"]
 
     def start(self) -> None:
         self.port = free_port()
