@@ -29,7 +29,7 @@ import msgspec
 from advanced_alchemy.filters import ComparisonFilter, LimitOffset, OrderBy, StatementFilter
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from litestar import Router, delete, get, patch, post
+from litestar import Request, Router, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
 from sqlalchemy import bindparam, exists, select
@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.request import ReadTransaction
+from tenant_api.auth.request import ReadTransaction, read_transaction
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase
 from tenant_api.errors import ProblemError, invalid, not_found
@@ -382,18 +382,20 @@ def resource_router(res: Resource) -> Router:
         # The same routes on the request's asyncpg connection (see ReadQueries).
 
         async def list_items(  # type: ignore[misc]
-            tx: ReadTransaction,
+            request: Request,
             limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
             cursor: str | None = Parameter(default=None, max_length=64),
             **kw: Any,
         ) -> Page:  # type: ignore[valid-type]
-            scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
-            items, next_cursor = await fast.page(tx, limit, cursor, {**kw, **scope})
+            async with read_transaction(request) as tx:
+                scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
+                items, next_cursor = await fast.page(tx, limit, cursor, {**kw, **scope})
             return Page(items=items, next_cursor=next_cursor)
 
-        async def get_item(tx: ReadTransaction, item_id: UUID, **kw: Any) -> Read:  # type: ignore[misc,valid-type]
-            scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
-            return await fast.get(tx, item_id, scope)
+        async def get_item(request: Request, item_id: UUID, **kw: Any) -> Read:  # type: ignore[misc,valid-type]
+            async with read_transaction(request) as tx:
+                scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
+                return await fast.get(tx, item_id, scope)
 
     def route(decorator: Any, path: str, scope: str, op: str, summary: str, fn: Any, query: dict[str, Any],
               **options: Any) -> Any:
