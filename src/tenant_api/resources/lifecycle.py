@@ -58,6 +58,5 @@ class LifecycleService(TenantService[M]):
         if existing is not None and "status" in values:
             # Lock the row and re-read its status, so two concurrent moves serialize and
             # the second is judged against the first's outcome, not a stale read.
-            await self.repository.session.refresh(existing, attribute_names=["status"], with_for_update=True)
-            self.lifecycle.check(existing.status, values["status"])  # type: ignore[attr-defined]
+            self.lifecycle.check(await self.lock_status(existing.id), values["status"])
         return values
