@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench import data, loadgen, pg
-from bench.run import OUT, RATE_LIMIT_REQUESTS, Server, api_env, build_workload
+from bench.run import OUT, RATE_LIMIT_REQUESTS, Server, api_env, build_workload, tree_cpu
 
 
 def summarize(path: str, top: int = 45) -> str:
@@ -92,13 +92,18 @@ def main() -> None:
                      "--format", "raw", "--nonblocking", "--output", f"{out}.{k}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         cpu0 = sum(sum(w.cpu_times()[:2]) for w in workers)
+        pg0 = tree_cpu(cluster.postmaster_pid())
         t0 = time.perf_counter()
         result = loadgen.finish(loadgen.start(server.url, measured, args.concurrency, args.seconds, "m"))
+        if server.env.get("AUDIT_USAGE_ENABLED", "1") != "0":
+            time.sleep(1.5)  # the usage recorder's last batch of the window
         cpu = sum(sum(w.cpu_times()[:2]) for w in workers) - cpu0
+        pg_cpu = tree_cpu(cluster.postmaster_pid()) - pg0
         for s in spies:
             s.wait()
         print(f"{args.scenario}: {result['rps']:.0f} req/s, {result['errors']} errors, "
-              f"API CPU {1000 * cpu / max(1, result['requests']):.3f} ms/request"
+              f"API CPU {1000 * cpu / max(1, result['requests']):.3f} ms/request, PostgreSQL CPU"
+              f" {1000 * pg_cpu / max(1, result['requests']):.3f} ms/request"
               f" ({time.perf_counter() - t0:.1f} s)")
         if spies:
             with open(out, "w") as f:

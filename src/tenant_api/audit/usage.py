@@ -7,7 +7,7 @@ small dict to the ``UsageRecorder`` (a deque append: no I/O, no await).
 
 The recorder writes in a thread of its own, with its own event loop and one connection
 as the API role: every ``flush_seconds`` or as soon as ``batch_size`` records wait, one
-statement (``select app.record_usage($1::jsonb)``) inserts the whole batch. So a request
+statement (``select app.record_usage($1::json)``) inserts the whole batch. So a request
 never waits for its usage record, never shares a transaction with it, and a failed or
 rolled-back request is still recorded. Being a thread, it does not depend on which event
 loop serves requests or runs the lifespan hooks (the test client uses two).
@@ -166,7 +166,7 @@ class UsageRecorder:
                 statement_cache_size=0 if self._pgbouncer else 100,
                 server_settings={"application_name": "tenant-api-usage", "statement_timeout": "30000"},
             )
-        await self._conn.execute("select app.record_usage($1::jsonb)", msgspec.json.encode(batch).decode())
+        await self._conn.execute("select app.record_usage($1::json)", msgspec.json.encode(batch).decode())
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
