@@ -224,8 +224,9 @@ def usage_row(scope: Scope, status: int, started: float, duration: float,
     }
     principal = state.get("principal") or state.get("refused")
     if principal is not None and (principal.ok or principal.status in _REFUSED_KNOWN):
-        row.update(organization_id=str(principal.organization_id), token_id=str(principal.token_id),
-                   user_id=str(principal.user_id) if principal.user_id else None,
+        # UUIDs as they are: the writer's JSON encoder writes their text.
+        row.update(organization_id=principal.organization_id, token_id=principal.token_id,
+                   user_id=principal.user_id,
                    prefix=principal.prefix or "", reason=None if principal.ok else principal.status)
         return row
     credential = state.get("credential")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +176,7 @@ class read_transaction:  # noqa: N801 - used as `async with read_transaction(req
         request = self._request
         credential = request_credential(request)
         engine = request.app.state.engine
-        self._pooled = pooled = await engine.raw_connection()
+        self._pooled = pooled = await checkout(engine)
         self._conn = conn = pooled.driver_connection
         self._transaction = transaction = conn.transaction()
         try:
@@ -218,6 +219,36 @@ class read_transaction:  # noqa: N801 - used as `async with read_transaction(req
         elif conn.is_in_transaction():
             pooled.invalidate()  # never hand a connection in an unknown state to the next request
         await checkin(pooled)
+
+
+async def checkout(engine: Any) -> Any:
+    """A pooled connection (SQLAlchemy's pool: one pool, one set of limits and metrics).
+    Taking the idle connection next in line involves no I/O while it is connected and
+    current, and then runs directly; otherwise (connecting, reconnecting, waiting for a
+    free one) through SQLAlchemy's greenlet, as engine.raw_connection() does. The peek
+    reads the pool's internals: anything unexpected takes the greenlet path."""
+    sync_engine = engine.sync_engine
+    if _next_idle_is_ready(sync_engine.pool):
+        try:
+            return sync_engine.raw_connection()
+        except MissingGreenlet:  # I/O was due after all: the record went back to the pool
+            pass
+    return await engine.raw_connection()
+
+
+def _next_idle_is_ready(pool: Any) -> bool:
+    try:
+        queue = pool._pool
+        waiting = queue._queue._queue  # AsyncAdaptedQueue -> asyncio.Queue -> deque
+        if not waiting:
+            return False
+        record = waiting[-1] if queue.use_lifo else waiting[0]
+        return bool(record.dbapi_connection is not None
+                    and not pool._invalidate_time > record.starttime
+                    and not record._soft_invalidate_time > record.starttime
+                    and (pool._recycle < 0 or time.time() - record.starttime <= pool._recycle))
+    except (AttributeError, IndexError):
+        return False
 
 
 async def checkin(pooled: Any) -> None:
