@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenant_api.auth.request import ReadTransaction, read_transaction
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase, uuid7
-from tenant_api.errors import ProblemError, invalid, not_found
+from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.inputs import Timestamp, plain
 
 M = TypeVar("M", bound=TenantBase)
@@ -101,6 +101,7 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         super().__init__(session=session, auto_expunge=False, auto_refresh=False)
         self.ctx = ctx
         self._driver: Any = None
+        self.locked: set[UUID] = set()  # rows this request read under a row lock
 
     @property
     def org(self) -> UUID:
@@ -167,23 +168,45 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
 
     async def create_row(self, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
         values = {**values, **(scope or {})}
+        if type(self).before_write is TenantService.before_write:
+            # No hook to run between the parent checks and the insert: one statement,
+            # the row inserted only if every parent is visible (else the checks, in
+            # order, name the field).
+            parents = {f: (model, values[f]) for f, model in self.parents.items() if values.get(f) is not None}
+            row = await self.writes.insert(await self.connection(),
+                                           {"id": uuid7(), **values, "organization_id": self.org}, parents)
+            if row is None:
+                await self.check_parents(values)
+                raise conflict("a parent row changed meanwhile; retry the request")
+            return self.writes.instance(row)
         await self.check_parents(values)
         values = await self.before_write(values, None)
         row = await self.writes.insert(await self.connection(), {"id": uuid7(), **values, "organization_id": self.org})
         return self.writes.instance(row)
 
-    async def visible_for_write(self, item_id: UUID, scope: dict[str, Any] | None = None) -> M:
+    async def visible_for_write(self, item_id: UUID, scope: dict[str, Any] | None = None, lock: bool = False) -> M:
         """The row an update or delete starts from (404 if invisible). A service with a
-        get_visible of its own (extra filters) is asked; else one SELECT."""
+        get_visible of its own (extra filters) is asked; else one SELECT, with ``lock``
+        one SELECT ... FOR UPDATE (the row locked to the end of the transaction; none
+        returned: 404 if it is not visible either, else 403, visible but not writable)."""
         if type(self).get_visible is not TenantService.get_visible:
             return await self.get_visible(item_id, scope)
-        row = await self.writes.select(await self.connection(), self.org, item_id, scope or {})
+        conn = await self.connection()
+        row = await self.writes.select(conn, self.org, item_id, scope or {}, lock=lock)
         if row is None:
+            if lock and await self.writes.select(conn, self.org, item_id, scope or {}) is not None:
+                raise self.not_writable()
             raise not_found(self.label)
+        if lock:
+            self.locked.add(item_id)
         return self.writes.instance(row)
 
+    def locks_for(self, values: dict[str, Any]) -> bool:
+        """Whether an update with these values reads its row under a lock (lifecycles)."""
+        return False
+
     async def update_row(self, item_id: UUID, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
-        existing = await self.visible_for_write(item_id, scope)
+        existing = await self.visible_for_write(item_id, scope, lock=self.locks_for(values))
         await self.check_parents(values)
         values = await self.before_write(values, existing)
         if not self.writes.columns_of(values):  # nothing to change: the row as it is
@@ -435,16 +458,38 @@ class WriteQueries:
         names = tuple(sorted(k for k in values if k not in sql))
         return names, sql, tuple(f"{k}={v}" for k, v in sorted(sql.items()))
 
-    async def insert(self, conn: Any, values: dict[str, Any]) -> Any:
+    async def insert(self, conn: Any, values: dict[str, Any],
+                     parents: dict[str, tuple[type[TenantBase], UUID]] | None = None) -> Any:
+        """INSERT ... RETURNING the row; with ``parents`` (field -> (model, id)) only if
+        each is visible (nothing returned otherwise)."""
         values = self.columns_of(values)
         names, sql_values, key = self._shape(values)
-        sql, order = self._sql(("insert", names, key), lambda: sa_insert(self.table).values(
-            {**{n: bindparam(f"v_{n}") for n in names}, **sql_values}).returning(*self.table.c))
-        return await conn.fetchrow(sql, *self._args(order, {f"v_{k}": values[k] for k in names}))
+        checked = tuple(sorted(parents or {}))
+        if not checked:
+            sql, order = self._sql(("insert", names, key), lambda: sa_insert(self.table).values(
+                {**{n: bindparam(f"v_{n}") for n in names}, **sql_values}).returning(*self.table.c))
+            return await conn.fetchrow(sql, *self._args(order, {f"v_{k}": values[k] for k in names}))
+        assert parents is not None and not sql_values
 
-    async def select(self, conn: Any, org: UUID, item_id: UUID, scope: dict[str, Any]) -> Any:
+        def build() -> Any:
+            conditions = []
+            for field_name in checked:
+                parent: Any = parents[field_name][0].__table__
+                conditions.append(exists().where(parent.c.organization_id == bindparam("org"),
+                                                 parent.c.id == bindparam(f"p_{field_name}")))
+            row = select(*(bindparam(f"v_{n}", type_=self.table.c[n].type) for n in names)).where(*conditions)
+            return sa_insert(self.table).from_select(list(names), row).returning(*self.table.c)
+
+        sql, order = self._sql(("insert", names, checked, tuple(p[0].__name__ for p in parents.values())), build)
+        return await conn.fetchrow(sql, *self._args(order, {
+            "org": values["organization_id"], **{f"v_{k}": values[k] for k in names},
+            **{f"p_{f}": parents[f][1] for f in checked}}))
+
+    async def select(self, conn: Any, org: UUID, item_id: UUID, scope: dict[str, Any], lock: bool = False) -> Any:
         names = ("id", *sorted(scope))
-        sql, order = self._sql(("select", names), lambda: select(*self.table.c).where(*self._where(names)))
+        sql, order = self._sql(("select", names, lock), lambda: (
+            select(*self.table.c).where(*self._where(names)).with_for_update() if lock
+            else select(*self.table.c).where(*self._where(names))))
         return await conn.fetchrow(sql, *self._args(order, {"org": org, "eq_id": item_id,
                                                              **{f"eq_{k}": v for k, v in scope.items()}}))
 
