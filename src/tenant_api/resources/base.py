@@ -11,7 +11,7 @@ policies would still hide every other organization's row.
 
 Reads (list, get) are the hot path: unless a resource's service overrides a read method
 (or reads newest first), they run as SQLAlchemy Core statements compiled once per shape
-and executed on the request's asyncpg connection (``ReadQueries``, ``provide_read``),
+and executed on the request's asyncpg connection (``ReadQueries``, ``read_transaction``),
 rows going straight into the Read struct: BEGIN, auth.begin_request, the query, COMMIT.
 
 Writes (create, update, delete) go through the service, whose hooks hold a resource's
