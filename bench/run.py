@@ -369,10 +369,15 @@ class Bench:
                         "SELECT set_config($2, $1, $3)", "select pg_catalog.version()", "select current_schema()",
                         "show transaction isolation level", "show standard_conforming_strings")
 
+    # Statements of the API process that belong to no request: the usage recorder's
+    # batches (its own connection, a statement per batch) and the rate limiter's reading
+    # of an organization's quota (once a minute per organization, in the background).
+    BACKGROUND = ("select app.record_usage(", "select requests, window_seconds from auth.rate_limit_of(")
+
     async def _read_statements(self, admin_url: str) -> tuple[float | None, list[tuple[int, str]]]:
-        """Statements per request: the API roles' statements (connection set-up excepted)
-        per committed or rolled-back transaction, i.e. per request, whatever was in flight
-        at the edges of the window."""
+        """Statements per request: the API roles' statements (connection set-up and
+        background work excepted) per committed or rolled-back transaction, i.e. per
+        request, whatever was in flight at the edges of the window."""
         conn = await asyncpg.connect(admin_url)
         try:
             rows = await conn.fetch(
@@ -386,7 +391,7 @@ class Bench:
             )
         finally:
             await conn.close()
-        per_request = [r for r in rows if not r["query"].startswith(self.CONNECTION_SETUP)]
+        per_request = [r for r in rows if not r["query"].startswith(self.CONNECTION_SETUP + self.BACKGROUND)]
         ends = sum(r["calls"] for r in per_request if r["query"].strip().upper() in ("COMMIT", "ROLLBACK"))
         total = sum(r["calls"] for r in per_request)
         return (total / ends if ends else None), [(r["calls"], " ".join(r["query"].split())[:160]) for r in rows[:10]]
