@@ -203,13 +203,16 @@ def _user_agent(scope: Scope) -> bytes | None:
     return None
 
 
+UNREAD: Any = object()  # usage_row's user_agent when the caller has not read the headers
+
+
 def usage_row(scope: Scope, status: int, started: float, duration: float,
-              user_agent: bytes | None = None) -> dict[str, Any] | None:
+              user_agent: bytes | None = UNREAD) -> dict[str, Any] | None:
     """The record for a finished request, or None when there is nothing to attribute
     (no credential sent, or the database failed before the credential was checked).
-    ``user_agent``: the header, when the caller has already read it."""
+    ``user_agent``: the header (None: absent), when the caller has already read it."""
     state = scope.get("state") or {}
-    if user_agent is None:
+    if user_agent is UNREAD:
         user_agent = _user_agent(scope)
     row: dict[str, Any] = {
         "occurred_at": started,
