@@ -31,47 +31,53 @@ grant select, insert, delete on public.unattributed_security_event to tenant_aud
 -- organization deleted meanwhile are dropped rather than failing the whole batch.
 -- The API role may call it: it is the witness of its own requests (see docs/audit.md); it can
 -- add records, never change or remove one.
-create or replace function app.record_usage(p_rows jsonb) returns integer
+-- Every request of the API pays for its record here (bench/RESULTS.md): the batch is
+-- parsed once (json, not jsonb: it is read once, in order), and both inserts read the
+-- parsed rows.
+drop function if exists app.record_usage(jsonb);
+create or replace function app.record_usage(p_rows json) returns integer
   language plpgsql
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
 declare
-  attributed integer;
-  unattributed integer;
+  total integer;
 begin
-  insert into public.token_usage
-    (organization_id, occurred_at, token_id, user_id, prefix, method, route, status, duration_ms,
-     client_ip, user_agent, request_id, reason)
-  select r.organization_id, to_timestamp(r.occurred_at), r.token_id, r.user_id, r.prefix, r.method,
-         r.route, r.status, r.duration_ms, r.client_ip, r.user_agent, r.request_id, r.reason
-    from jsonb_array_elements(p_rows) with ordinality as e(j, n),
-         jsonb_to_record(e.j) as r(
-           organization_id uuid, occurred_at float8, token_id uuid, user_id uuid, prefix text,
-           method text, route text, status smallint, duration_ms numeric, client_ip inet,
-           user_agent text, request_id text, reason text)
-   where r.organization_id is not null
-     and exists (select from public.organization o where o.id = r.organization_id)
-   order by e.n;  -- ids (uuidv7, taken at insert) follow the order requests finished
-  get diagnostics attributed = row_count;
-
-  insert into public.unattributed_security_event
-    (occurred_at, reason, prefix, method, route, status, client_ip, user_agent, request_id)
-  select to_timestamp(r.occurred_at), r.reason, r.prefix, r.method, r.route, r.status, r.client_ip,
-         r.user_agent, r.request_id
-    from jsonb_array_elements(p_rows) with ordinality as e(j, n),
-         jsonb_to_record(e.j) as r(
-           organization_id uuid, occurred_at float8, prefix text, method text, route text,
-           status smallint, client_ip inet, user_agent text, request_id text, reason text)
-   where r.organization_id is null
-   order by e.n;
-  get diagnostics unattributed = row_count;
-  return attributed + unattributed;
+  with r as materialized (
+    select *
+      from rows from (json_to_recordset(p_rows) as (
+             organization_id uuid, occurred_at float8, token_id uuid, user_id uuid, prefix text,
+             method text, route text, status smallint, duration_ms numeric, client_ip inet,
+             user_agent text, request_id text, reason text)) with ordinality as r(
+             organization_id, occurred_at, token_id, user_id, prefix, method, route, status, duration_ms,
+             client_ip, user_agent, request_id, reason, n)
+  ), attributed as (
+    insert into public.token_usage
+      (organization_id, occurred_at, token_id, user_id, prefix, method, route, status, duration_ms,
+       client_ip, user_agent, request_id, reason)
+    select r.organization_id, to_timestamp(r.occurred_at), r.token_id, r.user_id, r.prefix, r.method,
+           r.route, r.status, r.duration_ms, r.client_ip, r.user_agent, r.request_id, r.reason
+      from r
+     where r.organization_id in (select o.id from public.organization o)
+     order by r.n  -- ids (uuidv7, taken at insert) follow the order requests finished
+    returning 1
+  ), unattributed as (
+    insert into public.unattributed_security_event
+      (occurred_at, reason, prefix, method, route, status, client_ip, user_agent, request_id)
+    select to_timestamp(r.occurred_at), r.reason, r.prefix, r.method, r.route, r.status, r.client_ip,
+           r.user_agent, r.request_id
+      from r
+     where r.organization_id is null
+     order by r.n
+    returning 1
+  )
+  select (select count(*) from attributed) + (select count(*) from unattributed) into total;
+  return total;
 end
 $$;
 
 grant create on schema app to tenant_audit;
-alter function app.record_usage(jsonb) owner to tenant_audit;
+alter function app.record_usage(json) owner to tenant_audit;
 revoke create on schema app from tenant_audit;
-revoke all on function app.record_usage(jsonb) from public;
-grant execute on function app.record_usage(jsonb) to tenant_api;
+revoke all on function app.record_usage(json) from public;
+grant execute on function app.record_usage(json) to tenant_api;

@@ -217,7 +217,7 @@ async def test_usage_buckets(client, api_conn):
          "client_ip": "10.0.0.3"},
     ]
     # The usage recorder's own path: app.record_usage, as the API role.
-    assert await api_conn.fetchval("select app.record_usage($1::jsonb)", json.dumps(rows)) == 5
+    assert await api_conn.fetchval("select app.record_usage($1::json)", json.dumps(rows)) == 5
 
     params = {"since": day.isoformat(), "until": (day + dt.timedelta(days=2)).isoformat(), "bucket": "day",
               "token_id": reader["id"]}

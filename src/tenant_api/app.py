@@ -14,18 +14,19 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
 from tenant_api.audit.controller import audit_router
-from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
+from tenant_api.audit.usage import UsageRecorder
 from tenant_api.auth.controller import auth_router, me_router
 from tenant_api.auth.credentials import SessionCodec
-from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx, provide_db, provide_read
+from tenant_api.auth.request import is_public, provide_ctx, provide_db, provide_read
 from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.idempotency import IdempotencyMiddleware, IdempotentReplay, ServerKeys, replay_response
 from tenant_api.invites.controller import invite_answers_router, organization_invites_router
-from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted, metrics_endpoint
-from tenant_api.ops.ratelimit import RateLimiter, RateLimitMiddleware, close_limiter
-from tenant_api.ops.request_id import RequestIdMiddleware, add_request_id_header
+from tenant_api.ops.edge import edge
+from tenant_api.ops.metrics import RequestObserver, log_unrouted, metrics_endpoint
+from tenant_api.ops.ratelimit import RateLimiter, close_limiter
+from tenant_api.ops.request_id import add_request_id_header
 from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
 from tenant_api import logredact
@@ -144,7 +145,6 @@ def create_app(settings: Settings) -> Litestar:
     recorder = UsageRecorder(settings.database, flush_seconds=settings.audit.usage_flush_seconds,
                              batch_size=settings.audit.usage_batch_size,
                              max_pending=settings.audit.usage_max_pending)
-    usage_middleware = [UsageMiddleware(recorder)] if settings.audit.record_usage else []
 
     def start_recorder() -> None:
         if settings.audit.record_usage:
@@ -153,7 +153,6 @@ def create_app(settings: Settings) -> Litestar:
     # Quotas per credential (per address without one), counted before the credential
     # is checked; the client address is the peer's, or a trusted proxy's X-Forwarded-For.
     limiter = RateLimiter(settings.rate_limit, settings.auth.auth_rate_per_minute, engine)
-    rate_limit_middleware = [RateLimitMiddleware(limiter)] if settings.rate_limit.enabled else []
     proxy_middleware = [_trusted_proxies(settings.server.trusted_proxies)] if settings.server.trusted_proxies else []
 
     # Graceful shutdown (ops/shutdown.py): under uvicorn the app takes SIGTERM first and
@@ -179,9 +178,12 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
-        middleware=[*proxy_middleware, RequestIdMiddleware(),
-                    ObservabilityMiddleware(engine, access=settings.observability.access_log),
-                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec),
+        # Request id, metrics and access line, usage record, rate limit, credential: one
+        # middleware (ops/edge.py); then Idempotency-Key, which needs the credential.
+        middleware=[*proxy_middleware,
+                    edge(codec=codec, observer=RequestObserver(engine, access=settings.observability.access_log),
+                         recorder=recorder if settings.audit.record_usage else None,
+                         limiter=limiter if settings.rate_limit.enabled else None),
                     IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret))],
         exception_handlers={**EXCEPTION_HANDLERS, IdempotentReplay: replay_response},  # type: ignore[dict-item]
         # Bad input is refused before any recursion or the driver meets it (inputs.py).
@@ -198,6 +200,10 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[add_request_id_header, log_unrouted],
         openapi_config=openapi_config,
         debug=False,
+        # Logging belongs to the process (tenant-api serve, tenant_api.asgi, make run):
+        # Litestar's default would re-route the root logger through its own queue and
+        # format, and the JSON lines (the access line included) would be lost.
+        logging_config=None,
     )
     openapi_config.bind(app)
     _check_route_security(app)

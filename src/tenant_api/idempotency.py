@@ -9,8 +9,8 @@ retry simply runs again. See docs/idempotency.md.
 
 How it fits the request path, written once for every route:
 
-1. ``IdempotencyMiddleware`` (after the credential check) reads the body, computes the
-   request's fingerprint and leaves a ``PendingRequest`` in the scope.
+1. ``IdempotencyMiddleware`` (inside the edge middleware, after the credential check)
+   reads the body, computes the request's fingerprint and leaves a ``PendingRequest`` in the scope.
 2. ``bind(request, session)``, called where the request's transaction begins
    (``auth.request.provide_db``; the claim routes, which open their own transactions, call
    it themselves): takes a transaction-level advisory lock on the key (busy: 409, the
@@ -249,9 +249,10 @@ def _problem_messages(status: int, detail: str, start: dict[str, Any]) -> tuple[
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
-    """See the module doc. Runs inside CredentialMiddleware: a POST with a credential and an
-    Idempotency-Key is handled here; anything else passes through untouched. Public
-    routes (signup, login) have no credential to keep a key for, and ignore it."""
+    """See the module doc. Runs inside the edge middleware (ops/edge.py), which has checked
+    the credential: a POST with a credential and an Idempotency-Key is handled here;
+    anything else passes through untouched. Public routes (signup, login) have no
+    credential to keep a key for, and ignore it."""
 
     scopes = (ScopeType.HTTP,)
 

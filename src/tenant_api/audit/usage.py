@@ -1,13 +1,13 @@
 """Usage records: every authenticated request leaves one, without touching its hot path.
 
-``UsageMiddleware`` (ASGI, around the credential check) sees each request's final status
-and duration, and who it ran as (``scope["state"]``: the principal that
+The edge middleware (ops/edge.py, around the credential check) sees each request's final
+status and duration, and who it ran as (``scope["state"]``: the principal that
 ``open_request_session`` stored, a refused one, or a malformed credential). It hands a
 small dict to the ``UsageRecorder`` (a deque append: no I/O, no await).
 
 The recorder writes in a thread of its own, with its own event loop and one connection
 as the API role: every ``flush_seconds`` or as soon as ``batch_size`` records wait, one
-statement (``select app.record_usage($1::jsonb)``) inserts the whole batch. So a request
+statement (``select app.record_usage($1::json)``) inserts the whole batch. So a request
 never waits for its usage record, never shares a transaction with it, and a failed or
 rolled-back request is still recorded. Being a thread, it does not depend on which event
 loop serves requests or runs the lifespan hooks (the test client uses two).
@@ -31,11 +31,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
-from tenant_api.auth.request import is_public
 from tenant_api.ops.metrics import USAGE_DROPPED, USAGE_WRITTEN
 from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.settings import DatabaseSettings
@@ -169,7 +166,7 @@ class UsageRecorder:
                 statement_cache_size=0 if self._pgbouncer else 100,
                 server_settings={"application_name": "tenant-api-usage", "statement_timeout": "30000"},
             )
-        await self._conn.execute("select app.record_usage($1::jsonb)", msgspec.json.encode(batch).decode())
+        await self._conn.execute("select app.record_usage($1::json)", msgspec.json.encode(batch).decode())
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -180,27 +177,43 @@ class UsageRecorder:
                 conn.terminate()
 
 
+_ADDRESSES: dict[str, str | None] = {}  # peer address as the server gives it -> as stored (a few per process)
+
+
 def _client_ip(scope: Scope) -> str | None:
     client = scope.get("client")
     if not client:
         return None
-    try:
-        return str(ipaddress.ip_address(client[0]))
-    except ValueError:  # e.g. the test client's "testclient"
-        return None
+    address = _ADDRESSES.get(client[0], "")
+    if address == "":
+        try:
+            address = str(ipaddress.ip_address(client[0]))
+        except ValueError:  # e.g. the test client's "testclient"
+            address = None
+        if len(_ADDRESSES) > 10_000:
+            _ADDRESSES.clear()
+        _ADDRESSES[client[0]] = address
+    return address
 
 
-def _user_agent(scope: Scope) -> str | None:
+def _user_agent(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers") or ():
         if name == b"user-agent":
-            return value.decode("latin-1")[:_MAX_UA]
+            return value
     return None
 
 
-def usage_row(scope: Scope, status: int, started: float, duration: float) -> dict[str, Any] | None:
+UNREAD: Any = object()  # usage_row's user_agent when the caller has not read the headers
+
+
+def usage_row(scope: Scope, status: int, started: float, duration: float,
+              user_agent: bytes | None = UNREAD) -> dict[str, Any] | None:
     """The record for a finished request, or None when there is nothing to attribute
-    (no credential sent, or the database failed before the credential was checked)."""
+    (no credential sent, or the database failed before the credential was checked).
+    ``user_agent``: the header (None: absent), when the caller has already read it."""
     state = scope.get("state") or {}
+    if user_agent is UNREAD:
+        user_agent = _user_agent(scope)
     row: dict[str, Any] = {
         "occurred_at": started,
         "method": str(scope.get("method", "GET"))[:16],
@@ -209,13 +222,14 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
         "status": status,
         "duration_ms": round(duration * 1000, 3),
         "client_ip": _client_ip(scope),
-        "user_agent": _user_agent(scope),
+        "user_agent": user_agent[:_MAX_UA].decode("latin-1") if user_agent is not None else None,
         "request_id": state.get("request_id"),
     }
     principal = state.get("principal") or state.get("refused")
     if principal is not None and (principal.ok or principal.status in _REFUSED_KNOWN):
-        row.update(organization_id=str(principal.organization_id), token_id=str(principal.token_id),
-                   user_id=str(principal.user_id) if principal.user_id else None,
+        # UUIDs as they are: the writer's JSON encoder writes their text.
+        row.update(organization_id=principal.organization_id, token_id=principal.token_id,
+                   user_id=principal.user_id,
                    prefix=principal.prefix or "", reason=None if principal.ok else principal.status)
         return row
     credential = state.get("credential")
@@ -226,40 +240,3 @@ def usage_row(scope: Scope, status: int, started: float, duration: float) -> dic
         row.update(organization_id=None, prefix=state["credential_error"], reason="malformed")
         return row
     return None
-
-
-class UsageMiddleware(ASGIMiddleware):
-    """Outside the credential check, inside the request id: sees every final status."""
-
-    scopes = (ScopeType.HTTP,)
-
-    def __init__(self, recorder: UsageRecorder) -> None:
-        self.recorder = recorder
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if is_public(scope.get("route_handler")):
-            await next_app(scope, receive, send)
-            return
-        started, t0 = time.time(), time.perf_counter()
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, send_status)
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        except Exception as exc:
-            # Raised outside the route's own exception handler (the credential middleware's
-            # 401): the app-level handler turns it into the response after we return.
-            status = getattr(exc, "status_code", 500)
-            raise
-        finally:
-            row = usage_row(scope, status, started, time.perf_counter() - t0)
-            if row is not None:
-                self.recorder.record(row)
