@@ -178,13 +178,13 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=routers(settings),
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
-        # Request id, metrics and access line, usage record, rate limit, credential: one
-        # middleware (ops/edge.py); then Idempotency-Key, which needs the credential.
+        # Request id, metrics and access line, usage record, rate limit, credential, and
+        # then a keyed POST's Idempotency-Key: one middleware (ops/edge.py).
         middleware=[*proxy_middleware,
                     edge(codec=codec, observer=RequestObserver(engine, access=settings.observability.access_log),
                          recorder=recorder if settings.audit.record_usage else None,
-                         limiter=limiter if settings.rate_limit.enabled else None),
-                    IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret))],
+                         limiter=limiter if settings.rate_limit.enabled else None,
+                         idempotency=IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret)))],
         exception_handlers={**EXCEPTION_HANDLERS, IdempotentReplay: replay_response},  # type: ignore[dict-item]
         # Bad input is refused before any recursion or the driver meets it (inputs.py).
         request_class=BoundedRequest,

@@ -7,7 +7,8 @@ first), each as it was when they were five middlewares of their own:
 2. metrics and the access line (ops/metrics.py): every answer counted, timed, logged;
 3. the usage record (audit/usage.py): every authenticated request leaves one;
 4. the rate limit (ops/ratelimit.py): counted before the credential is checked;
-5. the credential (auth/request.py): parsed without the database, 401 if malformed.
+5. the credential (auth/request.py): parsed without the database, 401 if malformed;
+6. a POST with an Idempotency-Key (and a credential) goes on through idempotency.py.
 
 One middleware rather than five because they are one concern (what the API notes about
 a request at its door) and because each Litestar middleware layer, each ``send`` wrapper
@@ -33,12 +34,14 @@ from tenant_api.auth.request import is_public, note_refused
 from tenant_api.ops import metrics
 from tenant_api.ops.ratelimit import RateLimiter, headers_for
 from tenant_api.errors import ProblemError
+from tenant_api.idempotency import IdempotencyMiddleware
 from tenant_api.ops.request_id import REQUEST_ID, new_request_id, valid_client_id
 
 _AUTHORIZATION = b"authorization"
 _REQUEST_ID = b"x-request-id"
 _USER_AGENT = b"user-agent"
 _PROTOCOL = b"sec-websocket-protocol"
+_IDEMPOTENCY_KEY = b"idempotency-key"
 
 
 class _Route:
@@ -58,8 +61,10 @@ class EdgeMiddleware:
     """See the module doc. Built once per route by Litestar (``edge(...)`` is the factory)."""
 
     def __init__(self, app: ASGIApp, *, codec: SessionCodec, observe: metrics.RequestObserver,
-                 recorder: UsageRecorder | None, limiter: RateLimiter | None, routes: dict[int, _Route]) -> None:
+                 recorder: UsageRecorder | None, limiter: RateLimiter | None,
+                 idempotency: IdempotencyMiddleware | None, routes: dict[int, _Route]) -> None:
         self.app = app
+        self.idempotency = idempotency
         self.codec = codec
         self.observer = observe
         self.recorder = recorder
@@ -81,7 +86,7 @@ class EdgeMiddleware:
                 await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
-        authorization = user_agent = None
+        authorization = user_agent = keyed = None
         request_id: str | None = state.get("request_id")
         for name, value in scope["headers"]:
             if name == _AUTHORIZATION:
@@ -90,6 +95,8 @@ class EdgeMiddleware:
                 user_agent = value
             elif name == _REQUEST_ID and request_id is None:
                 request_id = valid_client_id(value)
+            elif name == _IDEMPOTENCY_KEY:
+                keyed = value
         if request_id is None:
             request_id = new_request_id()
         state["request_id"] = request_id
@@ -133,7 +140,11 @@ class EdgeMiddleware:
                     if authorization:  # a credential was sent and refused: a security event (audit.usage)
                         note_refused(scope, authorization, self.codec)
                     raise NotAuthorizedException(str(exc)) from None
-            await self.app(scope, receive, observe)
+            if keyed is not None and self.idempotency is not None and scope.get("method") == "POST" \
+                    and state.get("credential") is not None:
+                await self.idempotency.handle(scope, receive, observe, self.app)
+            else:
+                await self.app(scope, receive, observe)
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
@@ -198,11 +209,12 @@ class EdgeMiddleware:
 
 
 def edge(*, codec: SessionCodec, observer: metrics.RequestObserver, recorder: UsageRecorder | None,
-         limiter: RateLimiter | None) -> Any:
+         limiter: RateLimiter | None, idempotency: IdempotencyMiddleware | None = None) -> Any:
     """The middleware factory for Litestar (one EdgeMiddleware per route, one route table)."""
     routes: dict[int, _Route] = {}
 
     def wrap(app: ASGIApp) -> ASGIApp:
-        return EdgeMiddleware(app, codec=codec, observe=observer, recorder=recorder, limiter=limiter, routes=routes)
+        return EdgeMiddleware(app, codec=codec, observe=observer, recorder=recorder, limiter=limiter,
+                              idempotency=idempotency, routes=routes)
 
     return wrap
