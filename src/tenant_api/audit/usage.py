@@ -3,7 +3,7 @@
 The edge middleware (ops/edge.py, around the credential check) sees each request's final
 status and duration, and who it ran as (``scope["state"]``: the principal that
 ``open_request_session`` stored, a refused one, or a malformed credential). It hands a
-small dict to the ``UsageRecorder`` (a deque append: no I/O, no await).
+small struct (``UsageRecord``) to the ``UsageRecorder`` (a deque append: no I/O, no await).
 
 The recorder writes in a thread of its own, with its own event loop and one connection
 as the API role: every ``flush_seconds`` or as soon as ``batch_size`` records wait, one
@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -51,7 +52,7 @@ class UsageRecorder:
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
         self.max_pending = max_pending
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[UsageRecord] = collections.deque()
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._accepted = 0  # records accepted so far (record() is called from one loop's thread)
@@ -66,7 +67,7 @@ class UsageRecorder:
 
     # -- the request side: no I/O ------------------------------------------------------
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: UsageRecord) -> None:
         if self._thread is None and not self._stopping:
             self.start()
         if len(self._pending) >= self.max_pending:
@@ -159,7 +160,7 @@ class UsageRecorder:
             self._settled += n
             self._progress.notify_all()
 
-    async def _insert(self, batch: list[dict[str, Any]]) -> None:
+    async def _insert(self, batch: list[UsageRecord]) -> None:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(
                 self._dsn,
@@ -206,37 +207,60 @@ def _user_agent(scope: Scope) -> bytes | None:
 UNREAD: Any = object()  # usage_row's user_agent when the caller has not read the headers
 
 
+class UsageRecord(msgspec.Struct, gc=False):
+    """One request's usage record, as app.record_usage reads it (field = JSON key).
+
+    A struct the garbage collector does not track (``gc=False``: every field is an atomic
+    value, so no record can be part of a cycle): up to a second of records waits for the
+    writer, and as tracked dicts they were promoted through the collector's generations
+    and made its full collections longer and more frequent (bench/RESULTS.md)."""
+
+    occurred_at: float
+    method: str
+    route: str
+    status: int
+    duration_ms: float
+    client_ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    organization_id: UUID | None = None
+    token_id: UUID | None = None
+    user_id: UUID | None = None
+    prefix: str | None = None
+    reason: str | None = None
+
+
 def usage_row(scope: Scope, status: int, started: float, duration: float,
-              user_agent: bytes | None = UNREAD) -> dict[str, Any] | None:
+              user_agent: bytes | None = UNREAD) -> UsageRecord | None:
     """The record for a finished request, or None when there is nothing to attribute
     (no credential sent, or the database failed before the credential was checked).
     ``user_agent``: the header (None: absent), when the caller has already read it."""
     state = scope.get("state") or {}
-    if user_agent is UNREAD:
-        user_agent = _user_agent(scope)
-    row: dict[str, Any] = {
-        "occurred_at": started,
-        "method": str(scope.get("method", "GET"))[:16],
-        # the route template (/v1/agents/{item_id}), never the raw path with its ids
-        "route": (scope.get("path_template") or "?")[:512],
-        "status": status,
-        "duration_ms": round(duration * 1000, 3),
-        "client_ip": _client_ip(scope),
-        "user_agent": user_agent[:_MAX_UA].decode("latin-1") if user_agent is not None else None,
-        "request_id": state.get("request_id"),
-    }
     principal = state.get("principal") or state.get("refused")
     if principal is not None and (principal.ok or principal.status in _REFUSED_KNOWN):
         # UUIDs as they are: the writer's JSON encoder writes their text.
-        row.update(organization_id=principal.organization_id, token_id=principal.token_id,
-                   user_id=principal.user_id,
-                   prefix=principal.prefix or "", reason=None if principal.ok else principal.status)
-        return row
-    credential = state.get("credential")
-    if principal is not None and credential is not None:  # unknown token: no organization to own it
-        row.update(organization_id=None, prefix=credential.prefix, reason="unknown")
-        return row
-    if "credential_error" in state:
-        row.update(organization_id=None, prefix=state["credential_error"], reason="malformed")
-        return row
-    return None
+        organization_id, token_id, user_id = principal.organization_id, principal.token_id, principal.user_id
+        prefix, reason = principal.prefix or "", None if principal.ok else principal.status
+    elif principal is not None and (credential := state.get("credential")) is not None:
+        # an unknown token: no organization to own it
+        organization_id = token_id = user_id = None
+        prefix, reason = credential.prefix, "unknown"
+    elif "credential_error" in state:
+        organization_id = token_id = user_id = None
+        prefix, reason = state["credential_error"], "malformed"
+    else:
+        return None
+    if user_agent is UNREAD:
+        user_agent = _user_agent(scope)
+    return UsageRecord(
+        occurred_at=started,
+        method=str(scope.get("method", "GET"))[:16],
+        # the route template (/v1/agents/{item_id}), never the raw path with its ids
+        route=(scope.get("path_template") or "?")[:512],
+        status=status,
+        duration_ms=round(duration * 1000, 3),
+        client_ip=_client_ip(scope),
+        user_agent=user_agent[:_MAX_UA].decode("latin-1") if user_agent is not None else None,
+        request_id=state.get("request_id"),
+        organization_id=organization_id, token_id=token_id, user_id=user_id, prefix=prefix, reason=reason,
+    )
