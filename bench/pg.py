@@ -1,7 +1,8 @@
 """The bench's own PostgreSQL: the embedded server (the same wheel `make run` uses) on
 bench/out/pg, restarted once with pg_stat_statements preloaded, listening on a Unix
 socket only. Each run recreates its databases: bootstrap and migrations exactly as in
-production, then the bench-only extras (pg_stat_statements, a BYPASSRLS role).
+production, then the bench-only extras (pg_stat_statements, a BYPASSRLS role, and the
+minimal-context role with its plain policy).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ SERVER_SETTINGS = {
 }
 
 BYPASS_ROLE = "bench_bypassrls"
+# The yardstick for what the request context costs (issue 9): a role of the API role's
+# kind (LOGIN, NOBYPASSRLS, owns nothing, member of nothing) whose whole context is one
+# custom setting, and one plain policy on agent comparing organization_id with it. It can
+# read agent and nothing else. Forgeable by design (any session may set app.*): bench only.
+MINIMAL_ROLE = "bench_minimal"
+MINIMAL_SETTING = "app.bench_org"
 PASSWORD = "bench"  # local Unix socket, trust authentication: never used for anything else
 
 
@@ -115,6 +122,7 @@ class BenchDatabase:
     name: str
     api_url: str  # tenant_api: the API's role, RLS applies
     bypass_url: str  # bench_bypassrls: the same grants, BYPASSRLS (baseline 2)
+    minimal_url: str  # bench_minimal: one set_config and a plain policy (the context's yardstick)
     owner_url: str
     admin_url: str  # superuser on this database
 
@@ -146,6 +154,18 @@ def create_database(cluster: Cluster, name: str) -> BenchDatabase:
                   end if;
                 end $$;
                 grant tenant_api to {BYPASS_ROLE};
+                do $$ begin
+                  if not exists (select from pg_roles where rolname = '{MINIMAL_ROLE}') then
+                    create role {MINIMAL_ROLE} login nosuperuser nocreatedb nocreaterole nobypassrls noinherit
+                      password '{PASSWORD}';
+                  end if;
+                end $$;
+                grant connect on database "{name}" to {MINIMAL_ROLE};
+                grant usage on schema public to {MINIMAL_ROLE};
+                grant select on public.agent to {MINIMAL_ROLE};
+                drop policy if exists bench_minimal_select on public.agent;
+                create policy bench_minimal_select on public.agent for select to {MINIMAL_ROLE}
+                  using (organization_id = nullif(current_setting('{MINIMAL_SETTING}', true), '')::uuid);
                 """
             )
         finally:
@@ -156,6 +176,7 @@ def create_database(cluster: Cluster, name: str) -> BenchDatabase:
         name=name,
         api_url=cluster.url("tenant_api", name),
         bypass_url=cluster.url(BYPASS_ROLE, name),
+        minimal_url=cluster.url(MINIMAL_ROLE, name),
         owner_url=cluster.url("tenant_owner", name),
         admin_url=cluster.admin(name),
     )

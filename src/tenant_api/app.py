@@ -13,23 +13,18 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 
-from tenant_api.audit.usage import UsageMiddleware, UsageRecorder
+from tenant_api.audit.usage import UsageRecorder
 from tenant_api.auth.credentials import SessionCodec
 from tenant_api.auth.passwords import PasswordWork
-from tenant_api.auth.request import CredentialMiddleware, is_public, provide_ctx, provide_db, provide_read
+from tenant_api.auth.request import is_public, provide_ctx, provide_db, provide_read
 from tenant_api.contract import ContractOpenAPIConfig
 from tenant_api.db.engine import create_api_engine, create_sessionmaker
 from tenant_api.errors import EXCEPTION_HANDLERS, UNIQUE_KEYS_SQL, log
 from tenant_api.idempotency import IdempotencyMiddleware, IdempotentReplay, ServerKeys, replay_response
-from tenant_api.ops.metrics import ObservabilityMiddleware, log_unrouted
-from tenant_api.ops.ratelimit import (
-    FailedLogins,
-    RateLimiter,
-    RateLimitMiddleware,
-    RefusedCredentials,
-    close_limiter,
-)
-from tenant_api.request_id import RequestIdMiddleware, add_request_id_header
+from tenant_api.edge import edge
+from tenant_api.ops.metrics import RequestObserver, log_unrouted
+from tenant_api.ops.ratelimit import FailedLogins, RateLimiter, RefusedCredentials, close_limiter
+from tenant_api.request_id import add_request_id_header
 from tenant_api.ops.shutdown import Drain, install_signal_handlers
 from tenant_api.inputs import TYPE_DECODERS, BoundedRequest, InputSchemaPlugin
 from tenant_api import logredact
@@ -105,7 +100,6 @@ def create_app(settings: Settings) -> Litestar:
     recorder = UsageRecorder(settings.database.jobs_database(), flush_seconds=settings.audit.usage_flush_seconds,
                              batch_size=settings.audit.usage_batch_size,
                              max_pending=settings.audit.usage_max_pending)
-    usage_middleware = [UsageMiddleware(recorder)] if settings.audit.record_usage else []
 
     def start_recorder() -> None:
         if settings.audit.record_usage:
@@ -114,7 +108,6 @@ def create_app(settings: Settings) -> Litestar:
     # Quotas per credential (per address without one), counted before the credential
     # is checked; the client address is the peer's, or a trusted proxy's X-Forwarded-For.
     limiter = RateLimiter(settings.rate_limit, settings.auth.auth_rate_per_minute, engine)
-    rate_limit_middleware = [RateLimitMiddleware(limiter)] if settings.rate_limit.enabled else []
     # Refused credentials per address: a flood of them costs neither lookups nor rows.
     refusals = (RefusedCredentials(limiter, settings.rate_limit.refused_per_minute)
                 if settings.rate_limit.enabled else None)
@@ -149,10 +142,13 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=route_handlers(),  # every area's ROUTES (tenant_api.routes)
         dependencies={"db": Provide(provide_db), "ctx": Provide(provide_ctx), "tx": Provide(provide_read)},
-        middleware=[*proxy_middleware, RequestIdMiddleware(),
-                    ObservabilityMiddleware(engine, access=settings.observability.access_log),
-                    *usage_middleware, *rate_limit_middleware, CredentialMiddleware(codec, refusals),
-                    IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret))],
+        # Request id, metrics and access line, usage record, rate limit, refused-credential
+        # limit, credential, and then a keyed POST's Idempotency-Key: one middleware (edge.py).
+        middleware=[*proxy_middleware,
+                    edge(codec=codec, observer=RequestObserver(engine, access=settings.observability.access_log),
+                         recorder=recorder if settings.audit.record_usage else None,
+                         limiter=limiter if settings.rate_limit.enabled else None, refusals=refusals,
+                         idempotency=IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret)))],
         exception_handlers={**EXCEPTION_HANDLERS, IdempotentReplay: replay_response},  # type: ignore[dict-item]
         # Bad input is refused before any recursion or the driver meets it (inputs.py).
         request_class=BoundedRequest,
@@ -170,6 +166,10 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[add_request_id_header, log_unrouted],
         openapi_config=openapi_config,
         debug=False,
+        # Logging belongs to the process (tenant-api serve, tenant_api.asgi, make run):
+        # Litestar's default would re-route the root logger through its own queue and
+        # format, and the JSON lines (the access line included) would be lost.
+        logging_config=None,
     )
     openapi_config.bind(app)
     _check_route_security(app)

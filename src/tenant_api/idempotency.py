@@ -9,8 +9,8 @@ retry simply runs again. See docs/idempotency.md.
 
 How it fits the request path, written once for every route:
 
-1. ``IdempotencyMiddleware`` (after the credential check) reads the body, computes the
-   request's fingerprint and leaves a ``PendingRequest`` in the scope.
+1. ``IdempotencyMiddleware`` (called by the edge middleware after the credential check)
+   reads the body, computes the request's fingerprint and leaves a ``PendingRequest`` in the scope.
 2. ``bind(request, session)``, called where the request's transaction begins
    (``auth.request.provide_db``; the claim routes, which open their own transactions, call
    it themselves): takes a transaction-level advisory lock on the key (busy: 409, the
@@ -45,8 +45,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from litestar import Request, Response
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -248,18 +246,18 @@ def _problem_messages(status: int, detail: str, start: dict[str, Any]) -> tuple[
             {"type": "http.response.body", "body": body, "more_body": False})
 
 
-class IdempotencyMiddleware(ASGIMiddleware):
-    """See the module doc. Runs inside CredentialMiddleware: a POST with a credential and an
-    Idempotency-Key is handled here; anything else passes through untouched. Public
-    routes (signup, login) have no credential to keep a key for, and ignore it."""
-
-    scopes = (ScopeType.HTTP,)
+class IdempotencyMiddleware:
+    """See the module doc. Called by the edge middleware (edge.py) once it has checked
+    the credential, for a POST with a credential and an Idempotency-Key only: anything
+    else never reaches it (a middleware layer of its own cost every request a share of
+    the hot path, bench/RESULTS.md). Public routes (signup, login) have no credential to
+    keep a key for, and ignore it."""
 
     def __init__(self, keys: ServerKeys) -> None:
         self.keys = keys
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        http: Any = scope  # an HTTP scope (scopes above)
+        http: Any = scope  # an HTTP scope (the edge calls this for HTTP POSTs only)
         raw = None
         if http["method"] == "POST" and http.get("state", {}).get("credential") is not None:
             raw = next((v for k, v in http.get("headers", []) if k == b"idempotency-key"), None)

@@ -6,8 +6,8 @@ letters, digits and ``.-_:``), so a caller can follow its id through our logs; a
 else is ignored and the API makes one. Ids from clients are not unique: an auditor
 matching audit rows by request id also compares their token.
 
-The id is fixed the first time anything asks (``ensure_request_id``): the request id
-middleware at the start of the middleware stack, or, for answers given before any
+The id is fixed the first time anything asks: the edge middleware (edge.py) at the
+start of every routed request, or (``ensure_request_id``), for answers given before any
 middleware runs (routing 404/405), the problem response itself. ``add_request_id_header``
 (an app ``before_send`` hook, so it sees every response, the credential middleware's 401
 included) puts it in the header.
@@ -15,14 +15,12 @@ included) puts it in the header.
 
 from __future__ import annotations
 
+import os
 import re
 from contextvars import ContextVar
 from typing import Any
-from uuid import uuid4
 
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 
 HEADER = "X-Request-ID"
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -31,10 +29,20 @@ _HEADER_KEY = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
+def new_request_id() -> str:
+    """32 random hexadecimal digits (as many random bits as a UUID4 and then some)."""
+    return os.urandom(16).hex()
+
+
+def valid_client_id(value: bytes) -> str | None:
+    """A client's X-Request-ID, if well formed."""
+    return value.decode("ascii") if _VALID.fullmatch(value) else None
+
+
 def _from_client(scope: Scope | dict[str, Any]) -> str | None:
     for name, value in scope.get("headers") or ():
         if name == _HEADER_KEY:
-            return value.decode("ascii") if _VALID.fullmatch(value) else None
+            return valid_client_id(value)
     return None
 
 
@@ -43,7 +51,7 @@ def ensure_request_id(scope: Scope | dict[str, Any]) -> str:
     state = scope.setdefault("state", {})
     request_id: str | None = state.get("request_id")
     if request_id is None:
-        request_id = _from_client(scope) or uuid4().hex
+        request_id = _from_client(scope) or new_request_id()
         state["request_id"] = request_id
     return request_id
 
@@ -56,17 +64,3 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     if not any(name.lower() == _HEADER_KEY for name, _ in headers):
         headers.append((_HEADER_KEY, ensure_request_id(scope).encode()))
         message["headers"] = headers
-
-
-class RequestIdMiddleware(ASGIMiddleware):
-    """First in the stack: the id exists before the credential check, usage records and
-    handlers look for it."""
-
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        token = REQUEST_ID.set(ensure_request_id(scope))
-        try:
-            await next_app(scope, receive, send)
-        finally:
-            REQUEST_ID.reset(token)

@@ -214,7 +214,7 @@ async def test_usage_buckets(client, jobs_conn):
          "client_ip": "10.0.0.3"},
     ]
     # The usage recorder's own path: app.record_usage, as the API process's background login.
-    assert await jobs_conn.fetchval("select app.record_usage($1::jsonb)", json.dumps(rows)) == 5
+    assert await jobs_conn.fetchval("select app.record_usage($1::json)", json.dumps(rows)) == 5
 
     params = {"since": day.isoformat(), "until": (day + dt.timedelta(days=2)).isoformat(), "bucket": "day",
               "token_id": reader["id"]}

@@ -581,7 +581,7 @@ async def test_management_scopes_and_validation(client, receiver, admin_conn):
     assert await admin_conn.fetchval("select count(*) from webhook_delivery where webhook_id = $1", U(hook["id"])) == 0
     # The audit trail shows where events go (the origin), never the whole URL.
     rows = await admin_conn.fetch("select changes::text as c from token_audit_log where table_name = 'webhook'"
-                                  " and row_id = $1", U(hook["id"]))
+                                  " and row_id = $1 order by txid, id", U(hook["id"]))
     assert rows and all("/hook/" not in r["c"] for r in rows)
     assert f"127.0.0.1:{receiver.port}" in rows[0]["c"]
 

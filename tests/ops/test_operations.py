@@ -80,6 +80,9 @@ async def test_access_log_lines_are_json_with_request_ids_and_no_secret(client, 
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("tenant_api")
     logger.addHandler(handler)
+    # The level a process's logging configuration gives it (tenant_api.ops.logs): the app
+    # leaves logging to the process.
+    level, _ = logger.level, logger.setLevel(logging.INFO)
     secret_query = "tapi_notreallyasecretbutlooksone123456"
     try:
         app = create_app(settings)
@@ -94,6 +97,7 @@ async def test_access_log_lines_are_json_with_request_ids_and_no_secret(client, 
             ]
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]  # every line is JSON
     access = [line for line in lines if line["logger"] == "tenant_api.access"]
     by_id = {line["request_id"]: line for line in access}

@@ -468,7 +468,9 @@ def walk(node: dict[str, Any], touched: Touched, subplan: int = 0) -> None:
         if m := PARTITION_NAME.match(target["Relation Name"]):
             touched.modified.setdefault(m["table"], set()).add(int(m["remainder"]))
     if node.get("Node Type") == "ModifyTable" and node.get("Operation") == "Insert":
-        source = node.get("Plans", [{}])[0]
+        # The rows come from the outer child; InitPlans (an INSERT ... SELECT ... WHERE
+        # EXISTS checking parents) hang off the same node and come first.
+        source = next((p for p in node.get("Plans", []) if p.get("Parent Relationship") == "Outer"), {})
         touched.inserts[node["Relation Name"]] = source.get("Output", [])
     if node.get("Node Type") in ("Append", "MergeAppend") and (removed := node.get("Subplans Removed")):
         children = [PARTITION_NAME.match(p.get("Relation Name", "")) for p in node.get("Plans", [])]

@@ -1,13 +1,13 @@
 """Usage records: every authenticated request leaves one, without touching its hot path.
 
-``UsageMiddleware`` (ASGI, around the credential check) sees each request's final status
-and duration, and who it ran as (``scope["state"]``: the principal that
+The edge middleware (edge.py, around the credential check) sees each request's final
+status and duration, and who it ran as (``scope["state"]``: the principal that
 ``open_request_session`` stored, a refused one, or a malformed credential). It hands a
-small dict to the ``UsageRecorder`` (a deque append: no I/O, no await).
+small struct (``UsageRecord``) to the ``UsageRecorder`` (a deque append: no I/O, no await).
 
 The recorder writes in a thread of its own, with its own event loop and one connection
 as the API role: every ``flush_seconds`` or as soon as ``batch_size`` records wait, one
-statement (``select app.record_usage($1::jsonb)``) inserts the whole batch. So a request
+statement (``select app.record_usage($1::json)``) inserts the whole batch. So a request
 never waits for its usage record, never shares a transaction with it, and a failed or
 rolled-back request is still recorded. Being a thread, it does not depend on which event
 loop serves requests or runs the lifespan hooks (the test client uses two).
@@ -38,14 +38,12 @@ import logging
 import threading
 import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
-from tenant_api.auth.request import is_public
 from tenant_api.ops.metrics import USAGE_DROPPED, USAGE_WRITTEN
 from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.settings import DatabaseSettings
@@ -58,15 +56,15 @@ _REFUSED_KNOWN = {"expired", "revoked", "not_member"}
 _BucketKey = tuple[Any, ...]
 
 
-def _bucket_key(row: dict[str, Any]) -> _BucketKey | None:
+def _bucket_key(row: UsageRecord) -> _BucketKey | None:
     """The aggregation key of a security event (a refused credential), None for a request."""
-    reason = row.get("reason")
+    reason = row.reason
     if reason is None:
         return None
-    minute = int(row["occurred_at"] // 60)
-    if row.get("organization_id") is None:
-        return ("unattributed", minute, row.get("client_ip"), reason, row.get("prefix"))
-    return ("attributed", minute, row["organization_id"], row.get("token_id"), reason)
+    minute = int(row.occurred_at // 60)
+    if row.organization_id is None:
+        return ("unattributed", minute, row.client_ip, reason, row.prefix)
+    return ("attributed", minute, row.organization_id, row.token_id, reason)
 
 
 class UsageRecorder:
@@ -77,9 +75,9 @@ class UsageRecorder:
         self.flush_seconds = flush_seconds
         self.batch_size = batch_size
         self.max_pending = max_pending
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[UsageRecord] = collections.deque()
         # security events being aggregated (the request side adds, the writer takes ripe ones)
-        self._buckets: dict[_BucketKey, dict[str, Any]] = {}
+        self._buckets: dict[_BucketKey, UsageRecord] = {}
         self._buckets_lock = threading.Lock()
         self._force = False  # flush(): write the held buckets now
         self._wake = threading.Event()
@@ -96,7 +94,7 @@ class UsageRecorder:
 
     # -- the request side: no I/O ------------------------------------------------------
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: UsageRecord) -> None:
         if self._thread is None and not self._stopping:
             self.start()
         key = _bucket_key(row)
@@ -104,12 +102,11 @@ class UsageRecorder:
             with self._buckets_lock:
                 bucket = self._buckets.get(key)
                 if bucket is not None:
-                    bucket["request_count"] += 1
-                    bucket["last_occurred_at"] = row["occurred_at"]
+                    bucket.request_count += 1
+                    bucket.last_occurred_at = row.occurred_at
                     self._accepted += 1
                     return
                 if len(self._pending) + len(self._buckets) < self.max_pending:
-                    row["request_count"] = 1
                     self._buckets[key] = row
                     self._accepted += 1
                     return
@@ -187,7 +184,7 @@ class UsageRecorder:
         while self._pending:
             n = min(len(self._pending), self.batch_size)
             batch = [self._pending.popleft() for _ in range(n)]
-            requests = sum(row.get("request_count", 1) for row in batch)
+            requests = sum(row.request_count for row in batch)
             started = time.perf_counter()
             try:
                 await self._insert(batch)
@@ -217,14 +214,14 @@ class UsageRecorder:
             self._settled += n
             self._progress.notify_all()
 
-    async def _insert(self, batch: list[dict[str, Any]]) -> None:
+    async def _insert(self, batch: list[UsageRecord]) -> None:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(
                 self._dsn,
                 statement_cache_size=0 if self._pgbouncer else 100,
                 server_settings={"application_name": "tenant-api-usage", "statement_timeout": "30000"},
             )
-        await self._conn.execute("select app.record_usage($1::jsonb)", msgspec.json.encode(batch).decode())
+        await self._conn.execute("select app.record_usage($1::json)", msgspec.json.encode(batch).decode())
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -235,88 +232,93 @@ class UsageRecorder:
                 conn.terminate()
 
 
+_ADDRESSES: dict[str, str | None] = {}  # peer address as the server gives it -> as stored (a few per process)
+
+
 def _client_ip(scope: Scope) -> str | None:
     client = scope.get("client")
     if not client:
         return None
-    try:
-        return str(ipaddress.ip_address(client[0]))
-    except ValueError:  # e.g. the test client's "testclient"
-        return None
+    address = _ADDRESSES.get(client[0], "")
+    if address == "":
+        try:
+            address = str(ipaddress.ip_address(client[0]))
+        except ValueError:  # e.g. the test client's "testclient"
+            address = None
+        if len(_ADDRESSES) > 10_000:
+            _ADDRESSES.clear()
+        _ADDRESSES[client[0]] = address
+    return address
 
 
-def _user_agent(scope: Scope) -> str | None:
+def _user_agent(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers") or ():
         if name == b"user-agent":
-            return value.decode("latin-1")[:_MAX_UA]
+            return value
     return None
 
 
-def usage_row(scope: Scope, status: int, started: float, duration: float) -> dict[str, Any] | None:
+UNREAD: Any = object()  # usage_row's user_agent when the caller has not read the headers
+
+
+class UsageRecord(msgspec.Struct, gc=False):
+    """One request's usage record, as app.record_usage reads it (field = JSON key).
+
+    A struct the garbage collector does not track (``gc=False``: every field is an atomic
+    value, so no record can be part of a cycle): up to a second of records waits for the
+    writer, and as tracked dicts they were promoted through the collector's generations
+    and made its full collections longer and more frequent (bench/RESULTS.md)."""
+
+    occurred_at: float
+    method: str
+    route: str
+    status: int
+    duration_ms: float
+    client_ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    organization_id: UUID | None = None
+    token_id: UUID | None = None
+    user_id: UUID | None = None
+    prefix: str | None = None
+    reason: str | None = None
+    # a security event's aggregate (audit/usage.py: one record per minute and key)
+    request_count: int = 1
+    last_occurred_at: float | None = None
+
+
+def usage_row(scope: Scope, status: int, started: float, duration: float,
+              user_agent: bytes | None = UNREAD) -> UsageRecord | None:
     """The record for a finished request, or None when there is nothing to attribute
-    (no credential sent, or the database failed before the credential was checked)."""
+    (no credential sent, or the database failed before the credential was checked).
+    ``user_agent``: the header (None: absent), when the caller has already read it."""
     state = scope.get("state") or {}
-    row: dict[str, Any] = {
-        "occurred_at": started,
-        "method": str(scope.get("method", "GET"))[:16],
-        # the route template (/v1/agents/{item_id}), never the raw path with its ids
-        "route": (scope.get("path_template") or "?")[:512],
-        "status": status,
-        "duration_ms": round(duration * 1000, 3),
-        "client_ip": _client_ip(scope),
-        "user_agent": _user_agent(scope),
-        "request_id": state.get("request_id"),
-    }
     principal = state.get("principal") or state.get("refused")
     if principal is not None and (principal.ok or principal.status in _REFUSED_KNOWN):
-        row.update(organization_id=str(principal.organization_id), token_id=str(principal.token_id),
-                   user_id=str(principal.user_id) if principal.user_id else None,
-                   prefix=principal.prefix or "", reason=None if principal.ok else principal.status)
-        return row
-    credential = state.get("credential")
-    if principal is not None and credential is not None:  # unknown token: no organization to own it
-        row.update(organization_id=None, prefix=credential.prefix, reason="unknown")
-        return row
-    if "credential_error" in state:
+        # UUIDs as they are: the writer's JSON encoder writes their text.
+        organization_id, token_id, user_id = principal.organization_id, principal.token_id, principal.user_id
+        prefix, reason = principal.prefix or "", None if principal.ok else principal.status
+    elif principal is not None and (credential := state.get("credential")) is not None:
+        # an unknown token: no organization to own it
+        organization_id = token_id = user_id = None
+        prefix, reason = credential.prefix, "unknown"
+    elif "credential_error" in state:
+        organization_id = token_id = user_id = None
         # malformed, or refused unseen because the address refused too many (ops.ratelimit)
-        row.update(organization_id=None, prefix=state["credential_error"],
-                   reason=state.get("refusal_reason", "malformed"))
-        return row
-    return None
-
-
-class UsageMiddleware(ASGIMiddleware):
-    """Outside the credential check, inside the request id: sees every final status."""
-
-    scopes = (ScopeType.HTTP,)
-
-    def __init__(self, recorder: UsageRecorder) -> None:
-        self.recorder = recorder
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if is_public(scope.get("route_handler")):
-            await next_app(scope, receive, send)
-            return
-        started, t0 = time.time(), time.perf_counter()
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, send_status)
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        except Exception as exc:
-            # Raised outside the route's own exception handler (the credential middleware's
-            # 401): the app-level handler turns it into the response after we return.
-            status = getattr(exc, "status_code", 500)
-            raise
-        finally:
-            row = usage_row(scope, status, started, time.perf_counter() - t0)
-            if row is not None:
-                self.recorder.record(row)
+        prefix, reason = state["credential_error"], state.get("refusal_reason", "malformed")
+    else:
+        return None
+    if user_agent is UNREAD:
+        user_agent = _user_agent(scope)
+    return UsageRecord(
+        occurred_at=started,
+        method=str(scope.get("method", "GET"))[:16],
+        # the route template (/v1/agents/{item_id}), never the raw path with its ids
+        route=(scope.get("path_template") or "?")[:512],
+        status=status,
+        duration_ms=round(duration * 1000, 3),
+        client_ip=_client_ip(scope),
+        user_agent=user_agent[:_MAX_UA].decode("latin-1") if user_agent is not None else None,
+        request_id=state.get("request_id"),
+        organization_id=organization_id, token_id=token_id, user_id=user_id, prefix=prefix, reason=reason,
+    )

@@ -1,11 +1,11 @@
 """The request's path up to the handler.
 
-1. ``CredentialMiddleware`` (no database): reads ``Authorization: Bearer ...``, checks an
-   API token's format and checksum or a session JWT's signature and expiry, and stores
-   the resulting Credential. Anything malformed stops here with 401. Routes marked
-   ``opt={"public": True}`` (signup, login, health, docs) skip it. It runs inside
-   ``RefusedCredentials.guard`` (ops.ratelimit): an address that sent too many refused
-   credentials gets 429 before its next unknown credential is parsed or looked up.
+1. The edge middleware (edge.py; no database): reads ``Authorization: Bearer ...``,
+   checks an API token's format and checksum or a session JWT's signature and expiry,
+   and stores the resulting Credential. Anything malformed stops there with 401. Routes
+   marked ``opt={"public": True}`` (signup, login, health, docs) skip it. The check runs
+   inside ``RefusedCredentials.guard`` (ops.ratelimit): an address that sent too many
+   refused credentials gets 429 before its next unknown credential is parsed or looked up.
 2. ``provide_db`` (one transaction per request): opens the session, begins the
    transaction (which runs auth.begin_request and sets the context, see db.context),
    refuses unknown/expired/revoked credentials with 401 and a missing scope with 403
@@ -17,32 +17,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, WebSocketException
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.types import Scope
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.util import greenlet_spawn
 
 from tenant_api import idempotency
 from tenant_api.auth.credentials import (
-    InvalidCredential,
     SessionCodec,
     expired_session,
-    parse_bearer,
-    presented_credential,
     refused_prefix,
 )
 from tenant_api.db.context import BEGIN_REQUEST_SQL, RESTRICTED_ROLE_SQL, Credential, Principal
 from tenant_api.errors import database_unavailable
 
-if TYPE_CHECKING:
-    from tenant_api.ops.ratelimit import RefusedCredentials
 
 _REFUSED = {
     "unknown": "unknown credential",
@@ -66,39 +61,8 @@ def is_public(handler: object) -> bool:
     return not getattr(getattr(handler, "fn", None), "__module__", "").startswith("tenant_api.")
 
 
-class CredentialMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
-
-    def __init__(self, codec: SessionCodec, refusals: RefusedCredentials | None = None) -> None:
-        self.codec = codec
-        self.refusals = refusals
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if is_public(scope.get("route_handler")):
-            await next_app(scope, receive, send)
-            return
-        raw = presented_credential(dict(scope.get("headers") or []), scope["type"] == "websocket")
-        if self.refusals is not None:
-            # An address that sent too many refused credentials gets 429 before any of them
-            # is looked up (ops.ratelimit.RefusedCredentials); each refusal is counted.
-            await self.refusals.guard(scope, raw, lambda: self._check(raw, scope, receive, send, next_app))
-        else:
-            await self._check(raw, scope, receive, send, next_app)
-
-    async def _check(self, raw: bytes | None, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        try:
-            credential = parse_bearer(raw.decode("latin-1") if raw else None, self.codec)
-        except InvalidCredential as exc:
-            if raw:  # a credential was sent and refused: a security event (audit.usage)
-                _note_refused(scope, raw, self.codec)
-            if scope["type"] == "websocket":  # a close code the client can read, not a 4500
-                raise WebSocketException(detail=str(exc), code=4401) from None
-            raise NotAuthorizedException(str(exc)) from None
-        scope.setdefault("state", {})["credential"] = credential
-        await next_app(scope, receive, send)
-
-
-def _note_refused(scope: Scope, raw: bytes, codec: SessionCodec) -> None:
+def note_refused(scope: Scope, raw: bytes, codec: SessionCodec) -> None:
+    """Keep what a security event may say about a refused credential (audit.usage)."""
     state = scope.setdefault("state", {})
     state["credential_error"] = refused_prefix(raw)
     value = raw.decode("latin-1").partition(" ")[2].strip()
@@ -194,33 +158,57 @@ class ReadTransaction:
     principal: Principal
 
 
-async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTransaction, None]:
+class read_transaction:  # noqa: N801 - used as `async with read_transaction(request) as tx`
     """provide_db without the ORM, for the generic read routes (the hot path): the same
     pool, the same four statements (BEGIN, auth.begin_request, the handler's query,
     COMMIT), the same refusals. SQLAlchemy's connection wrapper never sees this
-    transaction, so it is always ended here before the connection goes back."""
-    credential = request_credential(request)
-    pooled = await state.engine.raw_connection()
-    conn = pooled.driver_connection
-    transaction = conn.transaction()
-    broken = False
-    try:
-        await transaction.start()
-        row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
-                                  credential.session_org, request.scope["state"].get("request_id"))
-        principal = Principal.from_row(row)
-        if principal.restricted:
-            await conn.execute(RESTRICTED_ROLE_SQL)
-        admit(request, principal)
-        yield ReadTransaction(conn, request.scope["state"]["principal"])
-        await transaction.commit()
-    except BaseException as exc:
-        broken = database_unavailable(exc)
-        raise
-    finally:
+    transaction, so it is always ended here before the connection goes back.
+
+    A context manager the read handlers enter themselves rather than a generator
+    dependency: Litestar's dependency cleanup machinery cost the hottest route more than
+    the transaction's own Python (bench/RESULTS.md)."""
+
+    __slots__ = ("_conn", "_pooled", "_request", "_transaction")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    async def __aenter__(self) -> ReadTransaction:
+        request = self._request
+        credential = request_credential(request)
+        engine = request.app.state.engine
+        self._pooled = pooled = await checkout(engine)
+        self._conn = conn = pooled.driver_connection
+        self._transaction = transaction = conn.transaction()
+        try:
+            await transaction.start()
+            row = await conn.fetchrow(BEGIN_REQUEST_SQL, credential.token_hash, credential.session_id,
+                                      credential.session_org, request.scope["state"].get("request_id"))
+            principal = Principal.from_row(row)
+            if principal.restricted:
+                await conn.execute(RESTRICTED_ROLE_SQL)
+            admit(request, principal)
+        except BaseException as exc:
+            await self._release(database_unavailable(exc))
+            raise
+        return ReadTransaction(conn, principal)
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            try:
+                await self._transaction.commit()
+            except BaseException as failure:
+                await self._release(database_unavailable(failure))
+                raise
+            await self._release(False)
+        else:
+            await self._release(database_unavailable(exc))
+
+    async def _release(self, broken: bool) -> None:
+        conn, pooled = self._conn, self._pooled
         try:
             if not broken and not conn.is_closed() and conn.is_in_transaction():
-                await transaction.rollback()
+                await self._transaction.rollback()
         except Exception:  # noqa: S110 - the connection is discarded below
             pass
         if conn.is_closed() or broken:
@@ -228,10 +216,58 @@ async def provide_read(request: Request, state: State) -> AsyncGenerator[ReadTra
             # generation is as dead as this one. Invalidate them all, as SQLAlchemy does
             # for the ORM path, so each is replaced at its next checkout instead of
             # failing one more request (issue 10).
-            state.engine.sync_engine.pool._invalidate(pooled)
+            self._request.app.state.engine.sync_engine.pool._invalidate(pooled)
         elif conn.is_in_transaction():
             pooled.invalidate()  # never hand a connection in an unknown state to the next request
-        await greenlet_spawn(pooled.close)
+        await checkin(pooled)
+
+
+async def checkout(engine: Any) -> Any:
+    """A pooled connection (SQLAlchemy's pool: one pool, one set of limits and metrics).
+    Taking the idle connection next in line involves no I/O while it is connected and
+    current, and then runs directly; otherwise (connecting, reconnecting, waiting for a
+    free one) through SQLAlchemy's greenlet, as engine.raw_connection() does. The peek
+    reads the pool's internals: anything unexpected takes the greenlet path."""
+    sync_engine = engine.sync_engine
+    if _next_idle_is_ready(sync_engine.pool):
+        try:
+            return sync_engine.raw_connection()
+        except MissingGreenlet:  # I/O was due after all: the record went back to the pool
+            pass
+    return await engine.raw_connection()
+
+
+def _next_idle_is_ready(pool: Any) -> bool:
+    try:
+        queue = pool._pool
+        waiting = queue._queue._queue  # AsyncAdaptedQueue -> asyncio.Queue -> deque
+        if not waiting:
+            return False
+        record = waiting[-1] if queue.use_lifo else waiting[0]
+        return bool(record.dbapi_connection is not None
+                    and not pool._invalidate_time > record.starttime
+                    and not record._soft_invalidate_time > record.starttime
+                    and (pool._recycle < 0 or time.time() - record.starttime <= pool._recycle))
+    except (AttributeError, IndexError):
+        return False
+
+
+async def checkin(pooled: Any) -> None:
+    """Back to the pool: no I/O for a connection that is not in a transaction (the
+    adapter has no transaction of its own to roll back), else through the greenlet."""
+    if pooled.is_valid and not pooled.driver_connection.is_closed():
+        try:
+            pooled.close()
+            return
+        except MissingGreenlet:
+            pass
+    await greenlet_spawn(pooled.close)
+
+
+async def provide_read(request: Request) -> AsyncGenerator[ReadTransaction, None]:
+    """read_transaction as a dependency, for handlers outside the generic resources."""
+    async with read_transaction(request) as tx:
+        yield tx
 
 
 async def provide_public_db(state: State) -> AsyncGenerator[AsyncSession, None]:

@@ -23,16 +23,15 @@ Series (all prefixed ``tenant_api_``):
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
+import sys
+import threading
 import time
 from typing import Any
 
 from litestar import Request, Response, get
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -147,57 +146,42 @@ def credential_label(scope: Scope) -> str | None:
     return str(refused) if refused else None
 
 
-class ObservabilityMiddleware(ASGIMiddleware):
-    """Outermost after the request id: counts and times every routed request and
-    writes its access line. Open SSE streams and robot sockets are gauges."""
+def is_event_stream(headers: Any) -> bool:
+    for name, value in headers or ():
+        if name == b"content-type":
+            return bool(value.startswith(b"text/event-stream"))
+    return False
 
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
+
+class RequestObserver:
+    """Counts and times every routed request and writes its access line (called by the
+    edge middleware, edge.py, when the answer is final). Open SSE streams and robot
+    sockets are gauges. The labelled series are looked up once per label set: the
+    client library's labels() takes a lock and validates on every call."""
 
     def __init__(self, engine: Any, access: bool) -> None:
         self.engine = engine
         self.access = access
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._pool = PoolGauges()
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if scope["type"] == "websocket":
-            await self._socket(scope, receive, send, next_app)
-            return
-        started = time.perf_counter()
-        status = 500
-        streaming = False
+    def request(self, scope: Scope, status: int, duration: float) -> None:
+        route = scope.get("path_template") or "unmatched"
+        method: str = scope.get("method", "GET")  # type: ignore[assignment]
+        counter = self._requests.get((method, route, status))
+        if counter is None:
+            counter = self._requests[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+        counter.inc()
+        histogram = self._latency.get((method, route))
+        if histogram is None:
+            histogram = self._latency[(method, route)] = HTTP_LATENCY.labels(method, route)
+        histogram.observe(duration)
+        self._pool.read(self.engine)
+        if self.access:
+            log_access(scope, method, route, status, duration)
 
-        async def observe(message: Message) -> None:
-            nonlocal status, streaming
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
-                if content_type.startswith(b"text/event-stream"):
-                    streaming = True
-                    SSE_STREAMS.inc()
-            await send(message)
-
-        try:
-            await next_app(scope, receive, observe)
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        except Exception as exc:
-            # Raised by a middleware inside (the credential check's 401, a 429): the
-            # app's exception handler answers after we return.
-            status = getattr(exc, "status_code", 500)
-            raise
-        finally:
-            if streaming:
-                SSE_STREAMS.dec()
-            duration = time.perf_counter() - started
-            route = scope.get("path_template") or "unmatched"
-            method = str(scope.get("method", "GET"))
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(duration)
-            pool_gauges(self.engine)
-            if self.access:
-                log_access(scope, method, route, status, duration)
-
-    async def _socket(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def socket(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False
 
         async def observe(message: Message) -> None:
@@ -209,7 +193,7 @@ class ObservabilityMiddleware(ASGIMiddleware):
 
         started = time.perf_counter()
         try:
-            await next_app(scope, receive, observe)
+            await app(scope, receive, observe)
         finally:
             if accepted:
                 ROBOT_SOCKETS.dec()
@@ -218,9 +202,28 @@ class ObservabilityMiddleware(ASGIMiddleware):
                            time.perf_counter() - started)
 
 
+class PoolGauges:
+    """pool_gauges with its three series looked up once."""
+
+    def __init__(self) -> None:
+        self.in_use, self.idle, self.waiting = (DB_POOL.labels(s) for s in ("in_use", "idle", "waiting"))
+
+    def read(self, engine: Any) -> None:
+        pool = engine.pool
+        try:
+            self.in_use.set(pool.checkedout())
+            self.idle.set(pool.checkedin())
+            queue = getattr(getattr(pool, "_pool", None), "_queue", None)
+            self.waiting.set(len(getattr(queue, "_getters", ()) or ()))
+        except Exception:  # a pool without these (NullPool in a tool): no gauge
+            return
+
+
 def log_access(scope: Scope, method: str, route: str, status: int, duration: float | None) -> None:
     """One line per request: never the raw path or its query string (either may hold a
     secret or an id a log should not keep); the route template instead."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     state = scope.get("state") or {}
     client = scope.get("client")
     fields: dict[str, Any] = {
@@ -236,7 +239,36 @@ def log_access(scope: Scope, method: str, route: str, status: int, duration: flo
         fields["organization_id"] = str(principal.organization_id)
     if duration is not None:
         fields["duration_ms"] = round(duration * 1000, 3)
-    access_log.info("%s %s %s", method, route, status, extra={"fields": fields})
+    access_log.handle(_access_record(method, route, status, fields))
+
+
+_START = time.time()
+_THREAD_NAMES: dict[int, str] = {}
+
+
+def _access_record(method: str, route: str, status: int, fields: dict[str, Any]) -> logging.LogRecord:
+    """The access line's LogRecord, made without Logger.info's caller lookup (a walk up
+    the stack) and per-record process and thread inquiries: one is written per request.
+    The record has every attribute a standard record has, so any handler or formatter
+    of the process's logging configuration takes it as it would any other."""
+    now = time.time()
+    thread = threading.get_ident()
+    name = _THREAD_NAMES.get(thread)
+    if name is None:
+        name = _THREAD_NAMES[thread] = threading.current_thread().name
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(
+        name="tenant_api.access", msg="%s %s %s", args=(method, route, status), levelname="INFO",
+        levelno=logging.INFO, pathname=__file__, filename="metrics.py", module="metrics", exc_info=None,
+        exc_text=None, stack_info=None, lineno=0, funcName="log_access", created=now,
+        msecs=int(now * 1000) % 1000 + 0.0, relativeCreated=(now - _START) * 1000, thread=thread, threadName=name,
+        processName=_PROCESS_NAME, process=_PID, taskName=None, fields=fields,
+    )
+    return record
+
+
+_PID = os.getpid()
+_PROCESS_NAME = mp.current_process().name if (mp := sys.modules.get("multiprocessing")) else "MainProcess"
 
 
 async def log_unrouted(message: Message, scope: Scope) -> None:

@@ -45,10 +45,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
-from litestar.exceptions import HTTPException, WebSocketException
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.exceptions import WebSocketException
+from litestar.types import Scope
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -73,6 +71,14 @@ class Quota:
     name: str
     limit: int
     window: int  # seconds
+
+    def refusal(self, hit: Hit) -> str:
+        return (f"rate limit exceeded: {self.limit} requests per {self.window}s ({self.name}); "
+                f"retry in {max(math.ceil(hit.reset), 1)}s")
+
+    def retry_headers(self, hit: Hit, extra: list[tuple[bytes, bytes]]) -> dict[str, str]:
+        """A 429's headers: Retry-After and the rate-limit headers."""
+        return {"Retry-After": str(max(math.ceil(hit.reset), 1)), **{k.decode(): v.decode() for k, v in extra}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,18 +191,23 @@ class RateLimiter:
 
     def classify(self, scope: Scope, opt: dict[str, Any]) -> tuple[str, Quota | None, UUID | None]:
         """(key, quota or None when the organization's must be looked up, organization)."""
-        for name, value in scope.get("headers") or ():
-            if name == b"authorization":
-                scheme, _, credential = value.partition(b" ")
-                if scheme.lower() == b"bearer" and credential.strip():
-                    key = credential_key(credential)
-                    org = self._org_of.get(key)
-                    if org is not None:
-                        self._org_of.move_to_end(key)
-                    return key, None, org
-                break
-        address = client_address(scope)
-        quota = self.auth if opt.get("rate_limit") == "auth" else self.anonymous
+        authorization = next((v for n, v in scope.get("headers") or () if n == b"authorization"), None)
+        return self.classify_request(authorization, scope.get("client"), opt.get("rate_limit"))
+
+    def classify_request(self, authorization: bytes | None, client: Any,
+                         rate_limit: Any) -> tuple[str, Quota | None, UUID | None]:
+        """classify() from what the edge middleware already read: the first Authorization
+        header, the peer, the route's opt["rate_limit"]."""
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(b" ")
+            if scheme.lower() == b"bearer" and (credential := credential.strip()):
+                key = credential_key(credential)
+                org = self._org_of.get(key)
+                if org is not None:
+                    self._org_of.move_to_end(key)
+                return key, None, org
+        address = client[0] if client else "unknown"
+        quota = self.auth if rate_limit == "auth" else self.anonymous
         return f"a:{quota.name}:{address}", quota, None
 
     def quota_of(self, org: UUID | None) -> Quota:
@@ -277,62 +288,19 @@ class RateLimiter:
         await self.counter.close()
 
 
+_POLICY_HEADERS: dict[Quota, tuple[bytes, bytes]] = {}
+
+
 def headers_for(quota: Quota, hit: Hit) -> list[tuple[bytes, bytes]]:
     remaining = max(quota.limit - hit.count, 0)
     reset = max(math.ceil(hit.reset), 1)
-    return [
-        (b"ratelimit-policy", f'"{quota.name}";q={quota.limit};w={quota.window}'.encode()),
-        (b"ratelimit", f'"{quota.name}";r={remaining};t={reset}'.encode()),
-    ]
-
-
-class RateLimitMiddleware(ASGIMiddleware):
-    """Before the credential check (a flood of bad credentials is counted too) and after
-    the request id (a 429 carries one)."""
-
-    scopes = (ScopeType.HTTP,)
-
-    def __init__(self, limiter: RateLimiter) -> None:
-        self.limiter = limiter
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        handler = scope.get("route_handler")
-        opt = getattr(handler, "opt", None) or {}
-        if opt.get("rate_limit") is False:
-            await next_app(scope, receive, send)
-            return
-        key, quota, org = self.limiter.classify(scope, opt)
-        if quota is None:
-            quota = self.limiter.quota_of(org)
-        hit = await self.limiter.hit(key, quota)
-        if hit is None:
-            await next_app(scope, receive, send)
-            return
-        extra = headers_for(quota, hit)
-        if hit.count > quota.limit:
-            RATE_LIMITED.labels(quota.name).inc()
-            raise ProblemError(
-                429, f"rate limit exceeded: {quota.limit} requests per {quota.window}s ({quota.name}); "
-                f"retry in {max(math.ceil(hit.reset), 1)}s",
-                headers={"Retry-After": str(max(math.ceil(hit.reset), 1)),
-                         **{k.decode(): v.decode() for k, v in extra}})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*(message.get("headers") or []), *extra]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, send_with_headers)
-        except HTTPException as exc:
-            # Answered outside this middleware (the credential check's 401): the
-            # exception carries the headers to the response the app makes of it.
-            exc.headers = {**(exc.headers or {}), **{k.decode(): v.decode() for k, v in extra}}
-            raise
-        finally:
-            principal = (scope.get("state") or {}).get("principal")
-            if key.startswith("c:") and principal is not None and principal.organization_id is not None:
-                self.limiter.learn(key, principal.organization_id)
+    policy = _POLICY_HEADERS.get(quota)
+    if policy is None:
+        if len(_POLICY_HEADERS) > 10_000:  # quotas are few; organizations' own may change
+            _POLICY_HEADERS.clear()
+        policy = (b"ratelimit-policy", f'"{quota.name}";q={quota.limit};w={quota.window}'.encode())
+        _POLICY_HEADERS[quota] = policy
+    return [policy, (b"ratelimit", f'"{quota.name}";r={remaining};t={reset}'.encode())]
 
 
 class RefusedCredentials:

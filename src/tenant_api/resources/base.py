@@ -11,9 +11,17 @@ policies would still hide every other organization's row.
 
 Reads (list, get) are the hot path: unless a resource's service overrides a read method
 (or reads newest first), they run as SQLAlchemy Core statements compiled once per shape
-and executed on the request's asyncpg connection (``ReadQueries``, ``provide_read``),
+and executed on the request's asyncpg connection (``ReadQueries``, ``read_transaction``),
 rows going straight into the Read struct: BEGIN, auth.begin_request, the query, COMMIT.
-Writes go through the service and the ORM.
+
+Writes (create, update, delete) go through the service, whose hooks hold a resource's
+rules (``check_parents``, ``before_write``, lifecycles), and its generic statements are
+SQL compiled once per shape (``WriteQueries``) and run on the request's own connection,
+in the transaction of its session: a parent check is one ``select exists``, a create one
+``INSERT ... RETURNING``, an update one ``SELECT`` (visibility: 404) and one ``UPDATE ...
+RETURNING`` (nothing returned: visible but not writable, 403), a delete likewise. The rows
+come back as (transient) model instances, so hooks and handlers read them as before;
+hooks may still query through the session, which shares the connection.
 """
 
 
@@ -27,20 +35,23 @@ import msgspec
 from advanced_alchemy.filters import StatementFilter
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from litestar import Router, delete, get, patch, post
+from litestar import Request, Router, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Parameter
 from sqlalchemy import bindparam, exists, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import delete as sa_delete
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import update as sa_update
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.request import ReadTransaction
+from tenant_api.auth.request import ReadTransaction, read_transaction
 from tenant_api.db.context import Principal
-from tenant_api.db.models.base import TenantBase
-from tenant_api.errors import ProblemError, invalid, not_found
+from tenant_api.db.models.base import TenantBase, uuid7
+from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.settings import Settings
 # --- shared pieces kept importable from here (issue 14: they live in the modules named) ---
 from tenant_api.inputs import Input as Input
@@ -59,10 +70,13 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     newest_first: ClassVar[bool] = False  # list order (histories read newest first)
 
     app_settings: Settings | None = None  # for rules that have settings (set by the generic routes)
+    writes: ClassVar["WriteQueries"]  # set by service_for
 
     def __init__(self, session: AsyncSession, ctx: Principal) -> None:
         super().__init__(session=session, auto_expunge=False, auto_refresh=False)
         self.ctx = ctx
+        self._driver: Any = None
+        self.locked: set[UUID] = set()  # rows this request read under a row lock
 
     @property
     def org(self) -> UUID:
@@ -99,6 +113,13 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
             raise not_found(self.label)
         return row
 
+    async def connection(self) -> Any:
+        """The request's own asyncpg connection, in the session's transaction."""
+        if self._driver is None:
+            conn = await self.repository.session.connection()
+            self._driver = (await conn.get_raw_connection()).driver_connection
+        return self._driver
+
     async def check_parents(self, values: dict[str, Any]) -> None:
         """Body fields naming parent rows must name rows this credential can see.
 
@@ -108,10 +129,7 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
             value = values.get(field_name)
             if value is None:
                 continue
-            found = await self.repository.session.scalar(
-                select(exists().where(parent.organization_id == self.org, parent.id == value))
-            )
-            if not found:
+            if not await self.writes.exists(await self.connection(), parent, self.org, value):
                 raise invalid(field_name, f"no {parent.__tablename__} with id {value}")
 
     async def before_write(self, values: dict[str, Any], existing: M | None) -> dict[str, Any]:
@@ -120,37 +138,78 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
 
     async def create_row(self, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
         values = {**values, **(scope or {})}
+        if type(self).before_write is TenantService.before_write:
+            # No hook to run between the parent checks and the insert: one statement,
+            # the row inserted only if every parent is visible (else the checks, in
+            # order, name the field).
+            parents = {f: (model, values[f]) for f, model in self.parents.items() if values.get(f) is not None}
+            row = await self.writes.insert(await self.connection(),
+                                           {"id": uuid7(), **values, "organization_id": self.org}, parents)
+            if row is None:
+                await self.check_parents(values)
+                raise conflict("a parent row changed meanwhile; retry the request")
+            return self.writes.instance(row)
         await self.check_parents(values)
         values = await self.before_write(values, None)
-        return await self.create({**values, "organization_id": self.org})
+        row = await self.writes.insert(await self.connection(), {"id": uuid7(), **values, "organization_id": self.org})
+        return self.writes.instance(row)
+
+    async def visible_for_write(self, item_id: UUID, scope: dict[str, Any] | None = None, lock: bool = False) -> M:
+        """The row an update or delete starts from (404 if invisible). A service with a
+        get_visible of its own (extra filters) is asked; else one SELECT, with ``lock``
+        one SELECT ... FOR UPDATE (the row locked to the end of the transaction; none
+        returned: 404 if it is not visible either, else 403, visible but not writable)."""
+        if type(self).get_visible is not TenantService.get_visible:
+            return await self.get_visible(item_id, scope)
+        conn = await self.connection()
+        row = await self.writes.select(conn, self.org, item_id, scope or {}, lock=lock)
+        if row is None:
+            if lock and await self.writes.select(conn, self.org, item_id, scope or {}) is not None:
+                raise self.not_writable()
+            raise not_found(self.label)
+        if lock:
+            self.locked.add(item_id)
+        return self.writes.instance(row)
+
+    def locks_for(self, values: dict[str, Any]) -> bool:
+        """Whether an update with these values reads its row under a lock (lifecycles)."""
+        return False
 
     async def update_row(self, item_id: UUID, values: dict[str, Any], scope: dict[str, Any] | None = None) -> M:
-        row = await self.get_visible(item_id, scope)
+        existing = await self.visible_for_write(item_id, scope, lock=self.locks_for(values))
         await self.check_parents(values)
-        values = await self.before_write(values, row)
-        for key, value in values.items():
-            setattr(row, key, value)
-        try:
-            await self.repository.session.flush()
-        except StaleDataError:
+        values = await self.before_write(values, existing)
+        if not self.writes.columns_of(values):  # nothing to change: the row as it is
+            return existing
+        row = await self.writes.update(await self.connection(), self.org, existing.id, values)
+        if row is None:
             # Visible but not writable for this credential (RLS matched 0 rows for the
             # UPDATE, e.g. a project-restricted credential on an organization-wide row).
-            raise self.not_writable() from None
-        await self.repository.session.refresh(row)
-        return row
+            raise self.not_writable()
+        self._forget(existing)
+        return self.writes.instance(row)
 
     async def delete_row(self, item_id: UUID, scope: dict[str, Any] | None = None) -> None:
-        row = await self.get_visible(item_id, scope)
-        model = type(row)
-        deleted = await self.repository.session.execute(
-            sa_delete(model)
-            .where(model.organization_id == self.org, model.id == row.id)
-            .returning(model.id)
-            .execution_options(synchronize_session=False)
-        )
-        if deleted.first() is None:  # visible, but RLS let this credential delete nothing
+        existing = await self.visible_for_write(item_id, scope)
+        if not await self.writes.delete(await self.connection(), self.org, existing.id):
+            raise self.not_writable()  # visible, but RLS let this credential delete nothing
+        self._forget(existing)
+
+    async def lock_status(self, item_id: UUID) -> str:
+        """The row's status, read under a row lock held to the end of the transaction
+        (two concurrent moves serialize: the second is judged against the first's
+        outcome). None visible to lock: visible but not writable, 403."""
+        status = await self.writes.lock_status(await self.connection(), self.org, item_id)
+        if status is None:
             raise self.not_writable()
-        self.repository.session.expunge(row)
+        return str(status)
+
+    def _forget(self, existing: M) -> None:
+        """A row a service's own get_visible loaded through the session is stale once
+        written here: out of the session, so nothing flushes it back."""
+        session = self.repository.session
+        if existing in session:
+            session.expunge(existing)
 
     def not_writable(self) -> ProblemError:
         return ProblemError(403, f"this credential may not change this {self.label}")
@@ -160,7 +219,7 @@ def service_for(model: type[M], label: str, parents: dict[str, type[TenantBase]]
                 base: type[TenantService] = TenantService) -> type[TenantService]:
     """A service class for ``model`` with its nested repository (advanced-alchemy style)."""
     repo = type(f"{model.__name__}Repository", (SQLAlchemyAsyncRepository,), {"model_type": model})
-    attrs: dict[str, Any] = {"repository_type": repo, "label": label}
+    attrs: dict[str, Any] = {"repository_type": repo, "label": label, "writes": WriteQueries.of(model)}
     if parents is not None:
         attrs["parents"] = parents
     return type(f"{model.__name__}Service", (base,), attrs)
@@ -301,6 +360,141 @@ class ReadQueries:
         return [self.build(r) for r in page], next_cursor
 
 
+class WriteQueries:
+    """The generic writes of one model (see the module doc) as SQL compiled once per
+    shape, the column values bound as SQLAlchemy's own types would bind them (JSON
+    serialized, ...). Always filtered on the request's organization; RLS applies
+    underneath (a row another organization or a project restriction hides matches
+    nothing)."""
+
+    _by_model: ClassVar[dict[type, "WriteQueries"]] = {}
+
+    def __init__(self, model: type[TenantBase]) -> None:
+        self.model = model
+        self.table: Any = model.__table__
+        # What the ORM loads of a row: deferred columns (secrets: hashes, nonces) are
+        # neither read nor returned, and the API role may have no grant to read them.
+        deferred = {prop.columns[0].name for prop in sa_inspect(model).column_attrs if prop.deferred}
+        self.loaded = [c for c in self.table.c if c.name not in deferred]
+        self._dialect = asyncpg_dialect()
+        types = {c.name: c.type.dialect_impl(self._dialect) for c in self.table.c}
+        self._bind = {name: t.bind_processor(self._dialect) for name, t in types.items()}
+        self._result = {c.name: proc for c in self.loaded
+                        if (proc := types[c.name].result_processor(self._dialect, None))}
+        self._compiled: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+
+    @classmethod
+    def of(cls, model: type[TenantBase]) -> "WriteQueries":
+        found = cls._by_model.get(model)
+        if found is None:
+            found = cls._by_model[model] = cls(model)
+        return found
+
+    def columns_of(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The values that are columns (others are the service's business, as they were
+        the ORM's to ignore)."""
+        return {k: v for k, v in values.items() if k in self._bind}
+
+    def instance(self, row: Any) -> Any:
+        """A model instance carrying a row (not in any session), each value as the ORM
+        would have loaded it."""
+        if not self._result:
+            return self.model(**row)
+        values = dict(row)
+        for name, process in self._result.items():
+            values[name] = process(values[name])
+        return self.model(**values)
+
+    def _sql(self, key: tuple[Any, ...], build: Any) -> tuple[str, list[str]]:
+        found = self._compiled.get(key)
+        if found is None:
+            compiled = build().compile(dialect=self._dialect)
+            found = self._compiled[key] = (str(compiled), list(compiled.positiontup or ()))
+        return found
+
+    def _args(self, order: list[str], values: dict[str, Any]) -> list[Any]:
+        """Positional arguments; a column's value (parameter "v_<column>") bound as its type binds it."""
+        args = []
+        for name in order:
+            value = values[name]
+            if value is not None and name.startswith("v_") and (bind := self._bind[name[2:]]) is not None:
+                value = bind(value)
+            args.append(value)
+        return args
+
+    def _where(self, names: tuple[str, ...]) -> list[Any]:
+        c = self.table.c
+        return [c.organization_id == bindparam("org"), *(c[n] == bindparam(f"eq_{n}") for n in names)]
+
+    async def exists(self, conn: Any, parent: type[TenantBase], org: UUID, item_id: UUID) -> bool:
+        table: Any = parent.__table__
+        sql, _ = self._sql(("exists", table.name), lambda: select(exists().where(
+            table.c.organization_id == bindparam("org"), table.c.id == bindparam("id"))))
+        return bool(await conn.fetchval(sql, org, item_id))
+
+    @staticmethod
+    def _shape(values: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any], tuple[str, ...]]:
+        """(columns bound as parameters, SQL expressions a hook set (e.g. now()), their
+        text for the statement cache's key)."""
+        sql = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
+        names = tuple(sorted(k for k in values if k not in sql))
+        return names, sql, tuple(f"{k}={v}" for k, v in sorted(sql.items()))
+
+    async def insert(self, conn: Any, values: dict[str, Any],
+                     parents: dict[str, tuple[type[TenantBase], UUID]] | None = None) -> Any:
+        """INSERT ... RETURNING the row; with ``parents`` (field -> (model, id)) only if
+        each is visible (nothing returned otherwise)."""
+        values = self.columns_of(values)
+        names, sql_values, key = self._shape(values)
+        checked = tuple(sorted(parents or {}))
+        if not checked:
+            sql, order = self._sql(("insert", names, key), lambda: sa_insert(self.table).values(
+                {**{n: bindparam(f"v_{n}") for n in names}, **sql_values}).returning(*self.loaded))
+            return await conn.fetchrow(sql, *self._args(order, {f"v_{k}": values[k] for k in names}))
+        assert parents is not None and not sql_values
+
+        def build() -> Any:
+            conditions = []
+            for field_name in checked:
+                parent: Any = parents[field_name][0].__table__
+                conditions.append(exists().where(parent.c.organization_id == bindparam("org"),
+                                                 parent.c.id == bindparam(f"p_{field_name}")))
+            row = select(*(bindparam(f"v_{n}", type_=self.table.c[n].type) for n in names)).where(*conditions)
+            return sa_insert(self.table).from_select(list(names), row).returning(*self.loaded)
+
+        sql, order = self._sql(("insert", names, checked, tuple(p[0].__name__ for p in parents.values())), build)
+        return await conn.fetchrow(sql, *self._args(order, {
+            "org": values["organization_id"], **{f"v_{k}": values[k] for k in names},
+            **{f"p_{f}": parents[f][1] for f in checked}}))
+
+    async def select(self, conn: Any, org: UUID, item_id: UUID, scope: dict[str, Any], lock: bool = False) -> Any:
+        names = ("id", *sorted(scope))
+        sql, order = self._sql(("select", names, lock), lambda: (
+            select(*self.loaded).where(*self._where(names)).with_for_update() if lock
+            else select(*self.loaded).where(*self._where(names))))
+        return await conn.fetchrow(sql, *self._args(order, {"org": org, "eq_id": item_id,
+                                                             **{f"eq_{k}": v for k, v in scope.items()}}))
+
+    async def lock_status(self, conn: Any, org: UUID, item_id: UUID) -> Any:
+        sql, order = self._sql(("lock_status",), lambda: select(self.table.c.status).where(*self._where(("id",)))
+                               .with_for_update())
+        return await conn.fetchval(sql, *self._args(order, {"org": org, "eq_id": item_id}))
+
+    async def update(self, conn: Any, org: UUID, item_id: UUID, values: dict[str, Any]) -> Any:
+        values = self.columns_of(values)
+        names, sql_values, key = self._shape(values)
+        sql, order = self._sql(("update", names, key), lambda: sa_update(self.table).where(*self._where(("id",)))
+                               .values({**{n: bindparam(f"v_{n}") for n in names}, **sql_values})
+                               .returning(*self.loaded))
+        return await conn.fetchrow(sql, *self._args(order, {"org": org, "eq_id": item_id,
+                                                             **{f"v_{k}": values[k] for k in names}}))
+
+    async def delete(self, conn: Any, org: UUID, item_id: UUID) -> bool:
+        sql, order = self._sql(("delete",), lambda: sa_delete(self.table).where(*self._where(("id",)))
+                               .returning(self.table.c.id))
+        return await conn.fetchval(sql, *self._args(order, {"org": org, "eq_id": item_id})) is not None
+
+
 def _with_params(fn: Any, query: dict[str, Any], path: str | None) -> Any:
     """Give a handler that takes **kw an explicit signature, so Litestar parses,
     validates and documents each filter as a query parameter (and a nested resource's
@@ -365,18 +559,20 @@ def resource_router(res: Resource) -> Router:
         # The same routes on the request's asyncpg connection (see ReadQueries).
 
         async def list_items(  # type: ignore[misc]
-            tx: ReadTransaction,
+            request: Request,
             limit: int = Parameter(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
             cursor: str | None = Parameter(default=None, max_length=64),
             **kw: Any,
         ) -> Page:  # type: ignore[valid-type]
-            scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
-            items, next_cursor = await fast.page(tx, limit, cursor, {**kw, **scope})
+            async with read_transaction(request) as tx:
+                scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
+                items, next_cursor = await fast.page(tx, limit, cursor, {**kw, **scope})
             return Page(items=items, next_cursor=next_cursor)
 
-        async def get_item(tx: ReadTransaction, item_id: UUID, **kw: Any) -> Read:  # type: ignore[misc,valid-type]
-            scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
-            return await fast.get(tx, item_id, scope)
+        async def get_item(request: Request, item_id: UUID, **kw: Any) -> Read:  # type: ignore[misc,valid-type]
+            async with read_transaction(request) as tx:
+                scope = await fast.parent_scope(tx, kw.pop(parent_param) if parent_param else None)
+                return await fast.get(tx, item_id, scope)
 
     def route(decorator: Any, path: str, scope: str, op: str, summary: str, fn: Any, query: dict[str, Any],
               **options: Any) -> Any:

@@ -310,10 +310,14 @@ class RobotMacroExecutionService(TenantService[RobotMacroExecution]):
                 raise conflict(f"the VM is {vm.status}; start it first", vm_status=vm.status)
             return {**values, "vm_id": vm_id}
         if "status" in values:
-            # Lock and re-read, so two concurrent moves are judged one after the other.
-            await db.refresh(existing, attribute_names=["status"], with_for_update=True)
-            EXECUTION_LIFECYCLE.check(existing.status, values["status"])
+            # Read under the row lock (update_row took it: locks_for), so two concurrent
+            # moves are judged one after the other.
+            current = existing.status if existing.id in self.locked else await self.lock_status(existing.id)
+            EXECUTION_LIFECYCLE.check(current, values["status"])
         return release_claim(values)
+
+    def locks_for(self, values: dict[str, Any]) -> bool:
+        return "status" in values
 
 
 robot_macro_executions = Resource(

@@ -54,10 +54,14 @@ class LifecycleService(TenantService[M]):
 
     lifecycle: ClassVar[Lifecycle]
 
+    def locks_for(self, values: dict[str, Any]) -> bool:
+        return "status" in values
+
     async def before_write(self, values: dict[str, Any], existing: M | None) -> dict[str, Any]:
         if existing is not None and "status" in values:
-            # Lock the row and re-read its status, so two concurrent moves serialize and
-            # the second is judged against the first's outcome, not a stale read.
-            await self.repository.session.refresh(existing, attribute_names=["status"], with_for_update=True)
-            self.lifecycle.check(existing.status, values["status"])  # type: ignore[attr-defined]
+            # The row locked and its status read under the lock, so two concurrent moves
+            # serialize and the second is judged against the first's outcome, not a
+            # stale read (update_row read it so; a service's own get_visible did not).
+            current = existing.status if existing.id in self.locked else await self.lock_status(existing.id)  # type: ignore[attr-defined]
+            self.lifecycle.check(current, values["status"])
         return values

@@ -1,0 +1,93 @@
+"""The generic writes (resources.base.WriteQueries): SQL compiled once per shape on the
+request's own connection, in its transaction. Counted on the server connection itself:
+a create of a resource without hooks is one statement that checks its parents, a status
+move reads its row under the lock once; and every answer the ORM path gave stays (422
+naming the field, 404 invisible, 409 for a move the lifecycle refuses, the audit row)."""
+
+import asyncio
+import uuid
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy import event
+
+from tenant_api.app import create_app
+from tests.support.tenants import signup
+
+
+async def _statements(settings, t, method: str, path: str, body: dict) -> tuple[int, list[str]]:
+    """The request's statements on a one-connection pool (warmed up by a first read), as
+    asyncpg's query logger sees them: all but auth.begin_request, which the write path's
+    session runs through a prepared statement object the logger does not report (that it
+    ran is what lets the write through RLS at all)."""
+    app = create_app(settings.with_database(pool_size=1, max_overflow=0))
+    seen: list[str] = []
+    recording = False
+
+    def log_query(entry) -> None:  # noqa: ANN001
+        if recording:
+            seen.append(" ".join(entry.query.split()))
+
+    event.listen(app.state.engine.sync_engine, "connect",
+                 lambda dbapi_conn, _record: dbapi_conn.driver_connection.add_query_logger(log_query))
+    async with AsyncTestClient(app) as c:
+        assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
+        await asyncio.sleep(0.2)
+        recording = True
+        r = await c.request(method, path, headers=t.token_auth, json=body)
+        await asyncio.sleep(0.2)  # query loggers are called soon after, not during
+        recording = False
+    return r.status_code, seen
+
+
+async def test_create_is_one_statement_with_its_parent_check(client, settings, admin_conn):
+    t = await signup(client)
+    status, seen = await _statements(settings, t, "POST", "/v1/agents",
+                                     {"project_id": t.project_id, "name": "counted"})
+    assert status == 201, seen
+    # BEGIN, (auth.begin_request), the insert with its parent check, COMMIT
+    assert len(seen) == 3 and seen[0].upper().startswith("BEGIN") and seen[-1].upper().startswith("COMMIT"), seen
+    assert seen[1].startswith("INSERT INTO agent") and "WHERE EXISTS" in seen[1], seen
+    # the same row, with its audit row, as the ORM wrote it
+    row = await admin_conn.fetchrow("select id, type, status from agent where name = 'counted'")
+    assert (row["type"], row["status"]) == ("assistant", "active")
+    assert await admin_conn.fetchval(
+        "select count(*) from token_audit_log where row_id = $1 and action = 'INSERT'", row["id"]) == 1
+
+
+async def test_create_with_an_invisible_parent_is_422_naming_it(client):
+    t, other = await signup(client), await signup(client)
+    r = await client.post("/v1/agents", headers=t.token_auth, json={"project_id": other.project_id, "name": "x"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "project_id", r.text
+    r = await client.post("/v1/agents", headers=t.token_auth,
+                          json={"project_id": t.project_id, "name": "x", "template_id": str(uuid.uuid4())})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "template_id", r.text
+
+
+async def test_status_move_reads_its_row_once_under_the_lock(client, settings):
+    t = await signup(client)
+    r = await client.post("/v1/tasks", headers=t.token_auth, json={"project_id": t.project_id, "summary": "counted"})
+    assert r.status_code == 201, r.text
+    task = r.json()
+    status, seen = await _statements(settings, t, "PATCH", f"/v1/tasks/{task['id']}", {"status": "in_progress"})
+    assert status == 200, seen
+    # BEGIN, (auth.begin_request), the row under the lock, the update, COMMIT
+    assert len(seen) == 4, seen
+    assert seen[1].startswith("SELECT") and seen[1].endswith("FOR UPDATE"), seen
+    assert seen[2].startswith("UPDATE task SET status") and "RETURNING" in seen[2], seen
+    # the lifecycle still judges the move against the locked row
+    r = await client.patch(f"/v1/tasks/{task['id']}", headers=t.token_auth, json={"status": "todo"})
+    assert r.status_code == 200 and r.json()["status"] == "todo"
+    assert r.json()["updated_at"] >= task["updated_at"]
+    r = await client.patch(f"/v1/tasks/{task['id']}", headers=t.token_auth, json={"status": "done"})
+    assert r.status_code == 409 and r.json()["from"] == "todo" and r.json()["to"] == "done", r.text
+
+
+async def test_update_and_delete_of_invisible_rows_are_404(client):
+    t, other = await signup(client), await signup(client)
+    r = await client.post("/v1/tasks", headers=other.token_auth, json={"project_id": other.project_id, "summary": "theirs"})
+    theirs = r.json()["id"]
+    assert (await client.patch(f"/v1/tasks/{theirs}", headers=t.token_auth, json={"status": "in_progress"})).status_code == 404
+    assert (await client.patch(f"/v1/tasks/{theirs}", headers=t.token_auth, json={"summary": "mine"})).status_code == 404
+    assert (await client.delete(f"/v1/tasks/{theirs}", headers=t.token_auth)).status_code == 404
+    r = await client.get(f"/v1/tasks/{theirs}", headers=other.token_auth)
+    assert r.status_code == 200 and (r.json()["summary"], r.json()["status"]) == ("theirs", "todo")
