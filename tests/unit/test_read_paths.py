@@ -22,12 +22,14 @@ READ_PATHS = {
 
 
 def _mounted_read_path(res) -> str:
-    """Which path the mounted list and get routes take: the fast ones read through ``tx``."""
+    """Which path the mounted list and get routes take: the fast ones open their own read
+    transaction on the pooled asyncpg connection (``read_transaction``), the ORM ones are
+    given the resource's service."""
     router = resource_router(dataclasses.replace(res, actions=[]))  # the generic routes only
     reads = [h for route in router.routes for h in getattr(route, "route_handlers", [])
              if h.operation_id == f"get_{res.name}" or str(h.operation_id).startswith("list_")]
     assert len(reads) == 2, [h.operation_id for h in reads]
-    paths = {"fast" if "tx" in h.parsed_fn_signature.parameters else "orm" for h in reads}
+    paths = {"orm" if "service" in h.parsed_fn_signature.parameters else "fast" for h in reads}
     assert len(paths) == 1, paths
     return paths.pop()
 
