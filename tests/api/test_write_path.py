@@ -4,39 +4,18 @@ a create of a resource without hooks is one statement that checks its parents, a
 move reads its row under the lock once; and every answer the ORM path gave stays (422
 naming the field, 404 invisible, 409 for a move the lifecycle refuses, the audit row)."""
 
-import asyncio
 import uuid
 
-from litestar.testing import AsyncTestClient
-from sqlalchemy import event
 
-from tenant_api.app import create_app
+from tests.support.statements import request_statements
 from tests.support.tenants import signup
 
 
 async def _statements(settings, t, method: str, path: str, body: dict) -> tuple[int, list[str]]:
-    """The request's statements on a one-connection pool (warmed up by a first read), as
-    asyncpg's query logger sees them: all but auth.begin_request, which the write path's
-    session runs through a prepared statement object the logger does not report (that it
-    ran is what lets the write through RLS at all)."""
-    app = create_app(settings.with_database(pool_size=1, max_overflow=0))
-    seen: list[str] = []
-    recording = False
-
-    def log_query(entry) -> None:  # noqa: ANN001
-        if recording:
-            seen.append(" ".join(entry.query.split()))
-
-    event.listen(app.state.engine.sync_engine, "connect",
-                 lambda dbapi_conn, _record: dbapi_conn.driver_connection.add_query_logger(log_query))
-    async with AsyncTestClient(app) as c:
-        assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
-        await asyncio.sleep(0.2)
-        recording = True
-        r = await c.request(method, path, headers=t.token_auth, json=body)
-        await asyncio.sleep(0.2)  # query loggers are called soon after, not during
-        recording = False
-    return r.status_code, seen
+    """All but auth.begin_request, which the write path's session runs through a prepared
+    statement object the query logger does not report (that it ran is what lets the write
+    through RLS at all)."""
+    return await request_statements(settings, t, method, path, body)
 
 
 async def test_create_is_one_statement_with_its_parent_check(client, settings, admin_conn):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -13,13 +12,13 @@ import asyncpg
 import jwt
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event
 
 from tenant_api.app import create_app
 from tenant_api.audit import controller as audit_controller
 from tenant_api.auth.credentials import SessionCodec, new_api_token
 from tenant_api.scopes import ROLE_SCOPES
 from tests.support.database import connect
+from tests.support.statements import request_statements
 from tests.support.tenants import bearer, make_token, signup
 from tests.support.usage import flush
 
@@ -333,25 +332,8 @@ async def test_usage_recording_adds_no_round_trip_to_the_request(client, setting
     t = await signup(client)
 
     async def statements(record: bool) -> list[str]:
-        # One connection, warmed up first: asyncpg introspects a few types on a
-        # connection's first use, once, which is not the request's path.
-        app = create_app(settings.with_audit(record_usage=record).with_database(pool_size=1, max_overflow=0))
-        seen: list[str] = []
-        recording = False
-
-        def log_query(entry) -> None:  # noqa: ANN001
-            if recording:
-                seen.append(" ".join(entry.query.split()))
-
-        event.listen(app.state.engine.sync_engine, "connect",
-                     lambda dbapi_conn, _record: dbapi_conn.driver_connection.add_query_logger(log_query))
-        async with AsyncTestClient(app) as c:
-            assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
-            await asyncio.sleep(0.2)  # (the warm-up's own log calls land first)
-            recording = True
-            assert (await c.get("/v1/agents", headers=t.token_auth)).status_code == 200
-            await asyncio.sleep(0.2)  # query loggers are called soon after, not during
-            recording = False
+        status, seen = await request_statements(settings.with_audit(record_usage=record), t, "GET", "/v1/agents")
+        assert status == 200
         return seen
 
     on, off = await statements(True), await statements(False)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from litestar import Litestar
 
 from tenant_api.app import create_app
+from tests.support.live import serve
 from tests.support.tenants import Tenant, bearer, make_token, signup
 from tests.support.rows import channel
 
@@ -72,18 +70,8 @@ class Live:
 @pytest.fixture(scope="session")
 def live(settings) -> Any:
     app = create_app(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", app)
-    server.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield Live(url, app)
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +22,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -33,6 +30,7 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from tenant_api.app import create_app
+from tests.support.live import serve
 from tests.support import factories
 from tests.support.tenants import bearer, make_token, signup
 from tests.support.security import World, build_world, openapi, row_ids, tenant_refs
@@ -61,19 +59,8 @@ LAST = ("DELETE", "POST /v1/auth/logout")
 
 @pytest.fixture(scope="module")
 def server(settings) -> Iterator[str]:
-    app = create_app(settings.with_runners(max_wait_seconds=LONG_POLL_SECONDS))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(settings.with_runners(max_wait_seconds=LONG_POLL_SECONDS))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

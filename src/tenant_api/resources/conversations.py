@@ -335,7 +335,7 @@ async def _message_events(state: State, credential: Credential, request_id: str 
                           cursor: int) -> AsyncIterator[ServerSentEventMessage]:
     hub: ConversationHub = state.conversation_hub
     # Subscribe before the first fetch: a message committed in between wakes us.
-    sub = hub.subscribe(organization_id, conversation_id)
+    sub = hub.subscribe_stream(organization_id, conversation_id)
     deadline = anyio.current_time() + hub.max_stream_seconds
     try:
         yield ServerSentEventMessage(data=None, retry=RETRY_MS)

@@ -246,7 +246,7 @@ async def _claim(request: Request, state: State, routes: KindRoutes, data: Claim
             if waiter is None:
                 # Subscribe, then claim once more at once: an item queued between the attempt
                 # above and the subscription is not missed.
-                waiter = hub.subscribe(ctx.organization_id, kind.name)
+                waiter = hub.subscribe_claim(ctx.organization_id, kind.name)
                 RUNNER_CLAIMS_WAITING.inc()
                 gone = asyncio.create_task(_hung_up(request))
                 try:
