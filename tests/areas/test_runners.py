@@ -148,13 +148,13 @@ async def test_a_waiting_claim_ends_when_its_runner_hangs_up(client, live):
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
         waiting = asyncio.create_task(c.post("/v1/jobs/claim", headers=runner, json={"wait_seconds": 25}))
         deadline = time.monotonic() + 5
-        while key not in hub._waiters:
+        while not hub.has_subscribers(key):
             assert time.monotonic() < deadline, "the claim never waited"
             await asyncio.sleep(0.05)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
     deadline = time.monotonic() + 5
-    while key in hub._waiters:
+    while hub.has_subscribers(key):
         assert time.monotonic() < deadline, "the server kept waiting for a runner that left"
         await asyncio.sleep(0.05)
     job = await new_job(client, t)

@@ -67,6 +67,9 @@ class ListenHub(Generic[K]):
     def subscribed(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
+    def has_subscribers(self, key: K) -> bool:
+        return key in self._subscribers
+
     def subscribe(self, key: K) -> Subscriber[K]:
         sub = Subscriber(key)
         self._subscribers.setdefault(key, set()).add(sub)
