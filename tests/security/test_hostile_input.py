@@ -19,7 +19,7 @@ still taken, briefly, and cannot eat the other operations' share.
 
 "Nothing changes": for an operation whose cases were all refused, a hash of every row of
 every tenant table (token_usage aside: every request adds one; platform_token's
-last_used_at aside) is equal before and after; every refused request also leaves the
+last_used_at and updated_at aside) is equal before and after; every refused request also leaves the
 audit log's row count as it was (every tenant-table change writes an audit row).
 """
 
@@ -248,7 +248,8 @@ async def table_hashes(conn: asyncpg.Connection, orgs: list[uuid.UUID]) -> dict[
     tables = [t for t in await tenant_tables(conn) if t != "token_usage"]
     parts = []
     for table in [*tables, "organization", "user_account"]:
-        row = "to_jsonb(x) - 'last_used_at'" if table == "platform_token" else "to_jsonb(x)"
+        # A credential's use stamps last_used_at (and so updated_at) once a minute, refused or not.
+        row = "to_jsonb(x) - 'last_used_at' - 'updated_at'" if table == "platform_token" else "to_jsonb(x)"
         where = {"organization": "x.id = any($1)",
                  "user_account": "x.id in (select user_id from organization_membership where organization_id = any($1))"
                  }.get(table, "x.organization_id = any($1)")
