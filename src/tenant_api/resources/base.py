@@ -88,7 +88,7 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         Anything that reaches for the ORM (the repository, its session) fails loudly:
         such a resource must say write_path="orm"."""
         service = cls.__new__(cls)
-        service._repository_instance = _NoOrm(cls.label)  # type: ignore[assignment]
+        service._repository_instance = _NoOrm(cls.label)
         service.ctx = ctx
         service._driver = conn
         service._orm = False
