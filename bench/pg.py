@@ -122,6 +122,8 @@ class BenchDatabase:
     name: str
     api_url: str  # tenant_api: the API's role, RLS applies
     bypass_url: str  # bench_bypassrls: the same grants, BYPASSRLS (baseline 2)
+    login_url: str  # tenant_login: the public auth routes (LOGIN_DATABASE_URL, required by the API)
+    jobs_url: str  # tenant_api_jobs: the API's background duties (JOBS_DATABASE_URL, required by the API)
     minimal_url: str  # bench_minimal: one set_config and a plain policy (the context's yardstick)
     owner_url: str
     admin_url: str  # superuser on this database
@@ -138,7 +140,8 @@ def create_database(cluster: Cluster, name: str) -> BenchDatabase:
             await conn.close()
 
     asyncio.run(drop())
-    result = asyncio.run(bootstrap(cluster.admin_url, database=name, owner_password=PASSWORD, api_password=PASSWORD))
+    result = asyncio.run(bootstrap(cluster.admin_url, database=name, owner_password=PASSWORD, api_password=PASSWORD,
+                                   jobs_password=PASSWORD, login_password=PASSWORD))
     migrate.upgrade(asyncpg_url(result.owner_url))
 
     async def extras() -> None:
@@ -176,6 +179,8 @@ def create_database(cluster: Cluster, name: str) -> BenchDatabase:
         name=name,
         api_url=cluster.url("tenant_api", name),
         bypass_url=cluster.url(BYPASS_ROLE, name),
+        login_url=cluster.url("tenant_login", name),
+        jobs_url=cluster.url("tenant_api_jobs", name),
         minimal_url=cluster.url(MINIMAL_ROLE, name),
         owner_url=cluster.url("tenant_owner", name),
         admin_url=cluster.admin(name),

@@ -564,9 +564,10 @@ class Bench:
 
 # --- the plan ------------------------------------------------------------------------------
 
-def api_env(url: str, args: argparse.Namespace, **extra: str) -> dict[str, str]:
-    """The API's settings as an operator runs it (every default), but the quota."""
-    return {"DATABASE_URL": url, "JWT_SECRET": JWT_SECRET, "DATABASE_POOL_SIZE": str(args.pool_size),
+def api_env(db: pg.BenchDatabase, url: str, args: argparse.Namespace, **extra: str) -> dict[str, str]:
+    """The API's settings as an operator runs it (every default, its three logins), but the quota."""
+    return {"DATABASE_URL": url, "LOGIN_DATABASE_URL": db.login_url, "JOBS_DATABASE_URL": db.jobs_url,
+            "JWT_SECRET": JWT_SECRET, "DATABASE_POOL_SIZE": str(args.pool_size),
             "DATABASE_MAX_OVERFLOW": str(args.max_overflow), "RATE_LIMIT_REQUESTS": RATE_LIMIT_REQUESTS, **extra}
 
 
@@ -586,16 +587,16 @@ def run_plan(bench: Bench, sets: dict[str, DataSet], usage: bool) -> None:
     args = bench.args
     primary = args.workers[0]
     for size, ds in sets.items():
-        env, add = api_env(ds.db.api_url, args), ds.servers.__setitem__
+        env, add = api_env(ds.db, ds.db.api_url, args), ds.servers.__setitem__
         bare_env = {**env, "MINIMAL_DATABASE_URL": ds.db.minimal_url}
         for w in args.workers:
             add(("api", w), Server(f"{size}-api-w{w}", "tenant_api.asgi:create", w, env, kind=args.server))
             add(("bare", w), Server(f"{size}-bare-w{w}", "bench.bare:create", w, bare_env, kind=args.server))
         add(("api-bypassrls", primary), Server(f"{size}-api-bypassrls-w{primary}", "tenant_api.asgi:create", primary,
-                                               api_env(ds.db.bypass_url, args), kind=args.server))
+                                               api_env(ds.db, ds.db.bypass_url, args), kind=args.server))
         if usage:
             add(("api-usage-off", primary), Server(f"{size}-api-usage-off-w{primary}", "tenant_api.asgi:create",
-                                                   primary, api_env(ds.db.api_url, args, **{USAGE_ENV: "0"}),
+                                                   primary, api_env(ds.db, ds.db.api_url, args, **{USAGE_ENV: "0"}),
                                                    kind=args.server))
     servers = [s for ds in sets.values() for s in ds.servers.values()]
     try:

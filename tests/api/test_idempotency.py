@@ -274,11 +274,12 @@ async def test_a_failed_commit_answers_with_a_problem_not_the_response(client, s
 
 def test_every_authenticated_post_binds_its_transaction(client):
     """The key is tied to the transaction that makes the change where that transaction
-    begins (auth.request.provide_db; a claim's attempts bind themselves). A POST route
-    that opened its transactions some other way would silently ignore the key: none may."""
+    begins (auth.request.provide_db; a claim's attempts bind themselves; a fast generic
+    create's write_service hands a keyed POST to provide_db). A POST route that opened its
+    transactions some other way would silently ignore the key: none may."""
     import inspect
 
-    from tenant_api.auth.request import is_public
+    from tenant_api.auth.request import is_public, provide_db
 
     unbound, checked = [], 0
     for route in client.app.routes:
@@ -294,6 +295,9 @@ def test_every_authenticated_post_binds_its_transaction(client):
                 needed.add(name)
                 if name in provided:
                     stack += list(inspect.signature(provided[name].dependency).parameters)
+            if any(getattr(provided[n].dependency, "keyed_through", None) is provide_db
+                   for n in needed if n in provided):
+                needed.add("db")
             checked += 1
             if not needed & {"db", "first"}:
                 unbound.append(f"POST {route.path}")

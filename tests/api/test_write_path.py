@@ -12,9 +12,8 @@ from tests.support.tenants import signup
 
 
 async def _statements(settings, t, method: str, path: str, body: dict) -> tuple[int, list[str]]:
-    """All but auth.begin_request, which the write path's session runs through a prepared
-    statement object the query logger does not report (that it ran is what lets the write
-    through RLS at all)."""
+    """The request's statements (the fast write path runs auth.begin_request on the
+    connection like any statement: it is reported too)."""
     return await request_statements(settings, t, method, path, body)
 
 
@@ -23,9 +22,10 @@ async def test_create_is_one_statement_with_its_parent_check(client, settings, a
     status, seen = await _statements(settings, t, "POST", "/v1/agents",
                                      {"project_id": t.project_id, "name": "counted"})
     assert status == 201, seen
-    # BEGIN, (auth.begin_request), the insert with its parent check, COMMIT
-    assert len(seen) == 3 and seen[0].upper().startswith("BEGIN") and seen[-1].upper().startswith("COMMIT"), seen
-    assert seen[1].startswith("INSERT INTO agent") and "WHERE EXISTS" in seen[1], seen
+    # BEGIN, auth.begin_request, the insert with its parent check, COMMIT: no session
+    assert len(seen) == 4 and seen[0].upper().startswith("BEGIN") and seen[-1].upper().startswith("COMMIT"), seen
+    assert "auth.begin_request" in seen[1], seen
+    assert seen[2].startswith("INSERT INTO agent") and "WHERE EXISTS" in seen[2], seen
     # the same row, with its audit row, as the ORM wrote it
     row = await admin_conn.fetchrow("select id, type, status from agent where name = 'counted'")
     assert (row["type"], row["status"]) == ("assistant", "active")
@@ -49,10 +49,10 @@ async def test_status_move_reads_its_row_once_under_the_lock(client, settings):
     task = r.json()
     status, seen = await _statements(settings, t, "PATCH", f"/v1/tasks/{task['id']}", {"status": "in_progress"})
     assert status == 200, seen
-    # BEGIN, (auth.begin_request), the row under the lock, the update, COMMIT
-    assert len(seen) == 4, seen
-    assert seen[1].startswith("SELECT") and seen[1].endswith("FOR UPDATE"), seen
-    assert seen[2].startswith("UPDATE task SET status") and "RETURNING" in seen[2], seen
+    # BEGIN, auth.begin_request, the row under the lock, the update, COMMIT
+    assert len(seen) == 5 and "auth.begin_request" in seen[1], seen
+    assert seen[2].startswith("SELECT") and seen[2].endswith("FOR UPDATE"), seen
+    assert seen[3].startswith("UPDATE task SET status") and "RETURNING" in seen[3], seen
     # the lifecycle still judges the move against the locked row
     r = await client.patch(f"/v1/tasks/{task['id']}", headers=t.token_auth, json={"status": "todo"})
     assert r.status_code == 200 and r.json()["status"] == "todo"

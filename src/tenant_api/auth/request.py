@@ -222,6 +222,12 @@ class read_transaction:  # noqa: N801 - used as `async with read_transaction(req
         await checkin(pooled)
 
 
+# The fast write routes (Resource.write_path="fast") run in the same transaction: it is
+# not read-only, and it commits when the handler returns (a failed COMMIT is the
+# client's 503, never a 2xx); the handler's statements go on ``tx.conn``.
+write_transaction = read_transaction
+
+
 async def checkout(engine: Any) -> Any:
     """A pooled connection (SQLAlchemy's pool: one pool, one set of limits and metrics).
     Taking the idle connection next in line involves no I/O while it is connected and

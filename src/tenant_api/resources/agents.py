@@ -21,7 +21,8 @@ from tenant_api.db.context import Principal
 from tenant_api.db.models import Agent, AgentConversation, AgentEmailRule, AgentProfile, AgentTemplate, Project
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
 from tenant_api.inputs import Input
-from tenant_api.resources.base import Nest, Resource, TenantService, to_read
+from tenant_api.db.models.base import uuid7
+from tenant_api.resources.base import Nest, Resource, TenantService, WriteQueries, to_read
 from tenant_api.resources.pagination import CursorCodec, Keyset
 from tenant_api.resources.schemas import update_of
 from tenant_api.routing import Routes
@@ -217,24 +218,27 @@ AgentUpdate = update_of(AgentCreate, exclude=("project_id", "template_id"))
 
 
 class AgentService(TenantService[Agent]):
+    """On the fast write path: everything on self.connection(), no ORM."""
+
     async def create_row(self, values: dict[str, Any], scope: dict[str, Any] | None = None) -> Agent:
         template = None
         if values.get("template_id") is not None:
             # None here (invisible or absent) becomes a 422 naming template_id in check_parents
-            template = await self.repository.session.scalar(
-                select(AgentTemplate).where(AgentTemplate.organization_id == self.org,
-                                            AgentTemplate.id == values["template_id"])
-            )
+            templates = WriteQueries.of(AgentTemplate)
+            row = await templates.select(await self.connection(), self.org, values["template_id"], {})
+            template = templates.instance(row) if row is not None else None
         if values.get("type", UNSET) is UNSET:
             values = {**values, "type": template.category if template else "assistant"}
         agent = await super().create_row(values, scope)
         if template is not None:
-            # same transaction as the agent: both or neither
+            # same transaction as the agent: both or neither (a new agent has no profile yet)
             defaults = template.default_profile or {}
             fields = {f: defaults.get(f) for f in PROFILE_FIELDS}
             fields["display_name"] = fields["display_name"] or agent.name
             fields["bio"] = fields["bio"] or ""
-            await write_profile(self.repository.session, agent, fields)
+            await WriteQueries.of(AgentProfile).insert(await self.connection(), {
+                "id": uuid7(), "organization_id": agent.organization_id, "project_id": agent.project_id,
+                "agent_id": agent.id, **fields})
         return agent
 
 
@@ -243,7 +247,7 @@ agents = Resource(
     read=AgentRead, create=AgentCreate, update=AgentUpdate,
     parents={"project_id": Project, "template_id": AgentTemplate},
     filters={"project_id": UUID, "status": AgentStatus, "type": str, "template_id": UUID},
-    service=AgentService,
+    service=AgentService, write_path="fast",
 )
 
 
@@ -322,6 +326,7 @@ agent_email_rules = Resource(
     filters={"direction": Direction, "action": RuleAction, "enabled": bool},
     service=AgentEmailRuleService, nest=AGENT_NEST, tag="agents",
     read_path="orm",  # evaluation order, (priority, id): its own page
+    write_path="fast",  # its rules read only the values and the row being changed
 )
 
 

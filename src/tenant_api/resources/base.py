@@ -26,7 +26,8 @@ hooks may still query through the session, which shares the connection.
 
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
@@ -48,7 +49,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tenant_api.auth.request import ReadTransaction, read_transaction
+from tenant_api import idempotency
+from tenant_api.auth.request import ReadTransaction, provide_db, read_transaction, write_transaction
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase, uuid7
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
@@ -76,7 +78,22 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         super().__init__(session=session, auto_expunge=False, auto_refresh=False)
         self.ctx = ctx
         self._driver: Any = None
+        self._orm = True
         self.locked: set[UUID] = set()  # rows this request read under a row lock
+
+    @classmethod
+    def on_connection(cls, conn: Any, ctx: Principal) -> "TenantService[Any]":
+        """A service for the fast write path (Resource.write_path): no session at all,
+        every statement on ``conn``, the request's own transaction (write_transaction).
+        Anything that reaches for the ORM (the repository, its session) fails loudly:
+        such a resource must say write_path="orm"."""
+        service = cls.__new__(cls)
+        service._repository_instance = _NoOrm(cls.label)
+        service.ctx = ctx
+        service._driver = conn
+        service._orm = False
+        service.locked = set()
+        return service
 
     @property
     def org(self) -> UUID:
@@ -89,6 +106,11 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
         (the link column and, e.g., the parent's project_id)."""
         if nest is None or parent_id is None:
             return {}
+        if not self._orm:
+            row = await WriteQueries.of(nest.model).select(await self.connection(), self.org, parent_id, {})
+            if row is None:
+                raise not_found(nest.label)
+            return {nest.column: parent_id, **{c: row[c] for c in nest.inherit}}
         parent = await self.repository.session.scalar(
             select(nest.model).where(nest.model.organization_id == self.org, nest.model.id == parent_id)
         )
@@ -207,12 +229,25 @@ class TenantService(SQLAlchemyAsyncRepositoryService[M], Generic[M]):
     def _forget(self, existing: M) -> None:
         """A row a service's own get_visible loaded through the session is stale once
         written here: out of the session, so nothing flushes it back."""
+        if not self._orm:
+            return
         session = self.repository.session
         if existing in session:
             session.expunge(existing)
 
     def not_writable(self) -> ProblemError:
         return ProblemError(403, f"this credential may not change this {self.label}")
+
+
+class _NoOrm:
+    """The repository of a service on the fast write path: there is none."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"resource {self._label}: its service used the ORM ({name}) on the fast write path; "
+                           "say write_path='orm' or write the hook on self.connection()")
 
 
 def service_for(model: type[M], label: str, parents: dict[str, type[TenantBase]] | None = None,
@@ -263,6 +298,15 @@ class Resource:
     # struct with fields that are not columns. A resource that says "fast" but cannot be
     # read that way refuses to mount; tests/unit/test_read_paths.py lists every resource's.
     read_path: Literal["fast", "orm"] = "fast"
+    # --- the write path (issue 9): stated, never inferred ---
+    # "fast": create, update and delete run their service on the request's pooled asyncpg
+    # connection (write_transaction: BEGIN, auth.begin_request, the service's statements,
+    # COMMIT), no session. For a service whose hooks run on self.connection() only; one
+    # that reaches for the ORM fails loudly. A POST carrying an Idempotency-Key still
+    # takes the session (its response is stored in that transaction, idempotency.py).
+    # "orm": the service on the request's session (hooks that query through the ORM).
+    # tests/unit/test_write_paths.py lists every resource's.
+    write_path: Literal["fast", "orm"] = "orm"
 
     def service_class(self) -> type[TenantService]:
         base = self.service or TenantService
@@ -426,11 +470,15 @@ class WriteQueries:
         c = self.table.c
         return [c.organization_id == bindparam("org"), *(c[n] == bindparam(f"eq_{n}") for n in names)]
 
-    async def exists(self, conn: Any, parent: type[TenantBase], org: UUID, item_id: UUID) -> bool:
+    async def exists(self, conn: Any, parent: type[TenantBase], org: UUID, item_id: UUID, **equal: Any) -> bool:
+        """Whether ``parent`` has a visible row ``item_id`` (and, with ``equal``, those column values)."""
         table: Any = parent.__table__
-        sql, _ = self._sql(("exists", table.name), lambda: select(exists().where(
-            table.c.organization_id == bindparam("org"), table.c.id == bindparam("id"))))
-        return bool(await conn.fetchval(sql, org, item_id))
+        names = tuple(sorted(equal))
+        sql, order = self._sql(("exists", table.name, names), lambda: select(exists().where(
+            table.c.organization_id == bindparam("org"), table.c.id == bindparam("id"),
+            *(table.c[n] == bindparam(f"eq_{n}") for n in names))))
+        values = {"org": org, "id": item_id, **{f"eq_{n}": v for n, v in equal.items()}}
+        return bool(await conn.fetchval(sql, *(values[n] for n in order)))
 
     @staticmethod
     def _shape(values: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any], tuple[str, ...]]:
@@ -586,33 +634,81 @@ def resource_router(res: Resource) -> Router:
         route(get, "/{item_id:uuid}", read_scope, f"get_{res.name}", f"Get a {res.name}", get_item, {}),
     ]
 
-    if res.create is not None:
-        Create = res.create
+    dependencies = {"service": Provide(provide_service)}
+    if res.write_path == "fast":
+        if res.nest is not None and not all(c in res.nest.model.__table__.c for c in res.nest.inherit):
+            raise RuntimeError(f"resource {res.name}: its parent's inherited columns are not columns: "
+                               "say write_path='orm'")
+        keyed_db = asynccontextmanager(provide_db)
 
-        async def create_item(service: TenantService, data: Create, **kw: Any) -> Read:  # type: ignore[valid-type]
-            scope = await scope_of(service, kw)
-            return to_read(Read, await service.create_row(msgspec.structs.asdict(data), scope))
+        async def provide_write_service(request: Request, state: State) -> AsyncGenerator[TenantService, None]:
+            """The service in the request's transaction: on its pooled asyncpg connection
+            (write_transaction), or on the session when the POST carries an Idempotency-Key
+            (the kept response commits with the change, idempotency.py). A dependency, as
+            provide_db is, so the credential and scope are checked (401/403) before the
+            body is validated (422), as on the ORM path."""
+            if idempotency.pending(request) is None:
+                async with write_transaction(request) as tx:
+                    service = Service.on_connection(tx.conn, tx.principal)
+                    service.app_settings = state.settings
+                    yield service
+                return
+            async with keyed_db(request, state) as db:
+                service = Service(db, db.info["principal"])
+                service.app_settings = state.settings
+                yield service
 
-        handlers.append(route(post, "/", write_scope, f"create_{res.name}", f"Create a {res.name}", create_item, {}))
+        # A keyed POST goes to provide_db, which binds the key to its transaction
+        # (tests/api/test_idempotency.py checks every POST).
+        provide_write_service.keyed_through = provide_db  # type: ignore[attr-defined]
+        dependencies["write_service"] = Provide(provide_write_service)
 
-    if res.update is not None:
-        Update = res.update
+        if res.create is not None:
+            Create = res.create
 
-        async def update_item(service: TenantService, item_id: UUID, data: Update, **kw: Any) -> Read:  # type: ignore[valid-type]
-            scope = await scope_of(service, kw)
-            return to_read(Read, await service.update_row(item_id, set_fields(data), scope))
+            async def create_item(write_service: TenantService, data: Create,  # type: ignore[valid-type]
+                                  **kw: Any) -> Read:  # type: ignore[valid-type]
+                scope = await scope_of(write_service, kw)
+                return to_read(Read, await write_service.create_row(msgspec.structs.asdict(data), scope))
 
-        handlers.append(route(patch, "/{item_id:uuid}", write_scope, f"update_{res.name}", f"Update a {res.name}",
-                              update_item, {}))
+        if res.update is not None:
+            Update = res.update
 
-    if res.deletable:
+            async def update_item(write_service: TenantService, item_id: UUID, data: Update,  # type: ignore[valid-type]
+                                  **kw: Any) -> Read:  # type: ignore[valid-type]
+                scope = await scope_of(write_service, kw)
+                return to_read(Read, await write_service.update_row(item_id, set_fields(data), scope))
 
-        async def delete_item(service: TenantService, item_id: UUID, **kw: Any) -> None:
+        async def delete_item(write_service: TenantService, item_id: UUID, **kw: Any) -> None:
+            scope = await scope_of(write_service, kw)
+            await write_service.delete_row(item_id, scope)
+    else:
+        if res.create is not None:
+            Create = res.create
+
+            async def create_item(service: TenantService, data: Create, **kw: Any) -> Read:  # type: ignore[valid-type,misc]
+                scope = await scope_of(service, kw)
+                return to_read(Read, await service.create_row(msgspec.structs.asdict(data), scope))
+
+        if res.update is not None:
+            Update = res.update
+
+            async def update_item(service: TenantService, item_id: UUID, data: Update,  # type: ignore[valid-type,misc]
+                                  **kw: Any) -> Read:  # type: ignore[valid-type]
+                scope = await scope_of(service, kw)
+                return to_read(Read, await service.update_row(item_id, set_fields(data), scope))
+
+        async def delete_item(service: TenantService, item_id: UUID, **kw: Any) -> None:  # type: ignore[misc]
             scope = await scope_of(service, kw)
             await service.delete_row(item_id, scope)
 
+    if res.create is not None:
+        handlers.append(route(post, "/", write_scope, f"create_{res.name}", f"Create a {res.name}", create_item, {}))
+    if res.update is not None:
+        handlers.append(route(patch, "/{item_id:uuid}", write_scope, f"update_{res.name}", f"Update a {res.name}",
+                              update_item, {}))
+    if res.deletable:
         handlers.append(route(delete, "/{item_id:uuid}", write_scope, f"delete_{res.name}", f"Delete a {res.name}",
                               delete_item, {}))
 
-    return Router(path=res.path, route_handlers=[*handlers, *res.actions],
-                  dependencies={"service": Provide(provide_service)})
+    return Router(path=res.path, route_handlers=[*handlers, *res.actions], dependencies=dependencies)

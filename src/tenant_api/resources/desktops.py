@@ -98,7 +98,7 @@ desktop_configs = Resource(
     name="desktop_config", path="/v1/desktop-configs", model=DesktopConfig, area="desktops",
     read=DesktopConfigRead, create=DesktopConfigCreate, update=DesktopConfigUpdate,
     parents={"project_id": Project}, filters={"project_id": UUID, "name": str},
-    service=DesktopConfigService,
+    service=DesktopConfigService, write_path="fast",
 )
 
 

@@ -74,7 +74,7 @@ WorkspaceUpdate = update_of(WorkspaceCreate)
 workspaces = Resource(
     name="workspace", path="/v1/workspaces", model=Workspace, area="org",
     read=WorkspaceRead, create=WorkspaceCreate, update=WorkspaceUpdate,
-    filters={"name": str},
+    filters={"name": str}, write_path="fast",
 )
 
 
@@ -99,7 +99,7 @@ ProjectUpdate = update_of(ProjectCreate)
 projects = Resource(
     name="project", path="/v1/projects", model=Project, area="org",
     read=ProjectRead, create=ProjectCreate, update=ProjectUpdate,
-    parents={"workspace_id": Workspace}, filters={"workspace_id": UUID, "name": str},
+    parents={"workspace_id": Workspace}, filters={"workspace_id": UUID, "name": str}, write_path="fast",
 )
 
 

@@ -6,7 +6,6 @@ from uuid import UUID
 
 import msgspec
 from msgspec import Meta
-from sqlalchemy import exists, select
 
 from tenant_api.db.models import Agent, ComputerUseTask, Project, Task
 from tenant_api.db.models.desktops import DesktopVirtualMachine
@@ -98,8 +97,8 @@ class TaskService(LifecycleService[Task]):
             # check_parents made sure the agent is visible; the composite foreign key
             # requires it in the task's project: say so with a 422 naming the field.
             project_id = existing.project_id if existing is not None else values["project_id"]
-            same_project = await self.repository.session.scalar(select(exists().where(
-                Agent.organization_id == self.org, Agent.id == agent_id, Agent.project_id == project_id)))
+            same_project = await self.writes.exists(await self.connection(), Agent, self.org, agent_id,
+                                                    project_id=project_id)
             if not same_project:
                 raise invalid("agent_id", f"agent {agent_id} is not in the task's project")
         return values
@@ -110,7 +109,7 @@ tasks = Resource(
     read=TaskRead, create=TaskCreate, update=TaskUpdate,
     parents={"project_id": Project, "agent_id": Agent},
     filters={"project_id": UUID, "agent_id": UUID, "status": TaskStatus},
-    service=TaskService,
+    service=TaskService, write_path="fast",
 )
 
 
@@ -165,7 +164,7 @@ computer_use_tasks = Resource(
     # task's own project
     parents={"project_id": Project, "desktop_vm_id": DesktopVirtualMachine},
     filters={"project_id": UUID, "status": RunStatus, "desktop_vm_id": UUID},
-    service=ComputerUseTaskService,
+    service=ComputerUseTaskService, write_path="fast",
 )
 
 
