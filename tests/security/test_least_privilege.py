@@ -214,6 +214,13 @@ async def test_a_dm_belongs_to_its_members(client, admin_conn, api_conn):
             column = "id" if table == "conversation" else "conversation_id"
             assert await api_conn.fetchval(f"select count(*) from {table} where {column} = $1",
                                            uuid.UUID(dm["id"])) == 0, table
+    # Nor can the admin create a DM between others: a 422 naming the members, nothing written.
+    r = await client.post("/v1/conversations", headers=admin_h, json={
+        "project_id": t.project_id, "kind": "DM",
+        "members": [{"member_type": "USER", "member_id": t.user_id}, {"member_type": "AGENT", "member_id": agent["id"]}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "members", r.text
+    assert await admin_conn.fetchval("select count(*) from conversation where organization_id = $1 and kind = 'DM'",
+                                     uuid.UUID(t.organization_id)) == 1
     # The audit trail, which admins and auditors read, records that a message was posted,
     # never its body.
     rows = await admin_conn.fetch("select changes::text as c from token_audit_log where table_name ="

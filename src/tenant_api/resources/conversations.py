@@ -119,6 +119,11 @@ class ConversationService(TenantService[Conversation]):
             raise invalid("members", "lists the same member twice")
         if values["kind"] == "DM" and len(members) != 2:
             raise invalid("members", "a DM has exactly two members")
+        users = {m for t, m in members if t == "USER"}
+        if values["kind"] == "DM" and users and self.ctx.user_id not in users:
+            # A DM naming users belongs to them alone (policies/conversation.sql): its
+            # creator could not read it back, so it is refused before anything is written.
+            raise invalid("members", "a DM naming users must include you: it belongs to its members alone")
         row = await super().create_row(values, scope)
         await check_members(self.repository.session, self.org, row.project_id, members,
                             lambda i: f"members[{i}].member_id")
