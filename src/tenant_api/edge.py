@@ -3,7 +3,7 @@
 What every routed request passes through before its handler, in this order (outermost
 first), each as it was when they were five middlewares of their own:
 
-1. the request id (ops/request_id.py): fixed, and the logging context set;
+1. the request id (request_id.py): fixed, and the logging context set;
 2. metrics and the access line (ops/metrics.py): every answer counted, timed, logged;
 3. the usage record (audit/usage.py): every authenticated request leaves one;
 4. the rate limit (ops/ratelimit.py): counted before the credential is checked;
@@ -126,7 +126,7 @@ class EdgeMiddleware:
         try:
             limiter = self.limiter
             if limiter is not None and route.limited:
-                limit_key, quota, org = limiter.classify_request(authorization, scope.get("client"), route.rate_limit)
+                limit_key, quota, org = limiter.classify(authorization, scope.get("client"), route.rate_limit)
                 if quota is None:
                     quota = limiter.quota_of(org)
                 hit = await limiter.hit(limit_key, quota)
@@ -154,7 +154,9 @@ class EdgeMiddleware:
             if self.refusals is not None and not route.public:
                 # An address that sent too many refused credentials gets 429 before its next
                 # unknown one is parsed or looked up (ops.ratelimit.RefusedCredentials).
-                await self.refusals.guard(scope, authorization, admitted)
+                # The rate limit's key is the credential's own when one was sent (no second hash).
+                known = limit_key if limit_key is not None and limit_key.startswith("c:") else None
+                await self.refusals.guard(scope, authorization, admitted, known)
             else:
                 await admitted()
         except asyncio.CancelledError:

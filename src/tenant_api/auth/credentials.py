@@ -170,15 +170,6 @@ def bearer_from_subprotocols(header: bytes | None) -> bytes | None:
     return None
 
 
-def presented_credential(headers: dict[bytes, bytes], websocket: bool) -> bytes | None:
-    """The ``Bearer ...`` a request presents: its Authorization header, or on a WebSocket
-    the credential offered as a subprotocol."""
-    raw = headers.get(b"authorization")
-    if raw is None and websocket:
-        raw = bearer_from_subprotocols(headers.get(b"sec-websocket-protocol"))
-    return raw
-
-
 def refused_prefix(raw: bytes) -> str | None:
     """What a security event may keep of a refused credential: an API token's display
     prefix (as stored for real tokens), "session" for a JWT, nothing of anything else."""

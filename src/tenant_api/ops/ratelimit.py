@@ -189,15 +189,11 @@ class RateLimiter:
 
     # -- who is counted, against which quota ----------------------------------------
 
-    def classify(self, scope: Scope, opt: dict[str, Any]) -> tuple[str, Quota | None, UUID | None]:
-        """(key, quota or None when the organization's must be looked up, organization)."""
-        authorization = next((v for n, v in scope.get("headers") or () if n == b"authorization"), None)
-        return self.classify_request(authorization, scope.get("client"), opt.get("rate_limit"))
-
-    def classify_request(self, authorization: bytes | None, client: Any,
-                         rate_limit: Any) -> tuple[str, Quota | None, UUID | None]:
-        """classify() from what the edge middleware already read: the first Authorization
-        header, the peer, the route's opt["rate_limit"]."""
+    def classify(self, authorization: bytes | None, client: Any,
+                 rate_limit: Any) -> tuple[str, Quota | None, UUID | None]:
+        """(key, quota or None when the organization's must be looked up, organization),
+        from what the edge middleware read: the first Authorization header, the peer, the
+        route's opt["rate_limit"]."""
         if authorization is not None:
             scheme, _, credential = authorization.partition(b" ")
             if scheme.lower() == b"bearer" and (credential := credential.strip()):
@@ -258,9 +254,10 @@ class RateLimiter:
         if org not in self._quotas:
             self._refresh(org)
 
-    def knows(self, credential: bytes) -> bool:
-        """Whether this credential made a request recently that the database accepted."""
-        return credential_key(credential) in self._org_of
+    def knows(self, key: str) -> bool:
+        """Whether the credential of this counting key (``credential_key``) made a request
+        recently that the database accepted."""
+        return key in self._org_of
 
     def forget_quota(self, org: UUID) -> None:
         self._quotas.pop(org, None)
@@ -332,9 +329,11 @@ class RefusedCredentials:
         self._refused: dict[str, tuple[int, int]] = {}  # address -> (minute, refusals seen so far)
         self._in_flight: dict[str, int] = {}  # address -> checks of not-yet-known credentials running
 
-    async def guard(self, scope: Scope, raw: bytes | None, check: Callable[[], Awaitable[None]]) -> None:
-        """``raw``: the credential presented (``Bearer ...``), as the caller read it."""
-        if raw is None or self.limiter.knows(raw.partition(b" ")[2]):
+    async def guard(self, scope: Scope, raw: bytes | None, check: Callable[[], Awaitable[None]],
+                    key: str | None = None) -> None:
+        """``raw``: the credential presented (``Bearer ...``), as the caller read it;
+        ``key``: its ``credential_key`` when the caller has it already (the rate limit's)."""
+        if raw is None or self.limiter.knows(key or credential_key(raw.partition(b" ")[2])):
             try:
                 await check()
             finally:
