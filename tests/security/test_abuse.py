@@ -23,6 +23,7 @@ from tenant_api.auth.credentials import new_api_token
 from tenant_api.scheduler import Scheduler, scheduler_engine
 from tenant_api.settings import ScheduleSettings, Settings
 from tests.support.tenants import Tenant, bearer, make_token, signup
+from tests.support.windows import inside_one_window
 
 CMD = {"kind": "command", "ref": "report"}
 YEARLY = "0 0 1 1 *"
@@ -74,6 +75,7 @@ async def test_a_flood_of_refused_credentials_costs_bounded_lookups_and_rows(
     changes: dict[str, Any] = {"refused_per_minute": limit}
     if store == "redis":
         changes["redis_url"] = request.getfixturevalue("redis_url")
+    await inside_one_window(30)  # the end checks a fresh credential against the flood's minute
     async with serving(settings.with_rate_limit(**changes), ip) as (app, client_from):
         c = client_from()
         assert (await c.get("/v1/agents", headers=tenant.token_auth)).status_code == 200  # this address's good token, seen
@@ -287,6 +289,7 @@ async def test_password_work_beyond_its_queue_is_a_503_with_retry_after(settings
 
 async def test_failed_logins_per_account_are_throttled_before_any_password_work(client, settings):
     victim, other = await signup(client), await signup(client)
+    await inside_one_window(10)
     async with serving(settings.with_auth(login_failures_per_account=3)) as (app, client_from):
         a, b = client_from("198.51.100.50"), client_from("198.51.100.51")
         for c in (a, b, a):  # from any address

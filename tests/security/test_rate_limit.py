@@ -5,11 +5,11 @@ Redis, and the client address taken from trusted proxies only."""
 from __future__ import annotations
 
 import asyncio
-import time
 import re
 import uuid
 
 import httpx
+import pytest
 from litestar.testing import AsyncTestClient
 
 from tenant_api import cli
@@ -18,8 +18,15 @@ from tenant_api.ops.metrics import RATE_LIMIT_STORE_ERRORS
 from tenant_api.ops.ratelimit import credential_key
 from tests.support.tenants import bearer, make_token, signup
 from tests.support.security import as_request, attempt, openapi, operations
+from tests.support.windows import inside_one_window
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(autouse=True)
+async def _counts_inside_one_minute() -> None:
+    """Every test here counts requests against per-minute quotas."""
+    await inside_one_window(10)
 
 
 def quota(r: httpx.Response) -> tuple[str, int, int]:
@@ -216,10 +223,7 @@ async def test_the_client_address_comes_from_trusted_proxies_only(settings):
                     for xff in forwarded_for]
 
     clients = ["203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.3"]
-    # The counts are per minute (fixed windows): nine logins (argon2 each) must not straddle
-    # the minute's end, or a count starts afresh midway.
-    if time.time() % 60 > 40:
-        await asyncio.sleep(60.5 - time.time() % 60)
+    await inside_one_window(25)  # nine logins, argon2 each
     untrusted = create_app(settings.with_auth(auth_rate_per_minute=2))
     trusted = create_app(settings.with_auth(auth_rate_per_minute=2).with_server(trusted_proxies=("10.0.0.0/8",)))
     try:
