@@ -22,8 +22,35 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
+
 from bench import data, loadgen, pg
-from bench.run import OUT, RATE_LIMIT_REQUESTS, Server, api_env, build_workload, tree_cpu
+from bench.run import OUT, Server, api_env, build_workload, tree_cpu
+
+
+def _sql(url: str, query: str) -> list:
+    async def go() -> list:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetch(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def statements(url: str, requests: int, top: int = 25) -> str:
+    """pg_stat_statements since the reset, per request: nested statements (functions,
+    triggers) are counted inside their callers' time as well as on their own line."""
+    rows = _sql(url, "select calls, total_exec_time, rows, query from pg_stat_statements"
+                     " where dbid = (select oid from pg_database where datname = current_database())"
+                     f" order by total_exec_time desc limit {top}")
+    lines = [f"{'ms/request':>10} {'calls/req':>9} {'us/call':>8}  statement"]
+    for r in rows:
+        query = " ".join(r["query"].split())[:150]
+        lines.append(f"{r['total_exec_time'] / max(1, requests):10.4f} {r['calls'] / max(1, requests):9.2f}"
+                     f" {1000 * r['total_exec_time'] / max(1, r['calls']):8.1f}  {query}")
+    return "\n".join(lines)
 
 
 def summarize(path: str, top: int = 45) -> str:
@@ -58,6 +85,9 @@ def main() -> None:
     parser.add_argument("--server", default="uvicorn")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the API server")
     parser.add_argument("--no-spy", action="store_true", help="load only (CPU per request printed)")
+    parser.add_argument("--statements", action="store_true",
+                        help="also where PostgreSQL's time goes: pg_stat_statements with track=all"
+                             " (statements inside functions and triggers too), per request")
     args = parser.parse_args()
     if not args.no_spy and not shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])):
         sys.exit("py-spy is not installed (pip install py-spy)")
@@ -70,10 +100,11 @@ def main() -> None:
     server = None
     try:
         db = pg.create_database(cluster, "bench_profile")
+        if args.statements:
+            _sql(db.admin_url, "alter database bench_profile set pg_stat_statements.track = 'all'")
         loaded = asyncio.run(data.load(db.admin_url, data.SMALL))
         workload = build_workload(loaded)
-        env = {**api_env(db.api_url, ns), "RATE_LIMIT_REQUESTS": RATE_LIMIT_REQUESTS,
-               "MINIMAL_DATABASE_URL": db.minimal_url, **dict(e.split("=", 1) for e in args.env)}
+        env = {**api_env(db, db.api_url, ns), "MINIMAL_DATABASE_URL": db.minimal_url, **dict(e.split("=", 1) for e in args.env)}
         app = "bench.bare:create" if args.scenario.startswith("bare") else "tenant_api.asgi:create"
         server = Server(f"profile-{args.scenario}", app, args.workers, env, kind=args.server)
         server.start()
@@ -91,6 +122,8 @@ def main() -> None:
                     [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(w.pid), "--duration", str(round(args.seconds)), "--rate", "200",
                      "--format", "raw", "--nonblocking", "--output", f"{out}.{k}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if args.statements:
+            _sql(db.admin_url, "select pg_stat_statements_reset()")
         cpu0 = sum(sum(w.cpu_times()[:2]) for w in workers)
         pg0 = tree_cpu(cluster.postmaster_pid())
         t0 = time.perf_counter()
@@ -105,6 +138,8 @@ def main() -> None:
               f"API CPU {1000 * cpu / max(1, result['requests']):.3f} ms/request, PostgreSQL CPU"
               f" {1000 * pg_cpu / max(1, result['requests']):.3f} ms/request"
               f" ({time.perf_counter() - t0:.1f} s)")
+        if args.statements:
+            print(statements(db.admin_url, result["requests"]))
         if spies:
             with open(out, "w") as f:
                 for k in range(len(spies)):
