@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--server", default="uvicorn")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the API server")
     parser.add_argument("--no-spy", action="store_true", help="load only (CPU per request printed)")
+    parser.add_argument("--sql", action="append", default=[],
+                        help="run this as the superuser once the data is loaded (an experiment: an index, a setting)")
     parser.add_argument("--statements", action="store_true",
                         help="also where PostgreSQL's time goes: pg_stat_statements with track=all"
                              " (statements inside functions and triggers too), per request")
@@ -104,6 +106,8 @@ def main() -> None:
             _sql(db.admin_url, "alter database bench_profile set pg_stat_statements.track = 'all'")
         loaded = asyncio.run(data.load(db.admin_url, data.SMALL))
         workload = build_workload(loaded)
+        for query in args.sql:
+            _sql(db.admin_url, query)
         env = {**api_env(db, db.api_url, ns), "MINIMAL_DATABASE_URL": db.minimal_url, **dict(e.split("=", 1) for e in args.env)}
         app = "bench.bare:create" if args.scenario.startswith("bare") else "tenant_api.asgi:create"
         server = Server(f"profile-{args.scenario}", app, args.workers, env, kind=args.server)

@@ -31,7 +31,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_api.audit.usage import UsageRecorder, usage_row
 from tenant_api.auth.credentials import InvalidCredential, SessionCodec, bearer_from_subprotocols, parse_bearer
-from tenant_api.auth.request import is_public, note_refused
+from tenant_api.auth.request import HELD, is_public, note_refused, release_held
 from tenant_api.ops import metrics
 from tenant_api.ops.ratelimit import RateLimiter, RefusedCredentials, headers_for
 from tenant_api.errors import ProblemError
@@ -173,6 +173,8 @@ class EdgeMiddleware:
             status = getattr(exc, "status_code", 500)
             raise
         finally:
+            if HELD in state:  # a write's transaction whose handler never ran (its body was refused)
+                await release_held(state, None)
             duration = time.perf_counter() - started
             if streaming:
                 metrics.SSE_STREAMS.dec()

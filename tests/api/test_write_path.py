@@ -70,3 +70,36 @@ async def test_update_and_delete_of_invisible_rows_are_404(client):
     assert (await client.delete(f"/v1/tasks/{theirs}", headers=t.token_auth)).status_code == 404
     r = await client.get(f"/v1/tasks/{theirs}", headers=other.token_auth)
     assert r.status_code == 200 and (r.json()["summary"], r.json()["status"]) == ("theirs", "todo")
+
+
+async def test_a_refused_body_ends_the_transaction_its_dependency_began(settings, app_client, tenant, admin_conn):
+    """The fast write routes begin their transaction before the body is validated (so a
+    revoked token is a 401 before a bad body is a 422): a 422 body must still end it,
+    rolled back, its connection returned. With a pool of one connection, every request
+    after a refused body would wait and get 503 if one were kept."""
+    client = await app_client(settings.with_database(pool_size=1, pool_timeout=0.5))
+    r = await client.post("/v1/tasks", headers=tenant.token_auth, json={"project_id": tenant.project_id, "summary": "s"})
+    assert r.status_code == 201, r.text
+    task_id = r.json()["id"]
+    before = await admin_conn.fetchval("select count(*) from token_audit_log where organization_id = $1",
+                                       uuid.UUID(tenant.organization_id))
+    refused = [
+        ("POST", "/v1/agents", {"project_id": tenant.project_id}),  # name missing
+        ("POST", "/v1/agents", {"project_id": tenant.project_id, "name": "x" * 10_000}),
+        ("PATCH", f"/v1/tasks/{task_id}", {"status": "no-such-status"}),
+        ("PATCH", f"/v1/tasks/{task_id}", {"summary": 12}),
+    ]
+    for _ in range(3):
+        for method, path, body in refused:
+            r = await client.request(method, path, headers=tenant.token_auth, json=body)
+            assert r.status_code in (400, 422), (path, r.status_code, r.text)
+    # the one connection is free: a write and a read go through
+    r = await client.patch(f"/v1/tasks/{task_id}", headers=tenant.token_auth, json={"status": "in_progress"})
+    assert r.status_code == 200, r.text
+    assert (await client.get(f"/v1/tasks/{task_id}", headers=tenant.token_auth)).json()["status"] == "in_progress"
+    engine = client._transport.app.state.engine  # type: ignore[attr-defined]
+    assert engine.sync_engine.pool.checkedout() == 0
+    # nothing of the refused requests was written: only the status move's audit row
+    after = await admin_conn.fetchval("select count(*) from token_audit_log where organization_id = $1",
+                                      uuid.UUID(tenant.organization_id))
+    assert after == before + 1

@@ -5,33 +5,13 @@ under load: tests/ops/test_restart.py.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 
 from tenant_api import readiness
 from tenant_api.app import create_app
 from tests.support.security import PROBLEM
-
-
-@pytest.fixture
-async def app_client(settings: Any) -> AsyncIterator[Any]:
-    """An app of the test's own settings, in the test's own loop (requests can overlap)."""
-    clients: list[tuple[Any, httpx.AsyncClient]] = []
-
-    async def make(s: Any) -> httpx.AsyncClient:
-        app = create_app(s)
-        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver.local")
-        clients.append((app, c))
-        return c
-
-    yield make
-    for app, c in clients:
-        await c.aclose()
-        await app.state.engine.dispose()
 
 
 def assert_503(r: httpx.Response) -> None:

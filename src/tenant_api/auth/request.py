@@ -228,6 +228,48 @@ class read_transaction:  # noqa: N801 - used as `async with read_transaction(req
 write_transaction = read_transaction
 
 
+# -- a transaction a dependency begins and the handler ends -----------------------------
+#
+# The fast write routes open their transaction in a dependency, so that the credential
+# and the scope are checked (401/403) before the body is validated (422), as everywhere
+# else. A generator dependency would say that, but Litestar's cleanup machinery for it
+# cost a write more than its own Python (bench/RESULTS.md). So the dependency enters the
+# transaction (a write_transaction, or provide_db for a keyed POST) and leaves it held
+# in the request's state; the handler ends it (``held_transaction``: commit when it
+# returns, rollback if it raises), and the edge middleware ends one no handler reached
+# (the body was refused): rolled back, the connection returned (``release_held``).
+
+HELD = "held_transaction"
+
+
+def hold_transaction(request: Request, entered: Any) -> None:
+    """``entered``: an async context manager already entered; ended exactly once."""
+    request.scope["state"][HELD] = entered
+
+
+class held_transaction:  # noqa: N801 - used as `async with held_transaction(request):`
+    __slots__ = ("_request",)
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        entered = self._request.scope["state"].pop(HELD)
+        await entered.__aexit__(exc_type, exc, tb)  # never swallows the handler's exception
+
+
+async def release_held(state: dict[str, Any], exc: BaseException | None) -> None:
+    """The edge's last word on a held transaction no handler ended: rolled back."""
+    entered = state.pop(HELD, None)
+    if entered is None:
+        return
+    reason = exc if exc is not None else RuntimeError("the request ended before its handler ran")
+    await entered.__aexit__(type(reason), reason, reason.__traceback__)
+
+
 async def checkout(engine: Any) -> Any:
     """A pooled connection (SQLAlchemy's pool: one pool, one set of limits and metrics).
     Taking the idle connection next in line involves no I/O while it is connected and

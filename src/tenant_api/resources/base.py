@@ -26,7 +26,7 @@ hooks may still query through the session, which shares the connection.
 
 
 import inspect
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -50,7 +50,14 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api import idempotency
-from tenant_api.auth.request import ReadTransaction, provide_db, read_transaction, write_transaction
+from tenant_api.auth.request import (
+    ReadTransaction,
+    hold_transaction,
+    held_transaction,
+    provide_db,
+    read_transaction,
+    write_transaction,
+)
 from tenant_api.db.context import Principal
 from tenant_api.db.models.base import TenantBase, uuid7
 from tenant_api.errors import ProblemError, conflict, invalid, not_found
@@ -426,6 +433,7 @@ class WriteQueries:
         self._result = {c.name: proc for c in self.loaded
                         if (proc := types[c.name].result_processor(self._dialect, None))}
         self._compiled: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+        self._manager = sa_inspect(model).class_manager
 
     @classmethod
     def of(cls, model: type[TenantBase]) -> "WriteQueries":
@@ -441,13 +449,15 @@ class WriteQueries:
 
     def instance(self, row: Any) -> Any:
         """A model instance carrying a row (not in any session), each value as the ORM
-        would have loaded it."""
-        if not self._result:
-            return self.model(**row)
+        would have loaded it. Made as the ORM's loader makes one (an empty instance, its
+        attributes filled in): the model's constructor records each value as a change
+        and cost ten times more (bench/RESULTS.md)."""
         values = dict(row)
         for name, process in self._result.items():
             values[name] = process(values[name])
-        return self.model(**values)
+        instance = self._manager.new_instance()
+        instance.__dict__.update(values)
+        return instance
 
     def _sql(self, key: tuple[Any, ...], build: Any) -> tuple[str, list[str]]:
         found = self._compiled.get(key)
@@ -641,22 +651,25 @@ def resource_router(res: Resource) -> Router:
                                "say write_path='orm'")
         keyed_db = asynccontextmanager(provide_db)
 
-        async def provide_write_service(request: Request, state: State) -> AsyncGenerator[TenantService, None]:
+        async def provide_write_service(request: Request, state: State) -> TenantService:
             """The service in the request's transaction: on its pooled asyncpg connection
             (write_transaction), or on the session when the POST carries an Idempotency-Key
             (the kept response commits with the change, idempotency.py). A dependency, as
             provide_db is, so the credential and scope are checked (401/403) before the
-            body is validated (422), as on the ORM path."""
+            body is validated (422), as on the ORM path; the transaction is held for the
+            handler to end (auth.request.held_transaction)."""
+            entered: Any
             if idempotency.pending(request) is None:
-                async with write_transaction(request) as tx:
-                    service = Service.on_connection(tx.conn, tx.principal)
-                    service.app_settings = state.settings
-                    yield service
-                return
-            async with keyed_db(request, state) as db:
+                entered = write_transaction(request)
+                tx = await entered.__aenter__()
+                service = Service.on_connection(tx.conn, tx.principal)
+            else:
+                entered = keyed_db(request, state)
+                db = await entered.__aenter__()
                 service = Service(db, db.info["principal"])
-                service.app_settings = state.settings
-                yield service
+            hold_transaction(request, entered)
+            service.app_settings = state.settings
+            return service
 
         # A keyed POST goes to provide_db, which binds the key to its transaction
         # (tests/api/test_idempotency.py checks every POST).
@@ -666,22 +679,25 @@ def resource_router(res: Resource) -> Router:
         if res.create is not None:
             Create = res.create
 
-            async def create_item(write_service: TenantService, data: Create,  # type: ignore[valid-type]
-                                  **kw: Any) -> Read:  # type: ignore[valid-type]
-                scope = await scope_of(write_service, kw)
-                return to_read(Read, await write_service.create_row(msgspec.structs.asdict(data), scope))
+            async def create_item(request: Request, write_service: TenantService,
+                                  data: Create, **kw: Any) -> Read:  # type: ignore[valid-type]
+                async with held_transaction(request):
+                    scope = await scope_of(write_service, kw)
+                    return to_read(Read, await write_service.create_row(msgspec.structs.asdict(data), scope))
 
         if res.update is not None:
             Update = res.update
 
-            async def update_item(write_service: TenantService, item_id: UUID, data: Update,  # type: ignore[valid-type]
-                                  **kw: Any) -> Read:  # type: ignore[valid-type]
-                scope = await scope_of(write_service, kw)
-                return to_read(Read, await write_service.update_row(item_id, set_fields(data), scope))
+            async def update_item(request: Request, write_service: TenantService, item_id: UUID,
+                                  data: Update, **kw: Any) -> Read:  # type: ignore[valid-type]
+                async with held_transaction(request):
+                    scope = await scope_of(write_service, kw)
+                    return to_read(Read, await write_service.update_row(item_id, set_fields(data), scope))
 
-        async def delete_item(write_service: TenantService, item_id: UUID, **kw: Any) -> None:
-            scope = await scope_of(write_service, kw)
-            await write_service.delete_row(item_id, scope)
+        async def delete_item(request: Request, write_service: TenantService, item_id: UUID, **kw: Any) -> None:
+            async with held_transaction(request):
+                scope = await scope_of(write_service, kw)
+                await write_service.delete_row(item_id, scope)
     else:
         if res.create is not None:
             Create = res.create
