@@ -4,9 +4,11 @@
 -- metadata; admins (members:write) can also revoke anyone's -- organization admins
 -- only: a project admin (members:write within a project restriction) manages their
 -- project's members, never the organization's tokens. A project-restricted credential
--- reads no one else's tokens (audit:read is organization-wide) and manages only tokens
--- inside its own restriction (never its user's organization-wide token), itself
--- included (logout). token_hash is never
+-- reads no one else's tokens (audit:read is organization-wide), and of its user's only
+-- itself and those whose reach (effective_projects) lies inside its own restriction:
+-- never its user's organization-wide tokens or sessions, which would tell it of
+-- projects beyond its own. It manages only tokens inside its own restriction (never its
+-- user's organization-wide token), itself included (logout). token_hash is never
 -- readable by the API role (it is written, never selected), and never audited in clear.
 
 -- What auth.begin_request reads, kept on the row by the database whatever a writer
@@ -32,7 +34,11 @@ alter table public.platform_token no force row level security;
 update public.platform_token set context_head = null where revoked_at is null and expires_at > now();
 
 call app.tenant_table('public.platform_token', area => 'tokens',
-  read_extra => 'user_id = (select app.current_user_id())'
+  read_extra => '(user_id = (select app.current_user_id())'
+                '  and ((select app.unrestricted())'
+                '       or id = (select app.current_token_id())'
+                '       or (effective_projects is not null'
+                '           and effective_projects <@ (select app.current_project_ids()))))'
                 ' or ((select app.has_scope(''audit:read'')) and (select app.unrestricted()))'
                 ' or ((select app.has_scope(''members:write'')) and (select app.unrestricted()))',
   write_extra => '(user_id = (select app.current_user_id())'

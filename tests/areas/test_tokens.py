@@ -164,13 +164,39 @@ async def test_rotation_cannot_escalate(client, tenant, projects):
 
     restricted = await make_token(client, tenant, ["tokens:write", "agents:read"], project_ids=[projects["P"]])
     unrestricted = await make_token(client, tenant, ["agents:read"])
-    assert_problem(await client.post(f"/v1/tokens/{unrestricted['id']}/rotate", headers=bearer(restricted["token"])), 403)
+    # its user's organization-wide token is not even visible to it (policies/platform_token.sql)
+    assert_problem(await client.post(f"/v1/tokens/{unrestricted['id']}/rotate", headers=bearer(restricted["token"])), 404)
     assert (await client.get("/v1/me", headers=bearer(unrestricted["token"]))).status_code == 200
 
     # control: a token within the caller's scopes and projects can be rotated
     inside = await make_token(client, tenant, ["agents:read"], project_ids=[projects["P"]])
     r = await client.post(f"/v1/tokens/{inside['id']}/rotate", headers=bearer(restricted["token"]))
     assert r.status_code == 200, r.text
+
+
+async def test_a_restricted_credential_sees_only_its_own_reach_of_its_users_tokens(client, tenant, projects, api_conn):
+    """Of its user's tokens, a project-restricted credential reads itself and those whose
+    reach lies inside its own projects: not the organization-wide token or session (they
+    would tell it of projects beyond its own), not a token of another project; through
+    the API and as the database's answer to any query in its context."""
+    in_p = await make_token(client, tenant, ["tokens:read", "tokens:write", "agents:read"], project_ids=[projects["P"]])
+    also_p = await make_token(client, tenant, ["agents:read"], project_ids=[projects["P"]])
+    in_q = await make_token(client, tenant, ["agents:read"], project_ids=[projects["Q"]])
+    both = await make_token(client, tenant, ["agents:read"], project_ids=[projects["P"], projects["Q"]])
+    wide = await make_token(client, tenant, ["agents:read"])
+    r = await client.get("/v1/tokens", headers=bearer(in_p["token"]), params={"limit": 200})
+    assert r.status_code == 200, r.text
+    seen = {t["id"] for t in r.json()["items"]}
+    assert seen == {in_p["id"], also_p["id"]}, seen
+    for hidden in (in_q, both, wide):
+        assert_problem(await client.get(f"/v1/tokens/{hidden['id']}", headers=bearer(in_p["token"])), 404)
+    # the database says the same to any query, sessions included
+    async with as_request(api_conn, in_p["token"]):
+        rows = await api_conn.fetch("select id, kind from platform_token")
+    assert {str(r["id"]) for r in rows} == {in_p["id"], also_p["id"]}, rows
+    # the unrestricted credential still sees every token of its user
+    r = await client.get("/v1/tokens", headers=tenant.token_auth, params={"limit": 200})
+    assert {in_p["id"], also_p["id"], in_q["id"], both["id"], wide["id"]} <= {t["id"] for t in r.json()["items"]}
 
 
 async def test_admin_cannot_rotate_another_users_token(client, tenant, admin_conn):
