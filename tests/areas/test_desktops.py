@@ -12,7 +12,9 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient
 
 from tenant_api.app import _check_route_security, create_app
+from tenant_api.auth.credentials import new_api_token
 from tests.support.tenants import Tenant, bearer, make_token, signup
+from tests.support.windows import inside_one_window
 from tests.support.rows import insert_connection, make_config, make_vm
 
 U = uuid.UUID
@@ -338,6 +340,25 @@ async def test_a_credential_in_the_url_is_refused(client, tenant):
     vm = await make_vm(client, tenant)
     e = await refused(client, ws_url(vm["id"], access_token=tenant.token), {})
     assert e.code == 4401
+
+
+async def test_an_address_refused_too_often_is_closed_with_4429_before_any_lookup(client, settings, tenant):
+    """The refused-credential guard covers robot sockets too (ops.ratelimit.RefusedCredentials):
+    past the address's refusals per minute an unknown credential is closed with 4429
+    (readable by a browser client) before it is parsed or looked up, while a credential
+    this process has seen accepted (on an HTTP request) still connects from the same
+    address. Before the database's refusals on sockets were counted, an address could
+    try credentials over WebSockets without limit, a lookup each."""
+    vm = await make_vm(client, tenant)
+    await inside_one_window(15)
+    async with AsyncTestClient(create_app(settings.with_rate_limit(refused_per_minute=2))) as c:
+        assert (await c.get("/v1/me", headers=tenant.token_auth)).status_code == 200  # seen accepted
+        for _ in range(2):
+            assert (await refused(c, ws_url(vm["id"]), bearer(new_api_token()))).code == 4401
+        e = await refused(c, ws_url(vm["id"]), bearer(new_api_token()))
+        assert e.code == 4429 and "too many refused credentials" in e.detail
+        with await c.websocket_connect(ws_url(vm["id"]), headers=tenant.token_auth) as ws:
+            assert ws.receive_json(timeout=5)["type"] == "connected"
 
 
 async def test_refused_connections(client, admin_conn, tenant, other):

@@ -103,12 +103,19 @@ def refusal(principal: Principal) -> str:
     return _REFUSED.get(principal.status, "invalid credential")
 
 
+def refuse(state: dict[str, Any], principal: Principal) -> str:
+    """Remember that the database refused the request's credential (a security event,
+    audit.usage; counted against the address by the refused-credential guard,
+    ops.ratelimit) and say why."""
+    state["refused"] = principal
+    return refusal(principal)
+
+
 def admit(request: Request, principal: Principal) -> None:
     """Refuse a credential auth.begin_request did not accept (401) or a missing scope
     (403, naming it); remember who the request runs as (usage records, 403s included)."""
     if not principal.ok:
-        request.scope["state"]["refused"] = principal  # recorded as a security event
-        raise NotAuthorizedException(refusal(principal))
+        raise NotAuthorizedException(refuse(request.scope["state"], principal))
     # Stored before the scope check: a 403 is still a request by this token (usage).
     request.scope["state"]["principal"] = principal
     required = _route_opt(request.scope).get("scope")

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenant_api.auth.credentials import WEBSOCKET_SUBPROTOCOL
-from tenant_api.auth.request import open_context_session, refusal
+from tenant_api.auth.request import open_context_session, refuse
 from tenant_api.db.context import Principal
 from tenant_api.errors import database_unavailable, log_failure
 from tenant_api.db.models import DesktopConnection, DesktopVirtualMachine
@@ -87,7 +87,7 @@ async def credential_transaction(socket: WebSocket) -> AsyncIterator[tuple[Async
     session, principal = await open_context_session(socket.app.state, state["credential"], state.get("request_id"))
     try:
         if not principal.ok:
-            raise Refused(4401, refusal(principal))
+            raise Refused(4401, refuse(state, principal))
         if not principal.has_scope(SCOPE):
             raise Refused(4403, f"missing scope: {SCOPE}")
         yield session, principal
