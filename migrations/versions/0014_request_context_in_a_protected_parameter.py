@@ -66,6 +66,17 @@ def downgrade() -> None:
     exec_script(
         op.get_bind(),
         """
+        -- The trigger and policies applied at head read these columns; the previous
+        -- release's `tenant-api migrate` applies its own (docs/operating.md, rolling back).
+        drop trigger if exists keep_context on public.platform_token;
+        do $$
+        declare p record;
+        begin
+          for p in select polname from pg_policy where polrelid = 'public.platform_token'::regclass loop
+            execute format('drop policy %I on public.platform_token', p.polname);
+          end loop;
+        end
+        $$;
         alter table public.platform_token drop column scope_mask, drop column member_role,
           drop column effective_mask, drop column effective_projects, drop column context_head,
           drop column context_tail;

@@ -6,7 +6,8 @@
   tenant-api bootstrap         create roles and database (as a superuser: ADMIN_DATABASE_URL;
                                OWNER_PASSWORD, API_PASSWORD, and WORKER_/JOBS_/LOGIN_PASSWORD
                                or new random ones, whose URLs it prints once)
-  tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL)
+  tenant-api migrate           apply migrations and policies as the owner (OWNER_DATABASE_URL);
+                               --down-to REV undoes the revisions after REV (rolling back)
   tenant-api serve             serve the API (DATABASE_URL, LOGIN_DATABASE_URL,
                                JOBS_DATABASE_URL, JWT_SECRET)
   tenant-api scheduler         turn due job schedules into jobs, seal the audit trail, purge
@@ -79,6 +80,12 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     if not settings.database.owner_url:
         sys.exit("OWNER_DATABASE_URL is required: migrations run as the schema owner, never as the API role")
+    if args.down_to:
+        # Rolling back a release (docs/operating.md): this release's revisions undo
+        # themselves; the previous release's `tenant-api migrate` then applies its policies.
+        migrate.downgrade(settings.database.owner_url, args.down_to,
+                          lock_timeout_seconds=settings.database.migration_lock_timeout_seconds)
+        return
     migrate.upgrade(settings.database.owner_url, args.revision,
                     lock_timeout_seconds=settings.database.migration_lock_timeout_seconds)
 
@@ -212,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=cmd_scheduler)
     p = sub.add_parser("migrate")
     p.add_argument("revision", nargs="?", default="head")
+    p.add_argument("--down-to", metavar="REVISION",
+                   help="undo the revisions after REVISION (rolling back a release; see docs/operating.md)")
     p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("bootstrap")
     p.add_argument("--database", default="tenant")

@@ -113,3 +113,28 @@ async def test_without_a_competing_transaction_the_timeout_changes_nothing(scrat
         await conn.close()
 
 
+
+
+@pytest.mark.parametrize("target", ["0015", "0013"])
+async def test_the_last_releases_go_down_and_up_again(scratch, target):
+    """Rolling back (docs/operating.md): the newest revisions undo themselves, and the
+    upgrade after restores every table's policies and triggers as they were."""
+    async def shape() -> list[tuple]:
+        conn = await connect(scratch.admin_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(
+                "select 'policy', polrelid::regclass::text, polname from pg_policy"
+                " union all select 'trigger', tgrelid::regclass::text, tgname from pg_trigger where not tgisinternal"
+                " order by 1, 2, 3")]
+        finally:
+            await conn.close()
+
+    before = await shape()
+    await asyncio.to_thread(migrate.downgrade, scratch.owner_url, target)
+    conn = await connect(scratch.admin_url)
+    try:
+        assert await conn.fetchval("select version_num from alembic_version") == target
+    finally:
+        await conn.close()
+    await asyncio.to_thread(migrate.upgrade, scratch.owner_url)
+    assert await shape() == before
