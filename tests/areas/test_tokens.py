@@ -184,16 +184,20 @@ async def test_a_restricted_credential_sees_only_its_own_reach_of_its_users_toke
     in_q = await make_token(client, tenant, ["agents:read"], project_ids=[projects["Q"]])
     both = await make_token(client, tenant, ["agents:read"], project_ids=[projects["P"], projects["Q"]])
     wide = await make_token(client, tenant, ["agents:read"])
+    hidden = {in_q["id"], both["id"], wide["id"]}
     r = await client.get("/v1/tokens", headers=bearer(in_p["token"]), params={"limit": 200})
     assert r.status_code == 200, r.text
-    seen = {t["id"] for t in r.json()["items"]}
-    assert seen == {in_p["id"], also_p["id"]}, seen
-    for hidden in (in_q, both, wide):
-        assert_problem(await client.get(f"/v1/tokens/{hidden['id']}", headers=bearer(in_p["token"])), 404)
-    # the database says the same to any query, sessions included
+    items = r.json()["items"]  # the module's other tests made P-only tokens of this user too
+    seen = {t["id"] for t in items}
+    assert {in_p["id"], also_p["id"]} <= seen and not seen & hidden, items
+    assert all(t["project_ids"] == [projects["P"]] for t in items), items
+    for token in (in_q, both, wide):
+        assert_problem(await client.get(f"/v1/tokens/{token['id']}", headers=bearer(in_p["token"])), 404)
+    # the database says the same to any query: no session (organization-wide), nothing beyond P
     async with as_request(api_conn, in_p["token"]):
-        rows = await api_conn.fetch("select id, kind from platform_token")
-    assert {str(r["id"]) for r in rows} == {in_p["id"], also_p["id"]}, rows
+        rows = await api_conn.fetch("select id::text, kind, project_ids from platform_token")
+    assert {r["id"] for r in rows} == seen, rows
+    assert all(r["kind"] == "api" and [str(p) for p in r["project_ids"]] == [projects["P"]] for r in rows), rows
     # the unrestricted credential still sees every token of its user
     r = await client.get("/v1/tokens", headers=tenant.token_auth, params={"limit": 200})
     assert {in_p["id"], also_p["id"], in_q["id"], both["id"], wide["id"]} <= {t["id"] for t in r.json()["items"]}
