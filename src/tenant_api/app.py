@@ -138,6 +138,7 @@ def create_app(settings: Settings) -> Litestar:
         await login_engine.dispose()
         await jobs_engine.dispose()
 
+    observer = RequestObserver(engine, access=settings.observability.access_log)
     openapi_config = _openapi_config()
     app = Litestar(
         route_handlers=route_handlers(),  # every area's ROUTES (tenant_api.routes)
@@ -145,7 +146,7 @@ def create_app(settings: Settings) -> Litestar:
         # Request id, metrics and access line, usage record, rate limit, refused-credential
         # limit, credential, and then a keyed POST's Idempotency-Key: one middleware (edge.py).
         middleware=[*proxy_middleware,
-                    edge(codec=codec, observer=RequestObserver(engine, access=settings.observability.access_log),
+                    edge(codec=codec, observer=observer,
                          recorder=recorder if settings.audit.record_usage else None,
                          limiter=limiter if settings.rate_limit.enabled else None, refusals=refusals,
                          idempotency=IdempotencyMiddleware(ServerKeys(settings.auth.jwt_secret)))],
@@ -158,10 +159,10 @@ def create_app(settings: Settings) -> Litestar:
                      "login_sessionmaker": create_sessionmaker(login_engine), "jobs_sessionmaker": jobs_sessionmaker,
                      "conversation_hub": hub, "desktop_instance_id": instance_id(settings.desktops),
                      "usage": recorder, "rate_limiter": limiter, "failed_logins": failed_logins,
-                     "passwords": passwords, "drain": drain, "run_queue": run_queue,
+                     "request_observer": observer, "passwords": passwords, "drain": drain, "run_queue": run_queue,
                      "webhook_key": server_key(settings.webhooks.signing_key, settings.auth.jwt_secret)}),
         on_startup=[load_unique_keys, start_mailer, start_recorder, take_signals],
-        lifespan=[desktop_reaper],
+        lifespan=[desktop_reaper, observer.running],
         on_shutdown=[recorder.aclose, dispose],
         before_send=[add_request_id_header, log_unrouted],
         openapi_config=openapi_config,

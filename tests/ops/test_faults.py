@@ -35,7 +35,9 @@ async def test_database_unreachable_is_503_and_not_ready(settings, app_client, t
         r = await client.request(method, path, headers=tenant.token_auth,
                                  json={"email": tenant.email, "password": tenant.password} if path.endswith("login") else None)
         assert_503(r)
-    # the metrics count what the client got (a 503, not a 500)
+    # the metrics count what the client got (a 503, not a 500); counts reach their
+    # series at the observer's next flush (once a second while serving)
+    client._transport.app.state.request_observer.flush()  # type: ignore[attr-defined]
     assert REGISTRY.get_sample_value("tenant_api_http_requests_total", labels) == answered_503 + 1
     r = await client.get("/ready")
     assert r.status_code == 503 and r.json()["reason"] == "database unreachable"
