@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import logging.config
+import math
 from typing import Any
 
 import msgspec
@@ -24,6 +25,7 @@ import msgspec
 from tenant_api.request_id import REQUEST_ID
 from tenant_api.settings import ObservabilitySettings
 
+ACCESS_LOGGER = "tenant_api.access"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -35,9 +37,25 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record. Every request writes one (its access line): built
     with msgspec, the record's own attributes told from extras by one set difference."""
 
+    _second = -1
+    _second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        """ISO 8601 in UTC to the millisecond (2026-12-01T18:00:00.123+00:00), the
+        seconds' part formatted once per second: every request writes a line."""
+        fraction, whole = math.modf(created)
+        micros = round(fraction * 1e6)  # as datetime.fromtimestamp rounds it
+        second = int(whole)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            self._second_text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{micros // 1000:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -49,9 +67,10 @@ class JsonFormatter(logging.Formatter):
         fields = attributes.get("fields")
         if isinstance(fields, dict):
             out.update({k: v for k, v in fields.items() if v is not None})
-        for key in attributes.keys() - _STANDARD:  # extra={...} given by other libraries
-            if key not in out and key != "fields" and not key.startswith("_"):
-                out[key] = attributes[key]
+        if record.name != ACCESS_LOGGER:  # access lines carry their fields, never extras
+            for key in attributes.keys() - _STANDARD:  # extra={...} given by other libraries
+                if key not in out and key != "fields" and not key.startswith("_"):
+                    out[key] = attributes[key]
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
