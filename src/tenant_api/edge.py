@@ -36,7 +36,7 @@ from tenant_api.ops import metrics
 from tenant_api.ops.ratelimit import RateLimiter, RefusedCredentials, headers_for
 from tenant_api.errors import ProblemError
 from tenant_api.idempotency import IdempotencyMiddleware
-from tenant_api.request_id import REQUEST_ID, new_request_id, valid_client_id
+from tenant_api.request_id import ID_SENT, REQUEST_ID, new_request_id, valid_client_id
 
 _AUTHORIZATION = b"authorization"
 _REQUEST_ID = b"x-request-id"
@@ -103,6 +103,7 @@ class EdgeMiddleware:
         if request_id is None:
             request_id = new_request_id()
         state["request_id"] = request_id
+        request_id_header = request_id.encode()
         context = REQUEST_ID.set(request_id)
         route = self._route(scope.get("route_handler"))
         started, wall = time.perf_counter(), time.time()
@@ -115,9 +116,11 @@ class EdgeMiddleware:
             nonlocal status, streaming
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.get("headers")
-                if limit_headers is not None:
-                    message["headers"] = headers = [*(headers or ()), *limit_headers]
+                # The request id and the rate limit's headers on the way out (the app's
+                # before_send hook then has nothing left to add: request_id.py).
+                message["headers"] = headers = [*(message.get("headers") or ()), *(limit_headers or ()),
+                                                (_REQUEST_ID, request_id_header)]
+                state[ID_SENT] = True
                 if metrics.is_event_stream(headers):
                     streaming = True
                     metrics.SSE_STREAMS.inc()

@@ -56,9 +56,15 @@ def ensure_request_id(scope: Scope | dict[str, Any]) -> str:
     return request_id
 
 
+ID_SENT = "request_id_sent"
+"""Set in the request's state by the edge middleware once its response carries the id."""
+
+
 async def add_request_id_header(message: Message, scope: Scope) -> None:
-    """before_send hook: every HTTP response (and WebSocket accept) carries the id."""
-    if message["type"] not in ("http.response.start", "websocket.accept"):
+    """before_send hook: every HTTP response (and WebSocket accept) carries the id. A
+    routed request's response got it from the edge middleware already; answers made
+    outside it (routing's 404/405, a 401 or 429 raised by the edge) get it here."""
+    if message["type"] not in ("http.response.start", "websocket.accept") or scope.get("state", {}).get(ID_SENT):
         return
     headers = list(message.get("headers") or [])
     if not any(name.lower() == _HEADER_KEY for name, _ in headers):

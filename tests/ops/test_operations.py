@@ -102,6 +102,8 @@ async def test_access_log_lines_are_json_with_request_ids_and_no_secret(client, 
     access = [line for line in lines if line["logger"] == "tenant_api.access"]
     by_id = {line["request_id"]: line for line in access}
     for r in responses:
+        # exactly one id, whoever answered: the handler, the edge (401), routing (404)
+        assert len(r.headers.get_list("x-request-id")) == 1, r.headers
         line = by_id[r.headers["x-request-id"]]
         assert line["status"] == r.status_code and line["level"] == "INFO"
         assert set(line) >= {"ts", "msg", "method", "route", "status", "request_id"}
