@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Request, Response, get
@@ -50,6 +50,7 @@ from prometheus_client import (
 
 from tenant_api.errors import ProblemError
 from tenant_api.routing import Routes
+from tenant_api.tasks import task_during
 
 access_log = logging.getLogger("tenant_api.access")
 
@@ -213,13 +214,10 @@ class RequestObserver:
                 await asyncio.sleep(self.flush_seconds)
                 self.flush()
 
-        task = asyncio.create_task(flush_forever())
         try:
-            yield
+            async with task_during(flush_forever()):
+                yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
             self.flush()
 
     async def socket(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

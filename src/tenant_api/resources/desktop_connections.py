@@ -40,6 +40,7 @@ from tenant_api.inputs import MAX_JSON_DEPTH, JsonTooDeep, decode_json
 from tenant_api.resources.base import Resource
 from tenant_api.settings import DesktopSettings
 from tenant_api.routing import Routes
+from tenant_api.tasks import task_during
 
 log = logging.getLogger("tenant_api.desktops")
 
@@ -316,11 +317,8 @@ async def desktop_reaper(app: Litestar) -> AsyncIterator[None]:
     id is stable), then periodically; at shutdown close whatever of ours is still open."""
     state = app.state
     await _reap_logged(state, state.desktop_instance_id)
-    task = asyncio.create_task(_reap_forever(state))
     try:
-        yield
+        async with task_during(_reap_forever(state)):
+            yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
         await _reap_logged(state, state.desktop_instance_id)
