@@ -18,32 +18,40 @@ create policy retention_delete on public.job for delete to tenant_auth
   using (status in ('succeeded', 'failed', 'cancelled') and finished_at < now() - interval '1 day');
 grant select (organization_id, id, status, finished_at), delete on public.job to tenant_auth;
 
-create or replace function auth.purge_finished_jobs(p_before timestamptz, p_limit integer) returns integer
+-- The loop the purges below share: up to p_limit rows of p_table whose p_finished holds
+-- (a condition on the alias t) and whose p_time column is older than the cutoff (never
+-- younger than a day), oldest first, deleted organization by organization, each in that
+-- organization's context (its audit trigger attributes the deletion to 'retention');
+-- returns the rows deleted. Not a definer function and executable by no one else: it runs
+-- inside the purge functions, as their owner (tenant_auth); its table, condition and
+-- column come from them, never from a caller.
+create or replace function auth.purge_in_context(p_table regclass, p_finished text, p_time text,
+                                                 p_before timestamptz, p_limit integer) returns integer
   language plpgsql
-  security definer
   set search_path = pg_catalog, pg_temp
   as $$
 declare
   r record;
   n integer := 0;
-  org uuid;
+  deleted integer;
   saved text[];
   entered text[];
 begin
-  for r in
-    select j.organization_id, j.id from public.job j
-     where j.status in ('succeeded', 'failed', 'cancelled')
-       and j.finished_at < least(p_before, now() - interval '1 day')
-     order by j.organization_id, j.finished_at
-     limit least(greatest(p_limit, 1), 10000)
+  for r in execute format(
+      'select b.organization_id, array_agg(b.id) as ids from ('
+      '  select t.organization_id, t.id from %s t'
+      '   where (%s) and t.%I < least($1, now() - interval ''1 day'')'
+      '   order by t.organization_id, t.%I'
+      '   limit least(greatest($2, 1), 10000)) b'
+      ' group by b.organization_id order by b.organization_id',
+      p_table, p_finished, p_time, p_time) using p_before, p_limit
   loop
-    if org is distinct from r.organization_id then
-      org := r.organization_id;
-      entered := auth.enter_context(org, null, null, 'retention');
-      saved := coalesce(saved, entered);  -- the caller's, from the first switch
-    end if;
-    delete from public.job j where j.organization_id = r.organization_id and j.id = r.id;
-    n := n + 1;
+    entered := auth.enter_context(r.organization_id, null, null, 'retention');
+    saved := coalesce(saved, entered);  -- the caller's, from the first switch
+    execute format('delete from %s t where t.organization_id = $1 and t.id = any($2)', p_table)
+      using r.organization_id, r.ids;
+    get diagnostics deleted = row_count;
+    n := n + deleted;
   end loop;
   if saved is not null then
     perform auth.leave_context(saved);
@@ -52,44 +60,26 @@ begin
 end
 $$;
 
+create or replace function auth.purge_finished_jobs(p_before timestamptz, p_limit integer) returns integer
+  language sql
+  security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+    select auth.purge_in_context('public.job', 't.status in (''succeeded'', ''failed'', ''cancelled'')',
+                                 'finished_at', p_before, p_limit);
+$$;
+
 -- Closed robot connections (the reaper's policies already let tenant_auth see them).
 create policy retention_delete on public.desktop_connection for delete to tenant_auth
   using (status = 'disconnected' and disconnected_at < now() - interval '1 day');
 grant delete on public.desktop_connection to tenant_auth;
 
-create or replace function auth.purge_closed_desktop_connections(p_before timestamptz, p_limit integer)
-  returns integer
-  language plpgsql
+create or replace function auth.purge_closed_desktop_connections(p_before timestamptz, p_limit integer) returns integer
+  language sql
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
-declare
-  r record;
-  n integer := 0;
-  org uuid;
-  saved text[];
-  entered text[];
-begin
-  for r in
-    select c.organization_id, c.id from public.desktop_connection c
-     where c.status = 'disconnected'
-       and c.disconnected_at < least(p_before, now() - interval '1 day')
-     order by c.organization_id, c.disconnected_at
-     limit least(greatest(p_limit, 1), 10000)
-  loop
-    if org is distinct from r.organization_id then
-      org := r.organization_id;
-      entered := auth.enter_context(org, null, null, 'retention');
-      saved := coalesce(saved, entered);
-    end if;
-    delete from public.desktop_connection c where c.organization_id = r.organization_id and c.id = r.id;
-    n := n + 1;
-  end loop;
-  if saved is not null then
-    perform auth.leave_context(saved);
-  end if;
-  return n;
-end
+    select auth.purge_in_context('public.desktop_connection', 't.status = ''disconnected''', 'disconnected_at', p_before, p_limit);
 $$;
 
 -- Delivered invite mails (recipient, subject, body): the invite itself stays; its
@@ -99,37 +89,11 @@ create policy retention_delete on public.invite_outbox for delete to tenant_auth
 grant delete on public.invite_outbox to tenant_auth;
 
 create or replace function auth.purge_sent_invite_mails(p_before timestamptz, p_limit integer) returns integer
-  language plpgsql
+  language sql
   security definer
   set search_path = pg_catalog, pg_temp
   as $$
-declare
-  r record;
-  n integer := 0;
-  org uuid;
-  saved text[];
-  entered text[];
-begin
-  for r in
-    select m.organization_id, m.id from public.invite_outbox m
-     where m.status = 'sent'
-       and m.sent_at < least(p_before, now() - interval '1 day')
-     order by m.organization_id, m.sent_at
-     limit least(greatest(p_limit, 1), 10000)
-  loop
-    if org is distinct from r.organization_id then
-      org := r.organization_id;
-      entered := auth.enter_context(org, null, null, 'retention');
-      saved := coalesce(saved, entered);
-    end if;
-    delete from public.invite_outbox m where m.organization_id = r.organization_id and m.id = r.id;
-    n := n + 1;
-  end loop;
-  if saved is not null then
-    perform auth.leave_context(saved);
-  end if;
-  return n;
-end
+    select auth.purge_in_context('public.invite_outbox', 't.status = ''sent''', 'sent_at', p_before, p_limit);
 $$;
 
 -- Settled webhook deliveries (delivered, failed, skipped) whose last change (a send, a
@@ -171,11 +135,13 @@ end
 $$;
 
 grant create on schema auth to tenant_auth;
+alter function auth.purge_in_context(regclass, text, text, timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_finished_jobs(timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_closed_desktop_connections(timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_sent_invite_mails(timestamptz, integer) owner to tenant_auth;
 alter function auth.purge_webhook_deliveries(timestamptz, integer) owner to tenant_auth;
 revoke create on schema auth from tenant_auth;
+revoke all on function auth.purge_in_context(regclass, text, text, timestamptz, integer) from public;
 revoke all on function auth.purge_finished_jobs(timestamptz, integer),
                        auth.purge_closed_desktop_connections(timestamptz, integer),
                        auth.purge_sent_invite_mails(timestamptz, integer),

@@ -225,3 +225,30 @@ async def test_retention_functions_refuse_to_purge_anything_young(client, admin_
     assert await api_conn.execute("delete from job where id = $1", job) == "DELETE 0"
 
 
+
+
+async def test_one_purge_batch_spans_organizations_each_in_its_own_context(client, admin_conn, worker_conn):
+    """auth.purge_in_context deletes a batch organization by organization: each deletion
+    is audited in its own organization, as retention; and no login may call the helper
+    itself (its table and condition come from the purge functions only)."""
+    jobs: dict[U, U] = {}
+    for _ in range(2):
+        t = await signup(client)
+        r = await client.post("/v1/jobs", headers=t.token_auth, json={"project_id": t.project_id, "schedule_id": None,
+                                                             "target": {"kind": "command", "ref": "echo"}})
+        job = U(r.json()["id"])
+        assert (await client.patch(f"/v1/jobs/{job}", headers=t.token_auth,
+                                   json={"status": "cancelled"})).status_code == 200
+        await admin_conn.execute("update job set finished_at = now() - interval '400 days' where id = $1", job)
+        jobs[U(t.organization_id)] = job
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=300)
+    assert await worker_conn.fetchval("select auth.purge_finished_jobs($1, 10000)", cutoff) >= 2
+    assert not await admin_conn.fetchval("select count(*) from job where id = any($1::uuid[])", list(jobs.values()))
+    for org, job in jobs.items():
+        audit = await admin_conn.fetch("select organization_id, request_id, token_id from token_audit_log"
+                                       " where row_id = $1 and action = 'DELETE'", job)
+        assert [(a["organization_id"], a["request_id"], a["token_id"]) for a in audit] == [(org, "retention", None)]
+    for role in ("tenant_api", "tenant_worker", "tenant_api_jobs", "tenant_login"):
+        assert not await admin_conn.fetchval(
+            "select has_function_privilege($1, 'auth.purge_in_context(regclass, text, text, timestamptz, integer)',"
+            " 'EXECUTE')", role), role
