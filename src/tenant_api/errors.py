@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -83,12 +84,20 @@ def _http_exception(request: Request, exc: HTTPException) -> Response:
     return problem(request, exc.status_code, detail, extra, headers, getattr(exc, "kind", None))
 
 
+# msgspec reports a missing or unknown field at the object that lacks or has it ("data",
+# "steps[0]"): the field a client must fix is the one the message names.
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]+)`$")
+
+
 def _validation(request: Request, exc: ValidationException) -> Response:
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             field = item.get("key") or item.get("source") or "body"
-            errors.append({"field": field, "message": str(item.get("message", "invalid value"))})
+            message = str(item.get("message", "invalid value"))
+            if (named := _NAMED_FIELD.match(message)) is not None:
+                field = named.group(1) if field in ("data", "body") else f"{field}.{named.group(1)}"
+            errors.append({"field": field, "message": message})
     if errors:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     else:

@@ -189,3 +189,20 @@ def test_every_request_integer_is_bounded_and_every_time_is_a_timestamp(client):
                 plain_times.append(where)
     assert not unbounded, f"integers without bounds: {unbounded}"
     assert not plain_times, f"date-times not typed inputs.Timestamp: {plain_times}"
+
+
+async def test_a_missing_or_unknown_field_is_named_itself(client, tenant):
+    """msgspec reports a missing or an unknown field at the object around it ("data", the
+    body, or "steps[0]"); the problem names the field the client has to fix."""
+    cases = [
+        ("/v1/agents", {"project_id": tenant.project_id}, "name", "missing required field"),
+        ("/v1/agents", {"project_id": tenant.project_id, "name": "x", "colour": "red"}, "colour", "unknown field"),
+        ("/v1/tasks", {"project_id": tenant.project_id, "summary": "s", "steps": [{"title": "a", "x": 1}]},
+         "steps[0].x", "unknown field"),
+    ]
+    for path, body, field, words in cases:
+        r = await client.post(path, headers=tenant.token_auth, json=body)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        [error] = r.json()["errors"]
+        assert error["field"] == field and words in error["message"], (path, error)
+        assert r.json()["detail"].startswith(f"{field}: ")
