@@ -320,7 +320,29 @@ class Resource:
         return service_for(self.model, self.name, self.parents, base)
 
 
-class ReadQueries:
+class CompiledStatements:
+    """Statements built with SQLAlchemy Core once per shape and compiled for asyncpg: a
+    request looks its shape up and binds values by name (``order``: the parameters'
+    names in the compiled statement's positional order)."""
+
+    def __init__(self) -> None:
+        self._dialect = asyncpg_dialect()
+        self._compiled: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+
+    def _sql(self, key: tuple[Any, ...], build: Any) -> tuple[str, list[str]]:
+        found = self._compiled.get(key)
+        if found is None:
+            compiled = build().compile(dialect=self._dialect)
+            found = self._compiled[key] = (str(compiled), list(compiled.positiontup or ()))
+        return found
+
+    @staticmethod
+    def _equal(table: Any, names: tuple[str, ...]) -> list[Any]:
+        """The organization filter (parameter "org") and equality on ``names`` ("eq_<name>")."""
+        return [table.c.organization_id == bindparam("org"), *(table.c[n] == bindparam(f"eq_{n}") for n in names)]
+
+
+class ReadQueries(CompiledStatements):
     """The read routes of one resource without the ORM.
 
     Statements are built with SQLAlchemy Core once per shape (which equality filters are
@@ -342,8 +364,7 @@ class ReadQueries:
         self.build: Any = (lambda row: read(*row)) if positional else (lambda row: read(**row))
         self.nest = res.nest
         self.label = res.name
-        self._dialect = asyncpg_dialect()
-        self._compiled: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+        super().__init__()
 
     @classmethod
     def for_resource(cls, res: "Resource", service: type["TenantService"]) -> "ReadQueries | None":
@@ -358,16 +379,6 @@ class ReadQueries:
         if "id" not in fields or not all(f in columns for f in [*fields, *res.filters]) or not nest_ok:
             return None
         return cls(res)
-
-    def _sql(self, key: tuple[Any, ...], build: Any) -> tuple[str, list[str]]:
-        found = self._compiled.get(key)
-        if found is None:
-            compiled = build().compile(dialect=self._dialect)
-            found = self._compiled[key] = (str(compiled), list(compiled.positiontup or ()))
-        return found
-
-    def _equal(self, table: Any, names: tuple[str, ...]) -> list[Any]:
-        return [table.c.organization_id == bindparam("org"), *(table.c[n] == bindparam(f"eq_{n}") for n in names)]
 
     async def parent_scope(self, tx: ReadTransaction, parent_id: UUID | None) -> dict[str, Any]:
         """TenantService.parent_scope for a nested resource: the parent must be visible."""
@@ -411,7 +422,7 @@ class ReadQueries:
         return [self.build(r) for r in page], next_cursor
 
 
-class WriteQueries:
+class WriteQueries(CompiledStatements):
     """The generic writes of one model (see the module doc) as SQL compiled once per
     shape, the column values bound as SQLAlchemy's own types would bind them (JSON
     serialized, ...). Always filtered on the request's organization; RLS applies
@@ -427,12 +438,11 @@ class WriteQueries:
         # neither read nor returned, and the API role may have no grant to read them.
         deferred = {prop.columns[0].name for prop in sa_inspect(model).column_attrs if prop.deferred}
         self.loaded = [c for c in self.table.c if c.name not in deferred]
-        self._dialect = asyncpg_dialect()
+        super().__init__()
         types = {c.name: c.type.dialect_impl(self._dialect) for c in self.table.c}
         self._bind = {name: t.bind_processor(self._dialect) for name, t in types.items()}
         self._result = {c.name: proc for c in self.loaded
                         if (proc := types[c.name].result_processor(self._dialect, None))}
-        self._compiled: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
         self._manager = sa_inspect(model).class_manager
 
     @classmethod
@@ -459,13 +469,6 @@ class WriteQueries:
         instance.__dict__.update(values)
         return instance
 
-    def _sql(self, key: tuple[Any, ...], build: Any) -> tuple[str, list[str]]:
-        found = self._compiled.get(key)
-        if found is None:
-            compiled = build().compile(dialect=self._dialect)
-            found = self._compiled[key] = (str(compiled), list(compiled.positiontup or ()))
-        return found
-
     def _args(self, order: list[str], values: dict[str, Any]) -> list[Any]:
         """Positional arguments; a column's value (parameter "v_<column>") bound as its type binds it."""
         args = []
@@ -476,18 +479,13 @@ class WriteQueries:
             args.append(value)
         return args
 
-    def _where(self, names: tuple[str, ...]) -> list[Any]:
-        c = self.table.c
-        return [c.organization_id == bindparam("org"), *(c[n] == bindparam(f"eq_{n}") for n in names)]
-
     async def exists(self, conn: Any, parent: type[TenantBase], org: UUID, item_id: UUID, **equal: Any) -> bool:
         """Whether ``parent`` has a visible row ``item_id`` (and, with ``equal``, those column values)."""
         table: Any = parent.__table__
         names = tuple(sorted(equal))
-        sql, order = self._sql(("exists", table.name, names), lambda: select(exists().where(
-            table.c.organization_id == bindparam("org"), table.c.id == bindparam("id"),
-            *(table.c[n] == bindparam(f"eq_{n}") for n in names))))
-        values = {"org": org, "id": item_id, **{f"eq_{n}": v for n, v in equal.items()}}
+        sql, order = self._sql(("exists", table.name, names),
+                               lambda: select(exists().where(*self._equal(table, ("id", *names)))))
+        values = {"org": org, "eq_id": item_id, **{f"eq_{n}": v for n, v in equal.items()}}
         return bool(await conn.fetchval(sql, *(values[n] for n in order)))
 
     @staticmethod
@@ -528,28 +526,29 @@ class WriteQueries:
     async def select(self, conn: Any, org: UUID, item_id: UUID, scope: dict[str, Any], lock: bool = False) -> Any:
         names = ("id", *sorted(scope))
         sql, order = self._sql(("select", names, lock), lambda: (
-            select(*self.loaded).where(*self._where(names)).with_for_update() if lock
-            else select(*self.loaded).where(*self._where(names))))
+            select(*self.loaded).where(*self._equal(self.table, names)).with_for_update() if lock
+            else select(*self.loaded).where(*self._equal(self.table, names))))
         return await conn.fetchrow(sql, *self._args(order, {"org": org, "eq_id": item_id,
                                                              **{f"eq_{k}": v for k, v in scope.items()}}))
 
     async def lock_status(self, conn: Any, org: UUID, item_id: UUID) -> Any:
-        sql, order = self._sql(("lock_status",), lambda: select(self.table.c.status).where(*self._where(("id",)))
-                               .with_for_update())
+        sql, order = self._sql(("lock_status",), lambda: select(self.table.c.status)
+                               .where(*self._equal(self.table, ("id",))).with_for_update())
         return await conn.fetchval(sql, *self._args(order, {"org": org, "eq_id": item_id}))
 
     async def update(self, conn: Any, org: UUID, item_id: UUID, values: dict[str, Any]) -> Any:
         values = self.columns_of(values)
         names, sql_values, key = self._shape(values)
-        sql, order = self._sql(("update", names, key), lambda: sa_update(self.table).where(*self._where(("id",)))
+        sql, order = self._sql(("update", names, key), lambda: sa_update(self.table)
+                               .where(*self._equal(self.table, ("id",)))
                                .values({**{n: bindparam(f"v_{n}") for n in names}, **sql_values})
                                .returning(*self.loaded))
         return await conn.fetchrow(sql, *self._args(order, {"org": org, "eq_id": item_id,
                                                              **{f"v_{k}": values[k] for k in names}}))
 
     async def delete(self, conn: Any, org: UUID, item_id: UUID) -> bool:
-        sql, order = self._sql(("delete",), lambda: sa_delete(self.table).where(*self._where(("id",)))
-                               .returning(self.table.c.id))
+        sql, order = self._sql(("delete",), lambda: sa_delete(self.table)
+                               .where(*self._equal(self.table, ("id",))).returning(self.table.c.id))
         return await conn.fetchval(sql, *self._args(order, {"org": org, "eq_id": item_id})) is not None
 
 
