@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from litestar.testing import AsyncTestClient
 
 from tenant_api.db.context import RESTRICTED_ROLE_SQL
@@ -26,23 +25,16 @@ from tenant_api.invites.mailer import Mailer
 from tenant_api.settings import InviteSettings
 from tests.support.tenants import bearer, make_token, signup
 from tests.support.members_flow import invite, join, login, new_agent, new_project, session_id
-from tests.support.mail import Inbox, body_of, free_port
+from tests.support.live_server import free_port
+from tests.support.mail import Inbox, body_of, smtp_server
 
 LINK = re.compile(r"invite_token=(tinv_[0-9A-Za-z]+)")
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, str]]:
-    # aiosmtpd (standing in for the recipient's mail server) logs whole messages at
-    # DEBUG: keep it quiet, so the "no secret in our logs" checks read our logs only.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield inbox, f"smtp://127.0.0.1:{controller.port}"
-    finally:
-        controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -33,12 +32,12 @@ import asyncpg
 import httpx
 import pytest
 import websockets
-from aiosmtpd.controller import Controller
 
 from tenant_api.db import embedded, migrate
 from tenant_api.db.bootstrap import bootstrap
 from tenant_api.settings import asyncpg_url
-from tests.support.live_server import Process, api_server, free_port, libpq, tenant_api
+from tests.support.live_server import Process, api_server, libpq, tenant_api
+from tests.support.mail import Inbox, smtp_server
 
 DOWN_SECONDS = 2.0
 JWT_SECRET = "restart-test-" + "s" * 40
@@ -86,25 +85,10 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.recipients: list[str] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 -- aiosmtpd's hook
-        self.recipients += [r.lower() for r in envelope.rcpt_tos]
-        return "250 OK"
-
-
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Inbox, str]]:
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield inbox, f"smtp://127.0.0.1:{controller.port}"
-    finally:
-        controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 @dataclass
@@ -302,7 +286,7 @@ async def test_postgres_restart_under_mixed_load(cluster: Cluster, smtp: tuple[I
                                 json={"email": email, "role": "viewer"})
             assert r.status_code == 201, r.text
             deadline = time.monotonic() + 20
-            while email not in inbox.recipients:
+            while not inbox.to(email):
                 assert time.monotonic() < deadline, f"the mailer did not send after the restart:\n{api.text()[-3000:]}"
                 await asyncio.sleep(0.1)
 

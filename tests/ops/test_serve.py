@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import websockets
 
 from tenant_api.db.bootstrap import bootstrap
 from tests.support.database import Database
+from tests.support.live_server import free_port
 from tests.support.tenants import bearer, make_token, signup
 from tests.support.rows import channel, make_vm
 
@@ -37,12 +37,6 @@ U = uuid.UUID
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 METRICS_TOKEN = "serve-test-metrics-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(database: Database, settings, port: int) -> dict[str, str]:

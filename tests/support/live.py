@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -22,7 +22,8 @@ from litestar import Litestar
 
 from tenant_api.app import create_app
 from tenant_api.settings import Settings
-from tests.support.mail import Inbox, body_of, free_port
+from tests.support.live_server import free_port
+from tests.support.mail import Inbox, body_of, smtp_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -62,38 +63,32 @@ class Live:
 @contextmanager
 def live_server(settings: Settings, smtp: bool = True) -> Iterator[Live]:
     """smtp=False: no mail server, as `make run` (settings decide: log_links, mail_dir)."""
-    from aiosmtpd.controller import Controller
-
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    if smtp:
-        controller.start()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    live_settings = settings.with_server(public_url=url).with_invites(poll_seconds=0.05)
-    if smtp:
-        live_settings = live_settings.with_invites(smtp_url=f"smtp://127.0.0.1:{controller.port}")
-    access = AccessLog()
-    access_logger = logging.getLogger("uvicorn.access")
-    access_logger.addHandler(access)
-    access_logger.setLevel(logging.INFO)
-    server = uvicorn.Server(uvicorn.Config(create_app(live_settings), host="127.0.0.1", port=port,
-                                           log_level="info", lifespan="on", log_config=None))
-    thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        yield Live(url=url, inbox=inbox, access=access, settings=live_settings)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        access_logger.removeHandler(access)
+    with ExitStack() as stack:
+        inbox = Inbox()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        live_settings = settings.with_server(public_url=url).with_invites(poll_seconds=0.05)
         if smtp:
-            controller.stop()
+            _, smtp_url = stack.enter_context(smtp_server(inbox))
+            live_settings = live_settings.with_invites(smtp_url=smtp_url)
+        access = AccessLog()
+        access_logger = logging.getLogger("uvicorn.access")
+        access_logger.addHandler(access)
+        stack.callback(access_logger.removeHandler, access)
+        access_logger.setLevel(logging.INFO)
+        server = uvicorn.Server(uvicorn.Config(create_app(live_settings), host="127.0.0.1", port=port,
+                                               log_level="info", lifespan="on", log_config=None))
+        thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+            yield Live(url=url, inbox=inbox, access=access, settings=live_settings)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
 
 
 @contextmanager

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes
 from email.message import Message
+
+from tests.support.live_server import free_port
 
 
 class Inbox:
@@ -38,13 +42,25 @@ class Inbox:
         return self.to(email)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def body_of(message: Message) -> str:
     payload = message.get_payload(decode=True)
     assert isinstance(payload, bytes)
     return payload.decode()
+
+
+@contextmanager
+def smtp_server(inbox: Inbox | None = None) -> Iterator[tuple[Inbox, str]]:
+    """A real SMTP server (aiosmtpd) on a free local port delivering into ``inbox``:
+    yields (inbox, its smtp:// URL), stopped at the end."""
+    from aiosmtpd.controller import Controller
+
+    # aiosmtpd (standing in for the recipient's mail server) logs whole messages at
+    # DEBUG: keep it quiet, so the "no secret in our logs" checks read our logs only.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    inbox = inbox if inbox is not None else Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield inbox, f"smtp://127.0.0.1:{controller.port}"
+    finally:
+        controller.stop()
