@@ -11,7 +11,7 @@ import pytest
 
 from tenant_api.scopes import ROLE_SCOPES, SCOPE_BITS, SCOPES, expand, scopes_of_mask
 from tenant_api.db.context import BEGIN_REQUEST_SQL
-from tests.support.tenants import signup
+from tests.support.tenants import Tenant, signup
 
 NIL = uuid.UUID(int=0)
 SORTED_SCOPES = sorted(SCOPES)
@@ -33,8 +33,9 @@ TOKEN_SCOPES = [
 ]
 
 
-@pytest.mark.parametrize("role", sorted(ROLE_SCOPES))
-async def test_effective_scopes_match_the_definition(client, admin_conn, api_conn, role):
+async def new_member(client, admin_conn, role: str) -> tuple[Tenant, uuid.UUID, uuid.UUID]:
+    """A new organization (by sign-up) and a user written straight into it with ``role``:
+    (its owner, the organization's id, the user's id)."""
     owner = await signup(client)
     org = uuid.UUID(owner.organization_id)
     user_id = uuid.uuid4()
@@ -43,6 +44,12 @@ async def test_effective_scopes_match_the_definition(client, admin_conn, api_con
         user_id, f"{user_id.hex}@example.com")
     await admin_conn.execute(
         "insert into organization_membership (organization_id, user_id, role) values ($1, $2, $3)", org, user_id, role)
+    return owner, org, user_id
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_SCOPES))
+async def test_effective_scopes_match_the_definition(client, admin_conn, api_conn, role):
+    _, org, user_id = await new_member(client, admin_conn, role)
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     role_scopes = expand(ROLE_SCOPES[role])
 
@@ -80,14 +87,7 @@ async def test_membership_changes_reach_the_credential_in_the_same_transaction(c
     """Each credential keeps its effective context on its row (policies/platform_token.sql);
     every membership change recomputes it for that user's credentials, so the very next
     request sees it: a demotion, a removal, a return, a project membership."""
-    owner = await signup(client)
-    org = uuid.UUID(owner.organization_id)
-    user_id = uuid.uuid4()
-    await admin_conn.execute(
-        "insert into user_account (id, email, password_hash, display_name) values ($1, $2, 'x', 'x')",
-        user_id, f"{user_id.hex}@example.com")
-    await admin_conn.execute(
-        "insert into organization_membership (organization_id, user_id, role) values ($1, $2, 'admin')", org, user_id)
+    owner, org, user_id = await new_member(client, admin_conn, "admin")
     secret = uuid.uuid4().hex.encode()
     await admin_conn.execute(
         "insert into platform_token (organization_id, user_id, kind, name, prefix, token_hash, scopes, expires_at)"
