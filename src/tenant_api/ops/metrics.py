@@ -181,6 +181,15 @@ class RequestObserver:
         if self.access:
             log_access(scope, method, route, status, duration)
 
+    def unrouted(self, scope: Scope, status: int) -> None:
+        """A request no route matched (404/405): it passed no middleware, so it is counted
+        and logged here (log_unrouted), untimed."""
+        method = str(scope.get("method", "GET"))
+        key = (method, "unmatched", status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if self.access:
+            log_access(scope, method, "unmatched", status, None)
+
     def flush(self) -> None:
         """Write what was counted since the last flush into the series (and read the pool)."""
         counts, self._counts = self._counts, {}
@@ -190,7 +199,7 @@ class RequestObserver:
         for (method, route), (total, buckets) in latencies.items():
             histogram = self._child(HTTP_LATENCY, method, route)
             # Histogram has no public bulk observe: its sum and per-bucket values are what
-            # observe() increments (prometheus-client 0.26; tests/ops/test_operations.py
+            # observe() increments (prometheus-client 0.26; tests/unit/test_metrics.py
             # compares the two ways).
             histogram._sum.inc(total)
             for value, n in zip(histogram._buckets, buckets, strict=True):
@@ -313,15 +322,11 @@ _PROCESS_NAME = mp.current_process().name if (mp := sys.modules.get("multiproces
 
 
 async def log_unrouted(message: Message, scope: Scope) -> None:
-    """before_send hook: requests no route matched (404/405) pass no middleware; they
-    get their access line and count here."""
+    """before_send hook: requests no route matched (404/405) pass no middleware; the
+    app's RequestObserver counts and logs them from here."""
     if message["type"] != "http.response.start" or scope.get("route_handler") is not None:
         return
-    HTTP_REQUESTS.labels(scope.get("method", "GET"), "unmatched", str(message["status"])).inc()
-    app = scope.get("app")
-    settings = getattr(getattr(app, "state", None), "settings", None)
-    if settings is None or settings.observability.access_log:
-        log_access(scope, str(scope.get("method", "GET")), "unmatched", message["status"], None)
+    scope["app"].state.request_observer.unrouted(scope, message["status"])
 
 
 ROUTES = Routes(handlers=[metrics_endpoint])
