@@ -177,7 +177,7 @@ class EdgeMiddleware:
             raise
         finally:
             if HELD in state:  # a write's transaction whose handler never ran (its body was refused)
-                await release_held(state, None)
+                await release_held(state)
             duration = time.perf_counter() - started
             if streaming:
                 metrics.SSE_STREAMS.dec()

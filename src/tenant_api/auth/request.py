@@ -268,13 +268,13 @@ class held_transaction:  # noqa: N801 - used as `async with held_transaction(req
         await entered.__aexit__(exc_type, exc, tb)  # never swallows the handler's exception
 
 
-async def release_held(state: dict[str, Any], exc: BaseException | None) -> None:
+async def release_held(state: dict[str, Any]) -> None:
     """The edge's last word on a held transaction no handler ended: rolled back."""
     entered = state.pop(HELD, None)
     if entered is None:
         return
-    reason = exc if exc is not None else RuntimeError("the request ended before its handler ran")
-    await entered.__aexit__(type(reason), reason, reason.__traceback__)
+    reason = RuntimeError("the request ended before its handler ran")
+    await entered.__aexit__(type(reason), reason, None)
 
 
 async def checkout(engine: Any) -> Any:
