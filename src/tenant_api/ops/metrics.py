@@ -49,10 +49,11 @@ from prometheus_client import (
 )
 
 from tenant_api.errors import ProblemError
+from tenant_api.ops.logs import ACCESS_LOGGER
 from tenant_api.routing import Routes
 from tenant_api.tasks import task_during
 
-access_log = logging.getLogger("tenant_api.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -308,7 +309,7 @@ def _access_record(method: str, route: str, status: int, fields: dict[str, Any])
         name = _THREAD_NAMES[thread] = threading.current_thread().name
     record = logging.LogRecord.__new__(logging.LogRecord)
     record.__dict__.update(
-        name="tenant_api.access", msg="%s %s %s", args=(method, route, status), levelname="INFO",
+        name=ACCESS_LOGGER, msg="%s %s %s", args=(method, route, status), levelname="INFO",
         levelno=logging.INFO, pathname=__file__, filename="metrics.py", module="metrics", exc_info=None,
         exc_text=None, stack_info=None, lineno=0, funcName="log_access", created=now,
         msecs=int(now * 1000) % 1000 + 0.0, relativeCreated=(now - _START) * 1000, thread=thread, threadName=name,
